@@ -1,0 +1,266 @@
+"""The Gatys et al. optimisation loop, coarse to fine, with one callback per iteration.
+
+The callback is where a caller hooks progress, snapshots, checkpoints and cancellation:
+it receives an `Iterate` and returns True to stop the run cleanly.
+"""
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from . import color
+from .images import fit_longest_side, resize, to_image, to_tensor
+from .losses import ContentLoss, StyleLoss, TVLoss, gram
+from .params import MIN_SIDE, Params, Stage, plan
+from .quality import quality_report
+from .vgg import load_network
+
+CHECKPOINT_VERSION = 1
+# L-BFGS history is 2 x history_size image-sized tensors; beyond this it is cheaper to rebuild.
+MAX_CHECKPOINT_OPTIMIZER_BYTES = 64 * 2**20
+LBFGS_HISTORY = 20
+
+
+@dataclass
+class Iterate:
+    """What the callback sees after every iteration. Images and checkpoints are built on demand."""
+
+    scale: int            # 0-based index of the current stage
+    scales: int
+    width: int
+    height: int
+    iteration: int        # 1-based, counted over all stages
+    total: int
+    losses: dict[str, float]
+    elapsed: float
+    iterations_per_second: float
+    _image: Callable[[], Image.Image] = field(repr=False)
+    _checkpoint: Callable[[], dict] = field(repr=False)
+
+    def image(self) -> Image.Image:
+        return self._image()
+
+    def checkpoint(self) -> dict:
+        return self._checkpoint()
+
+
+@dataclass
+class Result:
+    image: Image.Image
+    iterations: int
+    total: int
+    stopped: bool         # the callback asked to stop before the end
+    seconds: float
+    device: str
+    losses: dict[str, float]
+    quality: dict[str, float] | None
+    peak_memory_mb: float
+    checkpoint: dict
+
+
+Callback = Callable[[Iterate], bool | None]
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available")
+    return device
+
+
+def stage_dims(width: int, height: int, longest: int) -> tuple[int, int]:
+    """(height, width) of a stage whose longest side is `longest`, never below MIN_SIDE."""
+    scale = longest / max(width, height)
+    return max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale))
+
+
+class Transfer:
+    """One style-transfer run: inputs, parameters, and the state that a checkpoint captures."""
+
+    def __init__(self, content: Image.Image, styles: Sequence[Image.Image], params: Params,
+                 init_image: Image.Image | None = None, device: str = "auto") -> None:
+        if not styles:
+            raise ValueError("at least one style image is needed")
+        if params.style_weights is not None and len(params.style_weights) != len(styles):
+            from .params import ParamError
+            raise ParamError("style_weights", f"needs one weight per style image ({len(styles)}), not {len(params.style_weights)}")
+        self.content, self.styles, self.params, self.init_image = content, list(styles), params, init_image
+        self.device = resolve_device(device)
+        if self.device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.net = load_network(params.weights, params.pooling, self.device)
+        self.stages = plan(params)
+        self.total = sum(s.iterations for s in self.stages)
+        blend = params.style_weights or (1.0,) * len(styles)
+        self.style_blend = [w / sum(blend) for w in blend]
+        layer_weights = params.style_layer_weights or (1.0,) * len(params.style_layers)
+        self.layer_weights = [w / sum(layer_weights) for w in layer_weights]
+
+    # ---- per-stage setup ------------------------------------------------------------------
+
+    def _targets(self, stage: Stage) -> tuple[torch.Tensor, list[ContentLoss], list[StyleLoss]]:
+        p = self.params
+        h, w = stage_dims(*self.content.size, stage.longest)
+        content = to_tensor(self.content.resize((w, h), Image.LANCZOS), self.device)
+        style_longest = max(MIN_SIDE, round(stage.longest * p.style_scale))
+        styles = [to_tensor(fit_longest_side(s, style_longest), self.device) for s in self.styles]
+        if p.preserve_color == "histogram":
+            styles = [color.match_histogram(s, content) for s in styles]
+        elif p.preserve_color == "luminance":
+            luma = color.luminance(content)
+            styles = [color.match_luminance(color.luminance(s), luma) for s in styles]
+            content = luma
+        with torch.no_grad():
+            content_features = self.net(content, frozenset(p.content_layers))
+            grams = {layer: 0 for layer in p.style_layers}
+            for style, weight in zip(styles, self.style_blend):
+                features = self.net(style, frozenset(p.style_layers))
+                for layer in p.style_layers:
+                    grams[layer] = grams[layer] + weight * gram(features[layer])
+        content_losses = [ContentLoss(content_features[layer]) for layer in p.content_layers]
+        style_losses = [StyleLoss(grams[layer]) for layer in p.style_layers]
+        return content, content_losses, style_losses
+
+    def _initial_image(self, content: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        if self.init_image is not None:
+            image = to_tensor(self.init_image.resize((content.shape[-1], content.shape[-2]), Image.LANCZOS), self.device)
+            return color.luminance(image) if p.preserve_color == "luminance" else image
+        if p.init == "noise":
+            generator = torch.Generator().manual_seed(p.seed)
+            return torch.rand(content.shape, generator=generator).to(self.device)
+        return content.clone()
+
+    def _optimizer(self, image: torch.Tensor) -> torch.optim.Optimizer:
+        if self.params.optimizer == "adam":
+            return torch.optim.Adam([image], lr=self.params.learning_rate)
+        return torch.optim.LBFGS([image], lr=1, max_iter=1, history_size=LBFGS_HISTORY,
+                                 tolerance_grad=-1, tolerance_change=-1)
+
+    def _output(self, image: torch.Tensor, stage: Stage) -> Image.Image:
+        if self.params.preserve_color == "luminance":
+            h, w = image.shape[-2:]
+            content = to_tensor(self.content.resize((w, h), Image.LANCZOS), self.device)
+            image = color.recombine(image, content)
+        return to_image(image)
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self, callback: Callback | None = None, checkpoint: dict | None = None) -> Result:
+        p = self.params
+        start = time.perf_counter()
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(self.device)
+        first_stage, done, image, opt_state = 0, 0, None, None
+        if checkpoint is not None:
+            first_stage, done, opt_state = checkpoint["stage"], checkpoint["iteration"], checkpoint.get("optimizer")
+            image = checkpoint["image"].to(self.device)
+        done_at_start, stopped, losses = done, False, {}
+        stage_start = sum(s.iterations for s in self.stages[:first_stage])
+        for index in range(first_stage, len(self.stages)):
+            stage = self.stages[index]
+            content, content_losses, style_losses = self._targets(stage)
+            h, w = content.shape[-2:]
+            image = self._initial_image(content) if image is None else resize(image, h, w)
+            image = image.detach().contiguous().clone().requires_grad_(True)
+            optimizer = self._optimizer(image)
+            if opt_state is not None:
+                optimizer.load_state_dict(opt_state)
+                opt_state = None
+            tv = TVLoss()
+            terms: dict[str, torch.Tensor] = {}
+
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                features = self.net(image, frozenset(p.content_layers + p.style_layers))
+                terms["content"] = sum(l(features[n]) for l, n in zip(content_losses, p.content_layers)) / len(content_losses)
+                terms["style"] = sum(wt * l(features[n]) for wt, l, n in zip(self.layer_weights, style_losses, p.style_layers))
+                terms["tv"] = tv(image)
+                total = p.content_weight * terms["content"] + p.style_weight * terms["style"] + p.tv_weight * terms["tv"]
+                total.backward()
+                terms["total"] = total
+                return total
+
+            while done - stage_start < stage.iterations:
+                optimizer.step(closure)
+                if p.optimizer == "adam":
+                    with torch.no_grad():
+                        image.clamp_(0, 1)
+                done += 1
+                losses = {k: float(v.detach()) for k, v in terms.items()}
+                if not all(math.isfinite(v) for v in losses.values()):
+                    raise FloatingPointError(f"the loss diverged at iteration {done}: {losses}")
+                if callback is not None:
+                    elapsed = time.perf_counter() - start
+                    state = dict(stage=index, iteration=done, image=image, optimizer=optimizer)
+                    it = Iterate(
+                        scale=index, scales=len(self.stages), width=w, height=h, iteration=done,
+                        total=self.total, losses=losses, elapsed=elapsed,
+                        iterations_per_second=(done - done_at_start) / max(elapsed, 1e-9),
+                        _image=lambda: self._output(image, stage),
+                        _checkpoint=lambda s=state: self._checkpoint(**s),
+                    )
+                    if callback(it):
+                        stopped = True
+                        break
+            stage_start += stage.iterations
+            if stopped:
+                break
+        final = self._checkpoint(index, done, image, optimizer if stopped else None)
+        output = self._output(image, self.stages[index])
+        quality = None if stopped else quality_report(output, self.content, self.styles, self.style_blend, self.device)
+        return Result(
+            image=output, iterations=done, total=self.total, stopped=stopped,
+            seconds=time.perf_counter() - start, device=self.device, losses=losses, quality=quality,
+            peak_memory_mb=self._peak_memory_mb(), checkpoint=final,
+        )
+
+    def _checkpoint(self, stage: int, iteration: int, image: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> dict:
+        """Everything `run(checkpoint=...)` needs; plain tensors on the CPU, ready for torch.save."""
+        ckpt = {"version": CHECKPOINT_VERSION, "stage": stage, "iteration": iteration,
+                "image": image.detach().cpu().clone(), "params": self.params.to_dict()}
+        if optimizer is not None:
+            state = _to_cpu(optimizer.state_dict())
+            if _nbytes(state) <= MAX_CHECKPOINT_OPTIMIZER_BYTES:
+                ckpt["optimizer"] = state
+        return ckpt
+
+    def _peak_memory_mb(self) -> float:
+        if self.device.startswith("cuda"):
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+def stylize(content: Image.Image, styles: Sequence[Image.Image], params: Params, *,
+            init_image: Image.Image | None = None, device: str = "auto",
+            callback: Callback | None = None, checkpoint: dict | None = None) -> Result:
+    """Run (or resume) a style transfer. See `Transfer`."""
+    return Transfer(content, styles, params, init_image, device).run(callback, checkpoint)

