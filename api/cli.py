@@ -1,0 +1,47 @@
+"""`atelier keys create`, `atelier migrate` and `atelier run` (the whole stack on one machine)."""
+from __future__ import annotations
+
+import argparse
+
+from shared.config import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    keys = subparsers.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create an API key for account NAME (printed once, last line)")
+    create.add_argument("name", help="account name; a new key for an existing account sees the same jobs")
+    create.set_defaults(func=create_key)
+    subparsers.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=migrate)
+    subparsers.add_parser("run", help="run API, worker, sweep (and Redis if ATELIER_REDIS_URL is unset) until Ctrl-C"
+                          ).set_defaults(func=run)
+
+
+def create_key(args: argparse.Namespace) -> int:
+    from shared import keys
+    from shared.db import Database
+    from shared.migrate import upgrade
+
+    settings = Settings.from_env()
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    with db.session() as session:
+        token = keys.create_key(session, args.name)
+    db.dispose()
+    print(f"API key for account {args.name!r}; it is shown only this once:")
+    print(token)
+    return 0
+
+
+def migrate(args: argparse.Namespace) -> int:
+    from shared.migrate import upgrade
+
+    settings = Settings.from_env()
+    upgrade(settings.database_url)
+    print(f"database schema is up to date ({settings.database_url})")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from api.stack import Stack
+
+    return Stack(Settings.from_env()).run()

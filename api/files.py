@@ -1,0 +1,48 @@
+"""Result and snapshot images: immutable once written, so strong ETags and long private caching."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+from sqlalchemy import select
+
+from api import services
+from api.auth import require_key
+from api.errors import ProblemError
+from api.jobs import load_job
+from shared.models import Snapshot
+from shared.schemas import OUTPUT_FORMATS
+from shared.storage import StorageKeyError
+
+bp = Blueprint("files", __name__, url_prefix="/v1/jobs")
+require_key(bp)
+
+CACHE_CONTROL = "private, max-age=31536000, immutable"
+
+
+@bp.get("/<job_id>/result")
+def result(job_id: str) -> Response:
+    with services().db.session() as session:
+        job = load_job(session, job_id)
+    if job.result_key is None or job.result_sha256 is None:
+        raise ProblemError(404, "Not Found", f"job {job_id} has no result (status {job.status})")
+    return _image(job.result_key, job.result_sha256, job.params["output_format"])
+
+
+@bp.get("/<job_id>/snapshots/<int:iteration>")
+def snapshot(job_id: str, iteration: int) -> Response:
+    with services().db.session() as session:
+        job = load_job(session, job_id)
+        snap = session.scalar(select(Snapshot).where(Snapshot.job_id == job.id, Snapshot.iteration == iteration))
+    if snap is None:
+        raise ProblemError(404, "Not Found", f"job {job_id} has no snapshot at iteration {iteration}")
+    return _image(snap.key, snap.sha256, job.params["output_format"])
+
+
+def _image(key: str, digest: str, output_format: str) -> Response:
+    try:
+        data = services().storage.get(key)
+    except StorageKeyError:
+        raise ProblemError(404, "Not Found", "the image is no longer stored") from None
+    response = Response(data, mimetype=OUTPUT_FORMATS[output_format])
+    response.set_etag(digest)
+    response.headers["Cache-Control"] = CACHE_CONTROL
+    return response.make_conditional(request)

@@ -1,0 +1,178 @@
+"""`/v1/jobs`: submit, list, get, cancel and delete jobs, always within the caller's account."""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from datetime import datetime
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from api import services
+from api.auth import account_id, require_key
+from api.errors import ProblemError, invalid
+from api.submission import Submission, idempotency_key, parse
+from shared import events, jobs
+from shared.models import ACTIVE, InputRole, Job, JobInput, JobStatus
+from shared.schemas import JobList, job_out, job_path
+from shared.storage import input_key, job_prefix, put_input
+from worker.broker import enqueue
+
+log = logging.getLogger(__name__)
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+require_key(bp)
+
+DEFAULT_LIMIT, MAX_LIMIT = 20, 100
+
+
+def load_job(session: Session, job_id: str) -> Job:
+    """The caller's job or 404: another account's job does not exist as far as they can tell."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.account_id == account_id())
+                         .options(selectinload(Job.snapshots)))
+    if job is None:
+        raise ProblemError(404, "Not Found", f"no job {job_id}")
+    return job
+
+
+def job_response(job: Job, status: int) -> Response:
+    response = jsonify(job_out(job).model_dump(mode="json"))
+    response.status_code = status
+    return response
+
+
+@bp.post("")
+def submit() -> Response:
+    svc = services()
+    key = idempotency_key(request)
+    submission = parse(request, svc.settings)
+    with svc.db.session() as session:
+        if key is not None and (existing := _replay(session, key, submission)) is not None:
+            return existing
+        active = session.scalar(select(func.count()).select_from(Job).where(
+            Job.account_id == account_id(), Job.status.in_([s.value for s in ACTIVE])))
+        if active >= svc.settings.max_active_jobs:
+            raise ProblemError(429, "Too Many Requests",
+                               f"{active} jobs are queued or running; the limit is {svc.settings.max_active_jobs}",
+                               headers={"Retry-After": "30"})
+        job = _create(session, key, submission)
+        try:
+            session.commit()
+        except IntegrityError:  # a concurrent request with the same Idempotency-Key won
+            session.rollback()
+            if key is not None and (existing := _replay(session, key, submission)) is not None:
+                return existing
+            raise
+        job = load_job(session, job.id)
+    events.publish(svc.redis, job.id, "status", job_out(job).model_dump(mode="json"))
+    enqueue(current_app.extensions["celery"], svc.db, job.id)
+    response = job_response(job, 202)
+    response.headers["Location"] = job_path(job.id)
+    return response
+
+
+def _replay(session: Session, key: str, submission: Submission) -> Response | None:
+    job = session.scalar(select(Job).where(Job.account_id == account_id(), Job.idempotency_key == key)
+                         .options(selectinload(Job.snapshots)))
+    if job is None:
+        return None
+    if job.request_hash != submission.request_hash:
+        raise invalid("Idempotency-Key", "was already used for a different request")
+    response = job_response(job, 202)
+    response.headers["Location"] = job_path(job.id)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _create(session: Session, key: str | None, submission: Submission) -> Job:
+    storage = services().storage
+    job = Job(account_id=account_id(), params=submission.params, idempotency_key=key,
+              request_hash=submission.request_hash, status=JobStatus.QUEUED.value, attempts=0)
+    uploads = [(InputRole.CONTENT, submission.content), *((InputRole.STYLE, s) for s in submission.styles)]
+    for position, (role, upload) in enumerate(uploads):
+        digest = put_input(storage, upload.data)
+        job.inputs.append(JobInput(position=position, role=role.value, sha256=digest, filename=upload.filename))
+    session.add(job)
+    return job
+
+
+@bp.get("")
+def list_jobs() -> Response:
+    status = request.args.get("status")
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise invalid("status", f"must be one of {', '.join(s.value for s in JobStatus)}", status=400)
+    limit = _limit(request.args.get("limit"))
+    query = select(Job).where(Job.account_id == account_id())
+    if status is not None:
+        query = query.where(Job.status == status)
+    if (cursor := request.args.get("cursor")) is not None:
+        created_at, last_id = _decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id)))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1).options(selectinload(Job.snapshots))
+    with services().db.session() as session:
+        rows = list(session.scalars(query))
+    page = rows[:limit]
+    next_cursor = _encode_cursor(page[-1]) if len(rows) > limit else None
+    return jsonify(JobList(data=[job_out(j) for j in page], next_cursor=next_cursor).model_dump(mode="json"))
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise invalid("limit", f"must be an integer from 1 to {MAX_LIMIT}", status=400)
+    return int(raw)
+
+
+def _encode_cursor(job: Job) -> str:
+    return base64.urlsafe_b64encode(json.dumps([job.created_at.isoformat(), job.id]).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(created_at), str(job_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise invalid("cursor", "not a cursor this API returned", status=400) from None
+
+
+@bp.get("/<job_id>")
+def get_job(job_id: str) -> Response:
+    with services().db.session() as session:
+        return job_response(load_job(session, job_id), 200)
+
+
+@bp.post("/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    svc = services()
+    with svc.db.session() as session:
+        job = load_job(session, job_id)
+        if job.state.terminal:
+            raise ProblemError(409, "Conflict", f"job {job_id} already ended ({job.status}); nothing to cancel")
+        status = jobs.cancel(session, job_id)
+        session.expire_all()
+        job = load_job(session, job_id)
+    if status is JobStatus.CANCELED:
+        events.publish(svc.redis, job_id, "status", job_out(job).model_dump(mode="json"))
+    # 200: it is canceled; 202: a running job was asked to stop and will end `canceled` shortly
+    return job_response(job, 200 if job.state.terminal else 202)
+
+
+@bp.delete("/<job_id>")
+def delete_job(job_id: str) -> Response:
+    svc = services()
+    with svc.db.session() as session:
+        job = load_job(session, job_id)
+        if job.state is JobStatus.RUNNING:
+            jobs.cancel(session, job_id)  # its worker sees the row gone or the flag, and stops
+        digests = {i.sha256 for i in job.inputs}
+        session.execute(delete(Job).where(Job.id == job_id))
+        session.commit()
+        still_used = set(session.scalars(select(JobInput.sha256).where(JobInput.sha256.in_(digests))))
+    svc.storage.delete_prefix(job_prefix(job_id))
+    for digest in digests - still_used:
+        svc.storage.delete(input_key(digest))
+    return Response(status=204)

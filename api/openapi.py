@@ -1,0 +1,131 @@
+"""The OpenAPI 3.1 document, generated from the pydantic models that validate and serialise.
+
+Operator limits (max size, max iterations, max styles) are written into the schema, so the
+document describes this deployment, not just the code.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from shared.config import Settings
+from shared.schemas import OUTPUT_FORMATS, JobList, JobOut, JobParams, Problem
+
+REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _problems(*codes: int) -> dict[str, Any]:
+    text = {400: "Malformed request (names the field)", 401: "Missing or unknown API key", 404: "No such job for this key",
+            409: "The job already ended", 413: "Request body over the upload limit", 415: "Not multipart/form-data",
+            422: "Invalid field (named in `errors`)", 429: "Too many active jobs", 503: "A dependency is down"}
+    return {str(c): {"description": text[c], "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+            for c in codes}
+
+
+def _job(status: str, description: str) -> dict[str, Any]:
+    return {status: {"description": description, "content": {"application/json": {"schema": _ref("JobOut")}}}}
+
+
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def build_spec(settings: Settings) -> dict[str, Any]:
+    _, schemas = models_json_schema(
+        [(JobParams, "validation"), (JobOut, "serialization"), (JobList, "serialization"), (Problem, "serialization")],
+        ref_template=REF)
+    components = schemas["$defs"]
+    params = components["JobParams"]["properties"]
+    params["size"]["maximum"] = settings.max_size
+    params["iterations"]["anyOf"][0]["maximum"] = settings.max_iterations
+    images = {name: {"description": f"`{name}` image", "content": {mime: {} for mime in OUTPUT_FORMATS.values()}}
+              for name in ("Result", "Snapshot")}
+    cached = {"ETag": {"schema": {"type": "string"}}, "Cache-Control": {"schema": {"type": "string"}}}
+    for response in images.values():
+        response["headers"] = cached
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Atelier", "version": "1.0.0",
+                 "description": "Neural style transfer (Gatys et al.) as a queued job service."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/jobs": {
+                "post": {
+                    "summary": "Submit a job", "operationId": "submitJob",
+                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                    "description": "The same key and body return the same job, never a second one.",
+                                    "schema": {"type": "string", "maxLength": 255}}],
+                    "requestBody": {"required": True, "content": {"multipart/form-data": {
+                        "schema": {"type": "object", "required": ["content", "style"], "properties": {
+                            "content": {"type": "string", "contentMediaType": "application/octet-stream"},
+                            "style": {"type": "array", "minItems": 1, "maxItems": settings.max_styles,
+                                      "items": {"type": "string", "contentMediaType": "application/octet-stream"}},
+                            "params": _ref("JobParams")}},
+                        "encoding": {"params": {"contentType": "application/json"}}}}},
+                    "responses": {**_job("202", "Accepted and queued; `Location` is the job's URL"),
+                                  **_problems(400, 401, 413, 415, 422, 429)},
+                },
+                "get": {
+                    "summary": "List your jobs, newest first", "operationId": "listJobs",
+                    "parameters": [
+                        {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "A page of jobs",
+                                          "content": {"application/json": {"schema": _ref("JobList")}}},
+                                  **_problems(400, 401)},
+                },
+            },
+            "/v1/jobs/{job_id}": {
+                "parameters": [JOB_ID],
+                "get": {"summary": "Get a job", "operationId": "getJob",
+                        "responses": {**_job("200", "The job"), **_problems(401, 404)}},
+                "delete": {"summary": "Delete a job and its files (a running job is canceled first)",
+                           "operationId": "deleteJob",
+                           "responses": {"204": {"description": "Deleted"}, **_problems(401, 404)}},
+            },
+            "/v1/jobs/{job_id}/cancel": {
+                "parameters": [JOB_ID],
+                "post": {"summary": "Cancel a job", "operationId": "cancelJob",
+                         "responses": {**_job("200", "Canceled (it was queued)"),
+                                       **_job("202", "A running job was asked to stop; it ends `canceled` within a few iterations"),
+                                       **_problems(401, 404, 409)}},
+            },
+            "/v1/jobs/{job_id}/result": {
+                "parameters": [JOB_ID],
+                "get": {"summary": "The result image", "operationId": "getResult",
+                        "responses": {"200": images["Result"], "304": {"description": "Not modified"},
+                                      **_problems(401, 404)}},
+            },
+            "/v1/jobs/{job_id}/snapshots/{iteration}": {
+                "parameters": [JOB_ID, {"name": "iteration", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "get": {"summary": "An intermediate image", "operationId": "getSnapshot",
+                        "responses": {"200": images["Snapshot"], "304": {"description": "Not modified"},
+                                      **_problems(401, 404)}},
+            },
+            "/v1/jobs/{job_id}/events": {
+                "parameters": [JOB_ID],
+                "get": {"summary": "Live events (Server-Sent Events: `status`, `progress`, `snapshot`)",
+                        "operationId": "jobEvents",
+                        "responses": {"200": {"description": "An event stream; the first event is the job's status",
+                                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                                      **_problems(401, 404, 503)}},
+            },
+            "/v1/openapi.json": {"get": {"summary": "This document", "operationId": "openapi", "security": [],
+                                         "responses": {"200": {"description": "OpenAPI 3.1",
+                                                               "content": {"application/json": {}}}}}},
+            "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz", "security": [],
+                                 "responses": {"200": {"description": "The process is up"}}}},
+            "/readyz": {"get": {"summary": "Readiness: database and Redis reachable", "operationId": "readyz",
+                                "security": [],
+                                "responses": {"200": {"description": "Ready"}, **_problems(503)}}},
+        },
+        "components": {"schemas": components,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "An API key from `atelier keys create NAME`"}}},
+    }

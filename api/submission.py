@@ -1,0 +1,94 @@
+"""Parsing and validating `POST /v1/jobs`: the multipart body, the images and the params."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Request
+from pydantic import ValidationError
+from werkzeug.datastructures import FileStorage
+
+from api.errors import ProblemError, from_validation_error, invalid
+from shared.config import Settings
+from shared.images import ImageError, open_image
+from shared.schemas import JobParams, effective_params
+from worker.engine import ParamError
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+@dataclass(frozen=True)
+class Upload:
+    field: str            # "content" or "style[i]": what a problem names
+    filename: str | None
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Submission:
+    content: Upload
+    styles: list[Upload]
+    params: dict[str, Any]  # effective
+    request_hash: str       # same inputs and effective params <=> same hash
+
+
+def parse(request: Request, settings: Settings) -> Submission:
+    if request.mimetype != "multipart/form-data":
+        raise ProblemError(415, "Unsupported Media Type",
+                           f"send multipart/form-data with files `content` and `style`, not {request.mimetype or 'no body'}")
+    files = request.files  # raises 413 past MAX_CONTENT_LENGTH
+    unknown = sorted(set(files) - {"content", "style"}) + sorted(set(request.form) - {"params"})
+    if unknown:
+        raise invalid(unknown[0], "unknown field; expected files `content`, `style` and the field `params`")
+    contents, styles = files.getlist("content"), files.getlist("style")
+    if len(contents) != 1:
+        raise invalid("content", "exactly one content image is required")
+    if not styles:
+        raise invalid("style", "at least one style image is required")
+    if len(styles) > settings.max_styles:
+        raise invalid("style", f"at most {settings.max_styles} style images are allowed, not {len(styles)}")
+    content = _read_image("content", contents[0], settings)
+    style_uploads = [_read_image(f"style[{i}]", f, settings) for i, f in enumerate(styles)]
+    params = _params(request.form.get("params"), settings, len(style_uploads))
+    fingerprint = json.dumps({"inputs": [hashlib.sha256(u.data).hexdigest() for u in (content, *style_uploads)],
+                              "params": params}, sort_keys=True)
+    return Submission(content, style_uploads, params, hashlib.sha256(fingerprint.encode()).hexdigest())
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip().strip('"')
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise invalid("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters", status=400)
+    return key
+
+
+def _read_image(field: str, upload: FileStorage, settings: Settings) -> Upload:
+    data = upload.read()
+    if not data:
+        raise invalid(field, "the file is empty")
+    try:
+        open_image(data, max_pixels=settings.max_pixels)
+    except ImageError as exc:
+        raise invalid(field, str(exc)) from None
+    return Upload(field, upload.filename or None, data)
+
+
+def _params(raw: str | None, settings: Settings, styles: int) -> dict[str, Any]:
+    try:
+        values = json.loads(raw) if raw not in (None, "") else {}
+    except json.JSONDecodeError as exc:
+        raise invalid("params", f"not valid JSON: {exc}", status=400) from None
+    if not isinstance(values, dict):
+        raise invalid("params", "must be a JSON object", status=400)
+    try:
+        params = JobParams.model_validate(values)
+        return effective_params(params, settings, styles)
+    except ValidationError as exc:
+        raise from_validation_error(exc, "params") from None
+    except ParamError as exc:
+        raise invalid(f"params.{exc.field}", exc.message) from None

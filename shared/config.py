@@ -1,0 +1,67 @@
+"""Service settings, read once from `ATELIER_*` environment variables.
+
+The API, the Celery worker, Alembic and the `atelier` CLI all build their configuration
+from the same `Settings`, so one environment describes one deployment.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+PREFIX = "ATELIER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///var/atelier.db"
+    redis_url: str | None = None            # None: `atelier run` starts an embedded Redis
+    storage_dir: Path = Path("var/storage")
+    port: int = 8000
+    device: str = "auto"                    # the engine's device on workers: auto | cpu | cuda[:N]
+    # operator limits on what a job may ask for
+    max_size: int = 1024
+    max_iterations: int = 2000
+    max_styles: int = 4
+    max_upload_bytes: int = 20 * 2**20       # whole request body
+    max_pixels: int = 25_000_000            # per uploaded image, checked from the header
+    max_active_jobs: int = 20               # queued + running per account, else 429
+    # worker reliability
+    max_attempts: int = 3                   # claims per job before it is failed
+    lease_seconds: float = 60.0             # a running job whose lease is not renewed in this time is re-run
+    visibility_timeout: int = 4 * 3600      # Redis broker redelivery; must exceed the longest job
+    checkpoint_seconds: float = 30.0        # how often a running job saves its engine checkpoint
+    progress_seconds: float = 1.0           # how often progress is written and cancellation checked
+    sweep_seconds: float = 30.0             # how often the periodic sweep runs
+    enqueue_grace_seconds: float = 30.0     # a queued job never handed to the broker for this long is re-sent
+    sse_keepalive_seconds: float = 15.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+        """Defaults, overridden by `ATELIER_<FIELD>` variables, overridden by keyword arguments."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, raw, type(f.default) if f.default is not None else str)
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that reproduce these settings in a child process (worker, API server)."""
+        return {PREFIX + f.name.upper(): str(getattr(self, f.name))
+                for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def _parse(name: str, raw: str, kind: type) -> object:
+    try:
+        if kind is Path:
+            return Path(raw)
+        if kind in (int, float):
+            return kind(raw)
+        return raw
+    except ValueError:
+        raise ValueError(f"{PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}") from None

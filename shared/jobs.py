@@ -1,0 +1,121 @@
+"""Job state transitions, each one compare-and-set in SQL.
+
+The row is the source of truth: a transition only happens if the row is still in the state
+the caller saw (a `WHERE status = ...` or `WHERE lease_owner = ...` guard), so a duplicate
+delivery, a second worker or a racing API request can never run or finish a job twice.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.models import Job, JobStatus, utcnow
+
+Q, R = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+
+
+class ErrorCode:
+    """`error.code` values a failed job can carry."""
+
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"   # claimed max_attempts times without finishing
+    INPUT_MISSING = "input_missing"             # an input image vanished from storage
+    INVALID_PARAMS = "invalid_params"           # the engine rejected the stored parameters
+    DIVERGED = "diverged"                       # the loss became NaN or infinite
+    ENGINE_ERROR = "engine_error"               # anything else the engine raised
+
+
+def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_attempts: int) -> bool:
+    """Take a queued job, or a running one whose lease expired, if attempts remain."""
+    now = utcnow()
+    claimable = or_(Job.status == Q, and_(Job.status == R, Job.lease_expires_at < now))
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, claimable, Job.attempts < max_attempts, Job.cancel_requested_at.is_(None))
+        .values(status=R, lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def renew(session: Session, job_id: str, owner: str, lease_seconds: float,
+          progress: dict[str, Any] | None = None) -> datetime | None | bool:
+    """Extend our lease (and write progress). Returns False if the lease is no longer ours
+    (the job was deleted or reclaimed), else the job's cancel_requested_at (None: carry on)."""
+    values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_seconds)}
+    if progress is not None:
+        values["progress"] = progress
+    row = session.execute(
+        update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == R)
+        .values(**values).returning(Job.cancel_requested_at)
+        .execution_options(synchronize_session=False)
+    ).first()
+    session.commit()
+    return False if row is None else row[0]
+
+
+def finish(session: Session, job_id: str, owner: str, status: JobStatus, **values: Any) -> bool:
+    """End a running job we hold the lease of; False if it is no longer ours."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == R)
+        .values(status=status.value, finished_at=utcnow(), lease_owner=None, lease_expires_at=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def fail_exhausted(session: Session, job_id: str, max_attempts: int) -> bool:
+    """Fail a job that was claimed `max_attempts` times and is not running under a live lease."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts >= max_attempts,
+               or_(Job.status == Q, and_(Job.status == R, Job.lease_expires_at < now)))
+        .values(status=JobStatus.FAILED.value, finished_at=now, lease_owner=None, lease_expires_at=None,
+                error_code=ErrorCode.ATTEMPTS_EXHAUSTED,
+                error_message=f"the job did not finish in {max_attempts} attempts (worker lost or lease expired)")
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def cancel_abandoned(session: Session, job_id: str) -> bool:
+    """End a job that was asked to stop but whose worker vanished (lease expired): it cannot stop itself."""
+    now = utcnow()
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == R, Job.cancel_requested_at.is_not(None), Job.lease_expires_at < now)
+        .values(status=JobStatus.CANCELED.value, finished_at=now, lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def cancel(session: Session, job_id: str) -> JobStatus:
+    """Cancel a queued job at once; ask a running one to stop. Returns the status after the call."""
+    now = utcnow()
+    done = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == Q)
+        .values(status=JobStatus.CANCELED.value, finished_at=now, cancel_requested_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not done:
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.status == R, Job.cancel_requested_at.is_(None))
+            .values(cancel_requested_at=now).execution_options(synchronize_session=False)
+        )
+    session.commit()
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return JobStatus(status)
+
+
+def mark_enqueued(session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow())
+                    .execution_options(synchronize_session=False))
+    session.commit()

@@ -1,0 +1,31 @@
+"""The per-process handles every component needs, built once from `Settings`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+
+from shared.config import Settings
+from shared.db import Database
+from shared.storage import LocalStorage, Storage
+
+
+@dataclass
+class Services:
+    settings: Settings
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.settings.database_url)
+
+    @cached_property
+    def storage(self) -> Storage:
+        return LocalStorage(self.settings.storage_dir)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        if not self.settings.redis_url:
+            raise RuntimeError("ATELIER_REDIS_URL is not set (`atelier run` starts an embedded Redis and sets it)")
+        return redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
+                                    health_check_interval=30)

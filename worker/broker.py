@@ -1,0 +1,65 @@
+"""Celery configuration, task names and queues, shared by the API (which only sends) and workers.
+
+Celery only carries "run job X" messages; state and results live in SQL. Long GPU jobs go to
+the `gpu` queue, small periodic work (the sweep) to `maintenance`, so a busy GPU worker never
+delays it.
+"""
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from kombu import Queue
+from kombu.exceptions import OperationalError
+from redis import RedisError
+
+from shared import jobs
+from shared.config import Settings
+from shared.db import Database
+
+log = logging.getLogger(__name__)
+
+RUN_JOB = "atelier.run_job"
+SWEEP = "atelier.sweep"
+GPU_QUEUE = "gpu"
+MAINTENANCE_QUEUE = "maintenance"
+
+
+def create_celery(settings: Settings) -> Celery:
+    if not settings.redis_url:
+        raise RuntimeError("ATELIER_REDIS_URL is not set (`atelier run` starts an embedded Redis and sets it)")
+    app = Celery("atelier", broker=settings.redis_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,                  # a job's message is acked when the job ends...
+        task_reject_on_worker_lost=True,      # ...and requeued if the worker process dies mid-job
+        worker_prefetch_multiplier=1,         # one GPU job at a time per process, none hoarded
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+        task_queues=[Queue(GPU_QUEUE), Queue(MAINTENANCE_QUEUE)],
+        task_default_queue=MAINTENANCE_QUEUE,
+        task_routes={RUN_JOB: {"queue": GPU_QUEUE}, SWEEP: {"queue": MAINTENANCE_QUEUE}},
+        beat_schedule={"sweep": {"task": SWEEP, "schedule": settings.sweep_seconds,
+                                 "options": {"expires": settings.sweep_seconds}}},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    app.conf.atelier_settings = settings
+    return app
+
+
+def enqueue(celery: Celery, db: Database, job_id: str) -> bool:
+    """Hand a committed job to the broker. On failure the job stays queued and the sweep retries."""
+    try:
+        celery.send_task(RUN_JOB, args=[job_id], queue=GPU_QUEUE)
+    except (OperationalError, RedisError, OSError) as exc:
+        log.warning("job %s is queued but not yet sent to the broker (%s); the sweep will retry", job_id, exc)
+        return False
+    with db.session() as session:
+        jobs.mark_enqueued(session, job_id)
+    return True
+

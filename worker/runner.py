@@ -1,0 +1,266 @@
+"""Running one job: claim it, feed the engine its inputs, report progress, keep snapshots and a
+checkpoint, honour cancellation, and record the outcome, every write guarded by our lease.
+
+A `JobRun` lives for one delivery of one job. The engine callback is called after every
+iteration; it writes progress (and learns of cancellation) at most every `progress_seconds`,
+while a `Heartbeat` thread keeps the lease alive through long gaps between callbacks
+(network loading, coarse-to-fine stage setup, the final quality report).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import torch
+from PIL import Image
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from shared import events, jobs
+from shared.images import ImageError, open_image
+from shared.jobs import ErrorCode
+from shared.models import Job, JobStatus, Snapshot
+from shared.schemas import engine_params, job_out, job_path
+from shared.services import Services
+from shared.storage import StorageKeyError, input_key, job_prefix, sha256
+from worker.engine import Iterate, ParamError, Result, stylize
+
+log = logging.getLogger(__name__)
+
+PIL_FORMATS = {"png": ("PNG", {}), "jpeg": ("JPEG", {"quality": 95}), "webp": ("WEBP", {"quality": 95})}
+
+
+class JobFailed(Exception):
+    """The job cannot succeed; `code` goes to `error.code`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def encode_image(image: Image.Image, output_format: str) -> bytes:
+    pil_format, options = PIL_FORMATS[output_format]
+    buffer = io.BytesIO()
+    image.save(buffer, pil_format, **options)
+    return buffer.getvalue()
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease every lease/3 seconds; notices cancellation and loss of the lease."""
+
+    def __init__(self, run: JobRun) -> None:
+        super().__init__(name=f"heartbeat-{run.job_id}", daemon=True)
+        self.run_ = run
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        interval = self.run_.settings.lease_seconds / 3
+        while not self.stopped.wait(interval):
+            self.run_.renew()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+
+class JobRun:
+    def __init__(self, services: Services, job_id: str) -> None:
+        self.services, self.settings, self.job_id = services, services.settings, job_id
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.cancel_requested = False
+        self.lost = False          # the lease is no longer ours: write nothing more
+        self.resumed_from: int | None = None
+        self.params: dict = {}
+        self.progress: dict | None = None
+        self._last_progress = self._last_checkpoint = time.monotonic()
+        self._lock = threading.Lock()  # the callback and the heartbeat both renew
+
+    # ---- the whole delivery -----------------------------------------------------------------
+
+    def execute(self) -> None:
+        db = self.services.db
+        with db.session() as session:
+            claimed = jobs.claim(session, self.job_id, self.owner, self.settings.lease_seconds, self.settings.max_attempts)
+        if not claimed:
+            self._not_claimed()
+            return
+        with db.session() as session:
+            job = session.scalars(select(Job).where(Job.id == self.job_id)).one()
+            self.params, attempts, checkpoint_key = job.params, job.attempts, job.checkpoint_key
+            digests = [i.sha256 for i in job.inputs]
+        log.info("job %s: claimed by %s (attempt %d)", self.job_id, self.owner, attempts)
+        self._publish_status()
+        heartbeat = Heartbeat(self)
+        heartbeat.start()
+        try:
+            result = self._stylize(digests, checkpoint_key)
+        except JobFailed as exc:
+            heartbeat.stop()
+            self._end(JobStatus.FAILED, error_code=exc.code, error_message=str(exc))
+            return
+        except SQLAlchemyError:
+            # the database, not the job, failed: leave the lease to expire and the sweep to re-run it
+            heartbeat.stop()
+            raise
+        except Exception as exc:  # a bug or a bad environment: record it rather than retry forever
+            heartbeat.stop()
+            log.exception("job %s: engine error", self.job_id)
+            self._end(JobStatus.FAILED, error_code=ErrorCode.ENGINE_ERROR, error_message=f"{type(exc).__name__}: {exc}")
+            return
+        heartbeat.stop()
+        if self.lost:
+            return
+        if result.stopped:
+            self._end(JobStatus.CANCELED, progress=self.progress)
+            return
+        self._succeed(result)
+
+    def _not_claimed(self) -> None:
+        with self.services.db.session() as session:
+            if jobs.fail_exhausted(session, self.job_id, self.settings.max_attempts):
+                log.warning("job %s: failed after %d attempts", self.job_id, self.settings.max_attempts)
+                self._publish_status()
+                return
+            status = session.scalar(select(Job.status).where(Job.id == self.job_id))
+        log.info("job %s: not claimed (status %s); dropping this delivery", self.job_id, status)
+
+    def _stylize(self, digests: list[str], checkpoint_key: str | None) -> Result:
+        storage = self.services.storage
+        try:
+            images = [open_image(storage.get(input_key(d)), max_pixels=self.settings.max_pixels) for d in digests]
+        except (StorageKeyError, ImageError) as exc:
+            raise JobFailed(ErrorCode.INPUT_MISSING, f"an input image is missing or unreadable: {exc}") from None
+        try:
+            engine = engine_params(self.params)
+        except ParamError as exc:
+            raise JobFailed(ErrorCode.INVALID_PARAMS, str(exc)) from None
+        checkpoint = self._load_checkpoint(checkpoint_key)
+        try:
+            return stylize(images[0], images[1:], engine, device=self.settings.device,
+                           callback=self._on_iterate, checkpoint=checkpoint)
+        except ParamError as exc:
+            raise JobFailed(ErrorCode.INVALID_PARAMS, str(exc)) from None
+        except FloatingPointError as exc:
+            raise JobFailed(ErrorCode.DIVERGED, str(exc)) from None
+
+    # ---- the engine callback ----------------------------------------------------------------
+
+    def _on_iterate(self, it: Iterate) -> bool:
+        if self.lost or self.cancel_requested:
+            return True
+        self.progress = self._progress(it)
+        every = self.params["snapshot_every"]
+        if every and it.iteration % every == 0 and it.iteration < it.total:
+            self._snapshot(it)
+        now = time.monotonic()
+        if now - self._last_checkpoint >= self.settings.checkpoint_seconds and it.iteration < it.total:
+            self._save_checkpoint(it.checkpoint())
+            self._last_checkpoint = now
+        if now - self._last_progress >= self.settings.progress_seconds or it.iteration == it.total:
+            self.renew(self.progress)
+            events.publish(self.services.redis, self.job_id, "progress", self.progress)
+            self._last_progress = now
+        return self.lost or self.cancel_requested
+
+    def renew(self, progress: dict | None = None) -> None:
+        """Extend the lease (writing progress if given); learn whether to stop."""
+        with self._lock, self.services.db.session() as session:
+            answer = jobs.renew(session, self.job_id, self.owner, self.settings.lease_seconds, progress)
+        if answer is False:
+            if not self.lost:
+                log.warning("job %s: lease lost (deleted or reclaimed); stopping", self.job_id)
+            self.lost = True
+        elif answer is not None:
+            self.cancel_requested = True
+
+    def _progress(self, it: Iterate) -> dict:
+        ips = it.iterations_per_second
+        return {"iteration": it.iteration, "total": it.total, "scale": it.scale, "scales": it.scales,
+                "percent": round(100 * it.iteration / it.total, 2), "losses": it.losses,
+                "iterations_per_second": round(ips, 3),
+                "eta_seconds": round((it.total - it.iteration) / ips, 1) if ips > 0 else None,
+                "resumed_from": self.resumed_from}
+
+    def _snapshot(self, it: Iterate) -> None:
+        data = encode_image(it.image(), self.params["output_format"])
+        key = f"{job_prefix(self.job_id)}snapshots/{it.iteration:06d}.{self.params['output_format']}"
+        self.services.storage.put(key, data)
+        snapshot = Snapshot(job_id=self.job_id, iteration=it.iteration, key=key, sha256=sha256(data))
+        try:
+            with self.services.db.session() as session:
+                # a resumed attempt may redo an iteration: the newer image replaces the older
+                session.execute(delete(Snapshot).where(Snapshot.job_id == self.job_id, Snapshot.iteration == it.iteration))
+                session.add(snapshot)
+                session.commit()
+                created = {"iteration": it.iteration, "url": job_path(self.job_id, "snapshots", it.iteration),
+                           "created_at": snapshot.created_at.isoformat()}
+        except IntegrityError:  # the job row is gone: deleted while running
+            self.services.storage.delete(key)
+            self.lost = True
+            return
+        events.publish(self.services.redis, self.job_id, "snapshot", created)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def _checkpoint_key(self) -> str:
+        return f"{job_prefix(self.job_id)}checkpoint.pt"
+
+    def _save_checkpoint(self, checkpoint: dict) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        self.services.storage.put(self._checkpoint_key(), buffer.getvalue())
+        with self.services.db.session() as session:
+            session.execute(update(Job).where(Job.id == self.job_id, Job.lease_owner == self.owner)
+                            .values(checkpoint_key=self._checkpoint_key()).execution_options(synchronize_session=False))
+            session.commit()
+
+    def _load_checkpoint(self, key: str | None) -> dict | None:
+        if key is None:
+            return None
+        try:
+            checkpoint = torch.load(io.BytesIO(self.services.storage.get(key)), weights_only=True)
+        except (StorageKeyError, RuntimeError, EOFError, OSError) as exc:
+            log.warning("job %s: checkpoint unusable (%s); starting over", self.job_id, exc)
+            return None
+        self.resumed_from = int(checkpoint["iteration"])
+        log.info("job %s: resuming from iteration %d", self.job_id, self.resumed_from)
+        return checkpoint
+
+    # ---- outcomes ---------------------------------------------------------------------------
+
+    def _succeed(self, result: Result) -> None:
+        output_format = self.params["output_format"]
+        data = encode_image(result.image, output_format)
+        key = f"{job_prefix(self.job_id)}result.{output_format}"
+        self.services.storage.put(key, data)
+        progress = (self.progress or {}) | {"iteration": result.iterations, "total": result.total, "percent": 100.0,
+                                            "eta_seconds": 0.0, "losses": result.losses}
+        ended = self._end(JobStatus.SUCCEEDED, progress=progress, result_key=key, result_sha256=sha256(data),
+                          result_width=result.image.width, result_height=result.image.height,
+                          result_quality=result.quality, checkpoint_key=None)
+        if ended:
+            self.services.storage.delete(self._checkpoint_key())
+        else:
+            self.services.storage.delete(key)
+        log.info("job %s: succeeded in %.1fs on %s", self.job_id, result.seconds, result.device)
+
+    def _end(self, status: JobStatus, **values: object) -> bool:
+        with self.services.db.session() as session:
+            ended = jobs.finish(session, self.job_id, self.owner, status, **values)
+        if ended:
+            self._publish_status()
+        else:
+            log.warning("job %s: lost the lease before recording %s", self.job_id, status.value)
+        return ended
+
+    def _publish_status(self) -> None:
+        with self.services.db.session() as session:
+            job = session.get(Job, self.job_id)
+            if job is None:
+                return
+            events.publish(self.services.redis, self.job_id, "status", job_out(job).model_dump(mode="json"))
