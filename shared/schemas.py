@@ -25,7 +25,7 @@ class JobParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, title="JobParams")
 
-    size: int = Field(512, ge=32, description="Longest side of the output, in pixels.")
+    size: int = Field(512, ge=32, description="Longest side of the output, in pixels (default: 512, or the server's maximum if lower).")
     iterations: int | None = Field(None, ge=1, description="Total optimiser iterations over all scales; null: the engine's choice.")
     scales: int | None = Field(None, ge=1, le=6, description="Coarse-to-fine stages; null: automatic.")
     style_weights: list[float] | None = Field(None, min_length=1, description="Blend of the style images, one weight each.")
@@ -45,6 +45,8 @@ class JobParams(BaseModel):
 
 def effective_params(params: JobParams, settings: Settings, styles: int) -> dict[str, Any]:
     """Apply the operator's limits and the engine's own checks; raises ParamError naming the field."""
+    if "size" not in params.model_fields_set:
+        params = params.model_copy(update={"size": min(params.size, settings.max_size)})
     if params.size > settings.max_size:
         raise ParamError("size", f"must be at most {settings.max_size} on this server, not {params.size}")
     if params.style_weights is not None and len(params.style_weights) != styles:
