@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 
-def fit_longest_side(image: Image.Image, longest: int) -> Image.Image:
-    """Resize so the longest side is `longest`, keeping the aspect ratio (at least 1 px)."""
+def fit_longest_side(image: Image.Image, longest: int, min_side: int = 1) -> Image.Image:
+    """Resize so the longest side is `longest`, keeping the aspect ratio; no side below `min_side`
+    (VGG's relu5_1 needs 16 px)."""
     w, h = image.size
     scale = longest / max(w, h)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    size = (max(min_side, round(w * scale)), max(min_side, round(h * scale)))
     return image if size == image.size else image.resize(size, Image.LANCZOS)
 
 

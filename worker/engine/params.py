@@ -8,10 +8,14 @@ from .vgg import LAYER_NAMES, POOLINGS
 
 OPTIMIZERS = ("lbfgs", "adam")
 COLOR_MODES = ("none", "luminance", "histogram")
-INITS = ("content", "noise")
+INITS = ("content", "noise", "image")  # image: the caller passes init_image
+PRECISIONS = ("auto", "fp32", "bf16")
 MIN_SIDE = 16      # relu5_1 sits behind four 2x poolings
 COARSEST = 128     # auto schedules start here (or at the output size, if smaller)
 MAX_SCALES = 6
+COARSE_ITERATIONS = 150  # default schedule, see `plan`
+STAGE_RATIO = 3.5
+FINE_ITERATIONS = 10
 
 
 class ParamError(ValueError):
@@ -30,16 +34,17 @@ class Params:
     scales: int | None = None              # None: auto (coarsest ~128 px, doubling)
     style_weights: tuple[float, ...] | None = None  # blend of several styles; None: equal
     content_weight: float = 1.0
-    style_weight: float = 30.0
+    style_weight: float = 5.0
     tv_weight: float = 0.0
     style_scale: float = 1.0
-    init: str = "content"                  # content | noise | path to an image (CLI only)
+    init: str = "content"                  # content | noise | image (an init_image is given)
     seed: int = 0
     optimizer: str = "lbfgs"
     learning_rate: float = 0.02            # Adam's step size, images in [0, 1]
     pooling: str = "max"
     preserve_color: str = "none"
     weights: str = "caffe"
+    precision: str = "auto"                # auto: bf16 network passes where the device has fast bf16
     content_layers: tuple[str, ...] = ("relu4_2",)
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
     style_layer_weights: tuple[float, ...] | None = None
@@ -58,8 +63,8 @@ class Params:
         _choice(self, "optimizer", OPTIMIZERS)
         _choice(self, "pooling", POOLINGS)
         _choice(self, "preserve_color", COLOR_MODES)
-        if not isinstance(self.init, str) or not self.init:
-            raise ParamError("init", "must be 'content', 'noise' or an image path")
+        _choice(self, "precision", PRECISIONS)
+        _choice(self, "init", INITS)
         if not isinstance(self.weights, str) or not self.weights:
             raise ParamError("weights", "must be 'caffe', 'torchvision' or a file path")
         for name in ("content_layers", "style_layers"):
@@ -118,23 +123,33 @@ class Stage:
     iterations: int
 
 
-def default_iterations(size: int) -> int:
-    """The engine's choice of total iterations (see `plan`) when the caller gives none."""
-    return sum(s.iterations for s in plan(Params(size=size)))
+def auto_scales(size: int) -> int:
+    """Enough scales that the coarsest is between COARSEST and 2*COARSEST pixels."""
+    return max(1, min(MAX_SCALES, 1 + int(math.log2(size / COARSEST)))) if size >= COARSEST else 1
 
 
 def plan(params: Params) -> list[Stage]:
-    """Sizes double from the coarsest to the output size; coarse stages are cheap, so they
-    get most of the iterations (each stage half the iterations of the one below it, at least
-    a quarter of the total on the finest)."""
-    n = params.scales or max(1, min(MAX_SCALES, 1 + int(math.log2(params.size / COARSEST)))) if params.size >= COARSEST else 1
-    n = params.scales or n
-    sizes = sorted({max(32, round(params.size / 2**k)) for k in range(n)})
-    shares = [2.0 ** (len(sizes) - 1 - i) for i in range(len(sizes))]
-    total = params.iterations or DEFAULT_ITERATIONS.get(len(sizes), 300)
-    counts = [max(1, round(total * s / sum(shares))) for s in shares]
-    counts[-1] = max(1, total - sum(counts[:-1]))
+    """The coarse-to-fine ladder: sizes double up to the output size.
+
+    By default the coarsest stage runs COARSE_ITERATIONS (it converges there for a fraction of
+    the cost), and each finer stage 1/STAGE_RATIO as many (at least FINE_ITERATIONS): at 4x
+    the cost per iteration they only add detail. A requested total is split in the same
+    proportions; with fewer iterations than scales, the finest scales are kept.
+    """
+    n = params.scales or auto_scales(params.size)
+    sizes = sorted({max(MIN_SIDE, round(params.size / 2**k)) for k in range(n)})
+    shares = [max(FINE_ITERATIONS, round(COARSE_ITERATIONS / STAGE_RATIO**k)) for k in range(len(sizes))]
+    if params.iterations is None:
+        return [Stage(size, count) for size, count in zip(sizes, shares)]
+    total = params.iterations
+    if total < len(sizes):
+        sizes, shares = sizes[-total:], shares[-total:]
+    counts = [1 + math.floor((total - len(sizes)) * s / sum(shares)) for s in shares]
+    for i in range(total - sum(counts)):  # hand out the rounding remainder, finest first
+        counts[-1 - i % len(counts)] += 1
     return [Stage(size, count) for size, count in zip(sizes, counts)]
 
 
-DEFAULT_ITERATIONS = {1: 300, 2: 300, 3: 350, 4: 350, 5: 350, 6: 350}
+def default_iterations(size: int) -> int:
+    """The engine's choice of total iterations when the caller gives none."""
+    return sum(s.iterations for s in plan(Params(size=size)))

