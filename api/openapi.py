@@ -41,6 +41,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     components = schemas["$defs"]
     params = components["JobParams"]["properties"]
     params["size"]["maximum"] = settings.max_size
+    params["size"]["default"] = min(params["size"]["default"], settings.max_size)
     params["iterations"]["anyOf"][0]["maximum"] = settings.max_iterations
     images = {name: {"description": f"`{name}` image", "content": {mime: {} for mime in OUTPUT_FORMATS.values()}}
               for name in ("Result", "Snapshot")}

@@ -39,7 +39,7 @@ def parse(request: Request, settings: Settings) -> Submission:
         raise ProblemError(415, "Unsupported Media Type",
                            f"send multipart/form-data with files `content` and `style`, not {request.mimetype or 'no body'}")
     files = request.files  # raises 413 past MAX_CONTENT_LENGTH
-    unknown = sorted(set(files) - {"content", "style"}) + sorted(set(request.form) - {"params"})
+    unknown = sorted(set(files) - {"content", "style", "params"}) + sorted(set(request.form) - {"params"})
     if unknown:
         raise invalid(unknown[0], "unknown field; expected files `content`, `style` and the field `params`")
     contents, styles = files.getlist("content"), files.getlist("style")
@@ -51,7 +51,7 @@ def parse(request: Request, settings: Settings) -> Submission:
         raise invalid("style", f"at most {settings.max_styles} style images are allowed, not {len(styles)}")
     content = _read_image("content", contents[0], settings)
     style_uploads = [_read_image(f"style[{i}]", f, settings) for i, f in enumerate(styles)]
-    params = _params(request.form.get("params"), settings, len(style_uploads))
+    params = _params(_params_text(request), settings, len(style_uploads))
     fingerprint = json.dumps({"inputs": [hashlib.sha256(u.data).hexdigest() for u in (content, *style_uploads)],
                               "params": params}, sort_keys=True)
     return Submission(content, style_uploads, params, hashlib.sha256(fingerprint.encode()).hexdigest())
@@ -76,6 +76,16 @@ def _read_image(field: str, upload: FileStorage, settings: Settings) -> Upload:
     except ImageError as exc:
         raise invalid(field, str(exc)) from None
     return Upload(field, upload.filename or None, data)
+
+
+def _params_text(request: Request) -> str | None:
+    """`params` as a plain form field, or as a JSON file part (`curl -F params=@p.json`)."""
+    if "params" in request.files:
+        try:
+            return request.files["params"].read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise invalid("params", "must be UTF-8 JSON", status=400) from None
+    return request.form.get("params")
 
 
 def _params(raw: str | None, settings: Settings, styles: int) -> dict[str, Any]:

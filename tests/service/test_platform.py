@@ -1,0 +1,166 @@
+"""Health, readiness, the OpenAPI document, the docs page and the `atelier` service commands."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from openapi_spec_validator import validate
+
+from api import create_app
+from shared import keys
+from shared.services import Services
+from tests.service.conftest import ROOT, free_port, wait_for
+
+
+def test_healthz_needs_nothing(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_readyz_checks_database_and_redis(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200 and response.get_json()["redis"] == "ok"
+
+
+def test_readyz_is_503_when_redis_is_down(make_redis, settings):
+    server = make_redis()
+    client = create_app(replace(settings, redis_url=server.url(0))).test_client()
+    assert client.get("/readyz").status_code == 200
+    server.stop()
+    response = client.get("/readyz")
+    assert response.status_code == 503 and response.mimetype == "application/problem+json"
+    assert "redis" in response.get_json()["detail"] and "database" not in response.get_json()["detail"]
+    server.start()
+    assert client.get("/readyz").status_code == 200
+
+
+def test_readyz_is_503_when_the_database_is_down(settings):
+    dead = replace(settings, database_url=f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+    response = create_app(dead).test_client().get("/readyz")
+    assert response.status_code == 503 and "database" in response.get_json()["detail"]
+
+
+def test_events_are_503_when_redis_is_down(make_redis, settings, auth, images):
+    from tests.service.conftest import submit
+    server = make_redis()
+    client = create_app(replace(settings, redis_url=server.url(0))).test_client()
+    job = submit(client, auth, images, {"size": 32}).get_json()
+    server.stop()
+    response = client.get(f"/v1/jobs/{job['id']}/events", headers=auth)
+    assert response.status_code == 503 and response.mimetype == "application/problem+json"
+
+
+def test_openapi_is_valid_3_1_and_carries_the_limits(client, settings):
+    spec = client.get("/v1/openapi.json").get_json()
+    validate(spec)  # raises on an invalid document
+    assert spec["openapi"].startswith("3.1")
+    params = spec["components"]["schemas"]["JobParams"]
+    assert params["additionalProperties"] is False
+    assert params["properties"]["size"]["maximum"] == settings.max_size
+    assert set(spec["paths"]) >= {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/result",
+                                  "/v1/jobs/{job_id}/snapshots/{iteration}", "/v1/jobs/{job_id}/events", "/healthz", "/readyz"}
+
+
+def test_docs_page_is_self_contained(client):
+    response = client.get("/docs")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert "snapshot_every" in html and "/v1/jobs/{job_id}/cancel" in html
+    assert not re.search(r"""(src|href)=["']https?://""", html)  # nothing fetched from elsewhere
+
+
+def atelier(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=os.environ | env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_keys_create_prints_the_key_last_and_stores_only_its_hash(settings):
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+    result = atelier("keys", "create", name, env=settings.to_env())
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip().splitlines()[-1]
+    assert token.startswith(keys.PREFIX) and len(token) > 40
+    services = Services(settings)
+    with services.db.session() as session:
+        assert keys.account_for(session, token) is not None
+        stored = session.execute(keys.select(keys.ApiKey.key_hash)).scalars().all()
+    assert token not in stored and keys.hash_key(token) in stored
+    services.db.dispose()
+
+
+def test_migrate_is_idempotent(settings):
+    for _ in range(2):
+        result = atelier("migrate", env=settings.to_env())
+        assert result.returncode == 0, result.stderr
+
+
+def http(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, dict | bytes]:
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+            status = response.status
+            kind = response.headers.get_content_type()
+    except urllib.error.HTTPError as exc:
+        body, status, kind = exc.read(), exc.code, exc.headers.get_content_type()
+    except OSError:
+        return 0, b""
+    return status, json.loads(body) if kind.endswith("json") else body
+
+
+def multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+             f"Content-Type: {kind}\r\n\r\n".encode() + data + b"\r\n"
+             for name, (filename, data, kind) in fields.items()]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_atelier_run_serves_a_job_restarts_a_dead_child_and_stops_cleanly(tmp_path, images):
+    port = free_port()
+    env = os.environ | {"ATELIER_PORT": str(port), "ATELIER_DATABASE_URL": f"sqlite:///{tmp_path / 'var/atelier.db'}",
+                        "ATELIER_STORAGE_DIR": str(tmp_path / "var/storage"), "ATELIER_DEVICE": "cpu",
+                        "PYTHONPATH": str(ROOT)}
+    env.pop("ATELIER_REDIS_URL", None)
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        stack = subprocess.Popen([sys.executable, "-m", "shared.cli", "run"], cwd=tmp_path, env=env,
+                                 stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http(f"{base}/readyz")[0] == 200, timeout=90, interval=0.5, what="atelier run to be ready")
+        output = log_path.read_text()
+        assert f"{base}/docs" in output and "redis://127.0.0.1:" in output  # printed URLs, embedded Redis
+
+        created = subprocess.run([sys.executable, "-m", "shared.cli", "keys", "create", "me"], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True, timeout=60)
+        auth = {"Authorization": f"Bearer {created.stdout.splitlines()[-1]}"}
+        body, kind = multipart({"content": ("c.png", images["content"], "image/png"),
+                                "style": ("s.png", images["style"], "image/png"),
+                                "params": ("params.json", b'{"size": 32, "iterations": 4, "snapshot_every": 2}',
+                                           "application/json")})
+        status, job = http(f"{base}/v1/jobs", body, auth | {"Content-Type": kind})
+        assert status == 202, job
+        done = wait_for(lambda: (j := http(f"{base}/v1/jobs/{job['id']}", headers=auth)[1])["status"]
+                        in ("succeeded", "failed") and j, timeout=90, interval=0.5, what="the job")
+        assert done["status"] == "succeeded" and done["snapshots"], done
+
+        worker_pid = int(re.search(r"started worker \(pid (\d+)\)", log_path.read_text()).group(1))
+        os.kill(worker_pid, signal.SIGKILL)
+        wait_for(lambda: re.search(r"started worker \(pid (?!%d\))\d+\)" % worker_pid, log_path.read_text()),
+                 timeout=30, what="the worker to be restarted")
+        assert f"worker (pid {worker_pid}) exited with code -9; restarting" in log_path.read_text()
+    finally:
+        stack.send_signal(signal.SIGTERM)
+        assert stack.wait(60) == 0
+    pids = [int(p) for p in re.findall(r"started \w+ \(pid (\d+)\)", log_path.read_text())]
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], pid

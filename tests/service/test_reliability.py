@@ -1,0 +1,134 @@
+"""The claim, the sweep and checkpoints: a job runs once, survives a lost message or a dead worker."""
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import update
+
+from api import create_app
+from shared import jobs
+from shared.models import Base, Job, utcnow
+from shared.services import Services
+from tests.service.conftest import new_key, submit, wait_for, wait_status
+from worker.broker import GPU_QUEUE, create_celery
+from worker.sweep import sweep
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+def test_migrations_create_exactly_the_models(settings):
+    services = Services(settings)
+    with services.db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
+    services.db.dispose()
+
+
+def queued_job(client, auth, images) -> str:
+    return submit(client, auth, images, {"size": 32, "iterations": 2}).get_json()["id"]
+
+
+def test_the_claim_is_a_compare_and_set(client, auth, images, settings):
+    job_id = queued_job(client, auth, images)
+    db = Services(settings).db
+    with db.session() as session:
+        assert jobs.claim(session, job_id, "worker-a", 60, 3) is True
+        assert jobs.claim(session, job_id, "worker-b", 60, 3) is False  # live lease: no second run
+        assert jobs.renew(session, job_id, "worker-b", 60) is False      # and no writes from the loser
+        assert jobs.renew(session, job_id, "worker-a", 60) is None       # the holder renews; no cancel asked
+        assert jobs.finish(session, job_id, "worker-b", jobs.JobStatus.SUCCEEDED) is False
+        # the lease expires (worker-a died): now another worker may take it over
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+        assert jobs.claim(session, job_id, "worker-b", 60, 3) is True
+        assert jobs.renew(session, job_id, "worker-a", 60) is False      # the old holder has lost it
+        job = session.get(Job, job_id)
+        assert (job.status, job.attempts, job.lease_owner) == ("running", 2, "worker-b")
+    db.dispose()
+
+
+def test_cancel_while_running_is_seen_by_the_lease_holder(client, auth, images, settings):
+    job_id = queued_job(client, auth, images)
+    db = Services(settings).db
+    with db.session() as session:
+        jobs.claim(session, job_id, "worker-a", 60, 3)
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 202
+    with db.session() as session:
+        assert jobs.renew(session, job_id, "worker-a", 60) is not None
+    db.dispose()
+
+
+def expire(settings, job_id: str, **values) -> None:
+    db = Services(settings).db
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            status="running", lease_owner="dead-worker", lease_expires_at=utcnow() - timedelta(seconds=1), **values))
+        session.commit()
+    db.dispose()
+
+
+def test_sweep_fails_a_job_out_of_attempts_and_ends_an_abandoned_cancel(client, auth, images, settings):
+    exhausted, abandoned = queued_job(client, auth, images), queued_job(client, auth, images)
+    expire(settings, exhausted, attempts=settings.max_attempts)
+    expire(settings, abandoned, attempts=1, cancel_requested_at=utcnow())
+    report = sweep(Services(settings), create_celery(settings))
+    assert exhausted in report.failed and abandoned in report.canceled
+    failed = client.get(f"/v1/jobs/{exhausted}", headers=auth).get_json()
+    assert failed["status"] == "failed" and failed["error"]["code"] == "attempts_exhausted"
+    assert client.get(f"/v1/jobs/{abandoned}", headers=auth).get_json()["status"] == "canceled"
+
+
+def test_a_job_submitted_while_the_broker_is_down_is_sent_by_the_sweep(make_redis, settings, images):
+    server = make_redis()
+    local = replace(settings, redis_url=server.url(0))
+    app = create_app(local)
+    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
+    server.stop()
+    assert client.get("/readyz").status_code == 503
+    response = submit(client, auth, images, {"size": 32, "iterations": 2})
+    assert response.status_code == 202  # the job is safe in SQL even though the broker is not there
+    job_id = response.get_json()["id"]
+    services = Services(local)
+    with services.db.session() as session:
+        assert session.get(Job, job_id).enqueued_at is None
+    server.start()
+    assert client.get("/readyz").status_code == 200
+    report = sweep(services, create_celery(local))
+    assert job_id in report.resent
+    assert services.redis.llen(GPU_QUEUE) == 1
+    with services.db.session() as session:
+        assert session.get(Job, job_id).enqueued_at is not None
+    assert job_id not in sweep(services, create_celery(local)).resent  # sent once, not every sweep
+
+
+def test_a_job_resumes_from_its_checkpoint_when_its_worker_dies(redis_server, worker_settings, spawn_worker, images):
+    # its own Redis database and workers, so the shared test worker cannot pick the job up
+    local = replace(worker_settings, redis_url=redis_server.url(2))
+    app = create_app(local)
+    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
+    first = spawn_worker(local)
+    job_id = submit(client, auth, images, {"size": 64, "iterations": 400, "snapshot_every": 0}).get_json()["id"]
+    services = Services(local)
+
+    def checkpointed() -> int:
+        with services.db.session() as session:
+            job = session.get(Job, job_id)
+            return job.checkpoint_key is not None and (job.progress or {}).get("iteration", 0) >= 5
+    wait_for(checkpointed, timeout=90, what="a checkpoint")
+    first.kill()  # the machine dies: no cleanup, the lease stays, the message is unacked
+    with services.db.session() as session:
+        stopped_at = session.get(Job, job_id).progress["iteration"]
+    assert stopped_at < 400
+
+    second = spawn_worker(local)
+    wait_for(lambda: job_id in sweep(services, create_celery(local)).resent, timeout=local.lease_seconds + 10,
+             interval=0.5, what="the sweep to re-send the job once its lease expired")
+    done = wait_status(client, auth, job_id, TERMINAL)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 2
+    assert 0 < done["progress"]["resumed_from"] <= stopped_at + 10  # not from zero
+    assert done["progress"]["iteration"] == 400
+    assert f"job {job_id}: resuming from iteration" in second.output()
+    second.stop()
