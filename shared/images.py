@@ -38,7 +38,7 @@ def open_image(source: str | Path | bytes | BinaryIO, *, max_pixels: int = DEFAU
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _describe(exc) from None
     except OSError as exc:
-        raise ImageError(f"unreadable image: {exc}") from None
+        raise ImageError(f"corrupt or truncated image: {exc}") from None
     if img.format not in ALLOWED_FORMATS:
         raise ImageError(f"unsupported image format {img.format!r}; use PNG, JPEG or WebP")
     width, height = img.size

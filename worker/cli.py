@@ -79,7 +79,7 @@ def _stylize(args: argparse.Namespace) -> int:
     styles = [open_image(s) for s in args.styles]
     init_image = None if args.init in ("content", "noise") else open_image(args.init)
 
-    bar = tqdm(desc="stylize", unit="it", file=sys.stderr, dynamic_ncols=True, disable=None)
+    bar = tqdm(desc="stylize", unit="it", file=sys.stderr, dynamic_ncols=True)
 
     def callback(it: Iterate) -> None:
         bar.total = it.total
