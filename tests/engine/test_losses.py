@@ -41,3 +41,15 @@ def test_tv_loss_is_mean_squared_neighbour_difference():
     # horizontal diffs: 1, 1 (mean 1); vertical diffs: 0, 0
     assert TVLoss()(image).item() == pytest.approx(1.0)
     assert TVLoss()(torch.full((1, 3, 5, 5), 0.3)).item() == 0
+
+
+def test_gram_gradient_matches_autograd_of_the_plain_formula():
+    features = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gram, (features,))
+    weights = torch.randn(2, 3, 3, dtype=torch.float64)
+    (gram(features) * weights).sum().backward()
+    ours = features.grad.clone()
+    features.grad = None
+    flat = features.reshape(2, 3, 20)
+    ((flat @ flat.transpose(1, 2) / 20) * weights).sum().backward()
+    assert torch.allclose(ours, features.grad)

@@ -6,11 +6,24 @@ import torch
 from torch import nn
 
 
+class _FlatGram(torch.autograd.Function):
+    """F Fᵀ with the symmetric backward (G' + G'ᵀ) F: one matmul where autograd would do two."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(flat)
+        return flat @ flat.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (flat,) = ctx.saved_tensors
+        return (grad + grad.transpose(1, 2)) @ flat
+
+
 def gram(features: torch.Tensor) -> torch.Tensor:
     """Gram matrix of (B, C, H, W) features divided by the number of positions H*W."""
     b, c, h, w = features.shape
-    flat = features.reshape(b, c, h * w)
-    return flat @ flat.transpose(1, 2) / (h * w)
+    return _FlatGram.apply(features.reshape(b, c, h * w)) / (h * w)
 
 
 class ContentLoss(nn.Module):

@@ -25,6 +25,7 @@ LAYER_NAMES: tuple[str, ...] = tuple(
 )
 CONV_NAMES = tuple(n for n in LAYER_NAMES if n.startswith("conv"))
 POOLINGS = ("avg", "max")
+MEMORY_FORMAT = torch.channels_last
 CAFFE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 
 
@@ -72,7 +73,7 @@ class VGGFeatures(nn.Module):
         self.layers = nn.ModuleDict()
         for name, layer in zip(LAYER_NAMES, layers):
             if isinstance(layer, nn.ReLU):
-                layer = nn.ReLU(inplace=False)  # conv outputs may be requested as features
+                layer = nn.ReLU(inplace=True)  # saves a pass over memory; requested conv outputs are cloned
             elif isinstance(layer, nn.MaxPool2d) and pooling == "avg":
                 layer = nn.AvgPool2d(kernel_size=2, stride=2)
             self.layers[name] = layer
@@ -81,6 +82,7 @@ class VGGFeatures(nn.Module):
             raise WeightsError(f"weights lack {len(missing)} tensors, e.g. {missing[0]}")
         self.requires_grad_(False)
         self.eval()
+        self.to(memory_format=MEMORY_FORMAT)
 
     def forward(self, x: torch.Tensor, names: set[str] | frozenset[str]) -> dict[str, torch.Tensor]:
         """Run only as deep as the deepest requested layer (truncation per call)."""
@@ -89,11 +91,11 @@ class VGGFeatures(nn.Module):
             raise ValueError(f"unknown VGG-19 layer(s): {sorted(unknown)}")
         deepest = max(LAYER_NAMES.index(n) for n in names)
         out = {}
-        x = self.preprocess(x)
+        x = self.preprocess(x).contiguous(memory_format=MEMORY_FORMAT)
         for name in LAYER_NAMES[: deepest + 1]:
             x = self.layers[name](x)
             if name in names:
-                out[name] = x
+                out[name] = x.clone() if name.startswith("conv") else x
         return out
 
 
