@@ -17,6 +17,7 @@ import time
 import uuid
 
 import torch
+from celery import current_app
 from PIL import Image
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -28,6 +29,7 @@ from shared.models import Job, JobStatus, Snapshot
 from shared.schemas import engine_params, job_out, job_path
 from shared.services import Services
 from shared.storage import StorageKeyError, input_key, job_prefix, sha256
+from shared.webhooks import outbox
 from worker.engine import Iterate, ParamError, Result, stylize
 
 log = logging.getLogger(__name__)
@@ -172,11 +174,15 @@ class JobRun:
         with self._lock, self.services.db.session() as session:
             answer = jobs.renew(session, self.job_id, self.owner, self.settings.lease_seconds, progress)
         if answer is False:
-            if not self.lost:
-                log.warning("job %s: lease lost (deleted or reclaimed); stopping", self.job_id)
-            self.lost = True
+            self._lose("deleted or reclaimed")
         elif answer is not None:
             self.cancel_requested = True
+
+    def _lose(self, why: str) -> None:
+        """The job is no longer ours to write: stop at the next callback and record nothing."""
+        if not self.lost:
+            log.warning("job %s: lease lost (%s); stopping", self.job_id, why)
+        self.lost = True
 
     def _progress(self, it: Iterate) -> dict:
         ips = it.iterations_per_second
@@ -201,9 +207,10 @@ class JobRun:
                            "created_at": snapshot.created_at.isoformat()}
         except IntegrityError:  # the job row is gone: deleted while running
             self.services.storage.delete(key)
-            self.lost = True
+            self._lose("deleted")
             return
         events.publish(self.services.redis, self.job_id, "snapshot", created)
+        outbox.notify(self.services, current_app, self.job_id, outbox.SNAPSHOT)
 
     # ---- checkpoints ------------------------------------------------------------------------
 
@@ -264,3 +271,4 @@ class JobRun:
             if job is None:
                 return
             events.publish(self.services.redis, self.job_id, "status", job_out(job).model_dump(mode="json"))
+        outbox.notify(self.services, current_app, self.job_id)

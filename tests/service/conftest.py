@@ -216,14 +216,16 @@ def submit(client, auth: dict, images: dict, params: dict | None = None, styles:
 
 class WorkerProcess:
     """`celery -A worker.celery_app worker -Q gpu` as in production (prefork, one child), in its own
-    process group so a test can kill it like a crashed machine."""
+    process group so a test can kill it like a crashed machine. `args` replaces `-Q gpu`, e.g. to
+    also consume `maintenance` and run the periodic sweeps (`--beat`)."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, args: tuple[str, ...] = ("-Q", "gpu")) -> None:
         self.settings, self.log_path = settings, log_path
-        env = os.environ | settings.to_env()
+        # one intra-op thread: tiny test images gain nothing from more, and the suite shares the CPU
+        env = os.environ | settings.to_env() | {"OMP_NUM_THREADS": "1"}
         self.log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu", "--concurrency", "1",
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", *args, "--concurrency", "1",
              "--loglevel", "INFO", "-n", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-mingle", "--without-gossip"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: b" ready." in log_path.read_bytes() or self.process.poll() is not None,
@@ -251,11 +253,11 @@ class WorkerProcess:
 
 
 @pytest.fixture(scope="session")
-def spawn_worker(tmp_path_factory) -> Iterator[Callable[[Settings], WorkerProcess]]:
+def spawn_worker(tmp_path_factory) -> Iterator[Callable[..., WorkerProcess]]:
     workers: list[WorkerProcess] = []
 
-    def spawn(settings: Settings) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path_factory.mktemp("worker") / "worker.log")
+    def spawn(settings: Settings, args: tuple[str, ...] = ("-Q", "gpu")) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path_factory.mktemp("worker") / "worker.log", args)
         workers.append(worker)
         return worker
 

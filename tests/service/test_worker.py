@@ -92,7 +92,7 @@ def wait_running(client, auth, job_id: str, iteration: int = 3) -> dict:
         job = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
         assert job["status"] in ("queued", "running"), job
         return job if job["status"] == "running" and (job["progress"] or {}).get("iteration", 0) >= iteration else None
-    return wait_for(running, timeout=90, what=f"job {job_id} to run")
+    return wait_for(running, timeout=180, what=f"job {job_id} to run")
 
 
 def test_cancel_a_running_job_keeps_its_snapshots(live_client, live_auth, images):
