@@ -20,8 +20,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["celery"] = create_celery(settings)
 
     from api import docs, errors, events, files, health, jobs
+    from api import webhooks
     errors.register(app)
-    for module in (health, docs, jobs, files, events):
+    for module in (health, docs, jobs, files, events, webhooks):
         app.register_blueprint(module.bp)
     if not app.debug:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -8,7 +8,8 @@ from shared.config import Settings
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     keys = subparsers.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
-    create = keys.add_parser("create", help="create an API key for account NAME (printed once, last line)")
+    create = keys.add_parser("create", help="create an API key for account NAME (printed once, last line, "
+                                            "after its webhook signing secret)")
     create.add_argument("name", help="account name; a new key for an existing account sees the same jobs")
     create.set_defaults(func=create_key)
     subparsers.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=migrate)
@@ -20,13 +21,16 @@ def create_key(args: argparse.Namespace) -> int:
     from shared import keys
     from shared.db import Database
     from shared.migrate import upgrade
+    from shared.webhooks import secrets
 
     settings = Settings.from_env()
     upgrade(settings.database_url)
     db = Database(settings.database_url)
     with db.session() as session:
         token = keys.create_key(session, args.name)
+        secret = secrets.current(session, keys.live_key(session, token).id).secret
     db.dispose()
+    print(f"Webhook signing secret of this key (also at GET /v1/webhooks/secret):\n{secret}")
     print(f"API key for account {args.name!r}; it is shown only this once:")
     print(token)
     return 0

@@ -20,6 +20,7 @@ from shared import events, jobs
 from shared.models import ACTIVE, InputRole, Job, JobInput, JobStatus
 from shared.schemas import JobList, job_out, job_path
 from shared.storage import input_key, job_prefix, put_input
+from shared.webhooks import outbox
 from worker.broker import enqueue
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,8 @@ def _replay(session: Session, key: str, submission: Submission) -> Response | No
 def _create(session: Session, key: str | None, submission: Submission) -> Job:
     storage = services().storage
     job = Job(account_id=account_id(), params=submission.params, idempotency_key=key,
-              request_hash=submission.request_hash, status=JobStatus.QUEUED.value, attempts=0)
+              request_hash=submission.request_hash, status=JobStatus.QUEUED.value, attempts=0,
+              webhook_url=submission.webhook_url, webhook_events=submission.webhook_events)
     uploads = [(InputRole.CONTENT, submission.content), *((InputRole.STYLE, s) for s in submission.styles)]
     for position, (role, upload) in enumerate(uploads):
         digest = put_input(storage, upload.data)
@@ -157,6 +159,7 @@ def cancel_job(job_id: str) -> Response:
         job = load_job(session, job_id)
     if status is JobStatus.CANCELED:
         events.publish(svc.redis, job_id, "status", job_out(job).model_dump(mode="json"))
+        outbox.notify(svc, current_app.extensions["celery"], job_id)
     # 200: it is canceled; 202: a running job was asked to stop and will end `canceled` shortly
     return job_response(job, 200 if job.state.terminal else 202)
 

@@ -14,9 +14,11 @@ from api.errors import ProblemError, from_validation_error, invalid
 from shared.config import Settings
 from shared.images import ImageError, open_image
 from shared.schemas import JobParams, effective_params
+from shared.webhooks import outbox, targets
 from worker.engine import ParamError
 
 MAX_IDEMPOTENCY_KEY = 255
+FORM_FIELDS = frozenset({"params", "webhook_url", "webhook_events"})
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,9 @@ class Submission:
     content: Upload
     styles: list[Upload]
     params: dict[str, Any]  # effective
-    request_hash: str       # same inputs and effective params <=> same hash
+    request_hash: str       # same inputs, effective params and webhook <=> same hash
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None
 
 
 def parse(request: Request, settings: Settings) -> Submission:
@@ -39,9 +43,10 @@ def parse(request: Request, settings: Settings) -> Submission:
         raise ProblemError(415, "Unsupported Media Type",
                            f"send multipart/form-data with files `content` and `style`, not {request.mimetype or 'no body'}")
     files = request.files  # raises 413 past MAX_CONTENT_LENGTH
-    unknown = sorted(set(files) - {"content", "style", "params"}) + sorted(set(request.form) - {"params"})
+    unknown = sorted(set(files) - {"content", "style", "params"}) + sorted(set(request.form) - FORM_FIELDS)
     if unknown:
-        raise invalid(unknown[0], "unknown field; expected files `content`, `style` and the field `params`")
+        raise invalid(unknown[0], "unknown field; expected files `content`, `style` and the fields "
+                                  + ", ".join(f"`{f}`" for f in sorted(FORM_FIELDS)))
     contents, styles = files.getlist("content"), files.getlist("style")
     if len(contents) != 1:
         raise invalid("content", "exactly one content image is required")
@@ -51,10 +56,13 @@ def parse(request: Request, settings: Settings) -> Submission:
         raise invalid("style", f"at most {settings.max_styles} style images are allowed, not {len(styles)}")
     content = _read_image("content", contents[0], settings)
     style_uploads = [_read_image(f"style[{i}]", f, settings) for i, f in enumerate(styles)]
-    params = _params(_params_text(request), settings, len(style_uploads))
+    values = _params_object(_params_text(request))
+    webhook_url, webhook_events = _webhook(request, values, settings)
+    params = _params(values, settings, len(style_uploads))
     fingerprint = json.dumps({"inputs": [hashlib.sha256(u.data).hexdigest() for u in (content, *style_uploads)],
-                              "params": params}, sort_keys=True)
-    return Submission(content, style_uploads, params, hashlib.sha256(fingerprint.encode()).hexdigest())
+                              "params": params, "webhook": [webhook_url, webhook_events]}, sort_keys=True)
+    return Submission(content, style_uploads, params, hashlib.sha256(fingerprint.encode()).hexdigest(),
+                      webhook_url, webhook_events)
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -88,13 +96,58 @@ def _params_text(request: Request) -> str | None:
     return request.form.get("params")
 
 
-def _params(raw: str | None, settings: Settings, styles: int) -> dict[str, Any]:
+def _params_object(raw: str | None) -> dict[str, Any]:
     try:
         values = json.loads(raw) if raw not in (None, "") else {}
     except json.JSONDecodeError as exc:
         raise invalid("params", f"not valid JSON: {exc}", status=400) from None
     if not isinstance(values, dict):
         raise invalid("params", "must be a JSON object", status=400)
+    return values
+
+
+def _webhook(request: Request, values: dict[str, Any], settings: Settings) -> tuple[str | None, list[str] | None]:
+    """`webhook_url` and `webhook_events`, as form fields or inside `params` (taken out of it).
+    The URL must be one a delivery may reach now (see shared.webhooks.targets)."""
+    url_field, url = _form_or_params(request, values, "webhook_url")
+    events_field, events = _form_or_params(request, values, "webhook_events")
+    if url is None:
+        if events is not None:
+            raise invalid("webhook_url", "is required when webhook_events is given")
+        return None, None
+    if url_field == "webhook_url":  # form values come as a list
+        if len(url) > 1:
+            raise invalid(url_field, "give one URL")
+        url = url[0]
+    if not isinstance(url, str):
+        raise invalid(url_field, "must be a string")
+    try:
+        targets.resolve(url, targets.parse_networks(settings.webhook_allow_networks))
+    except targets.RefusedURL as exc:
+        raise invalid(url_field, str(exc)) from None
+    if events is None:
+        return url, list(outbox.DEFAULT_EVENTS)
+    if events_field == "webhook_events":  # form: repeated and/or comma-separated
+        events = [e.strip() for value in events for e in value.split(",") if e.strip()]
+    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+        raise invalid(events_field, "must be a non-empty list of event types")
+    unknown = sorted(set(events) - set(outbox.EVENT_TYPES))
+    if unknown:
+        raise invalid(events_field, f"unknown event {unknown[0]!r}; expected some of {', '.join(outbox.EVENT_TYPES)}")
+    return url, [e for e in outbox.EVENT_TYPES if e in events]
+
+
+def _form_or_params(request: Request, values: dict[str, Any], name: str) -> tuple[str, Any]:
+    """(the field to name in a problem, the value) of a field sent as form field(s) or in params."""
+    form, in_params = request.form.getlist(name), values.pop(name, None)
+    if form and in_params is not None:
+        raise invalid(name, "give it as a form field or inside params, not both")
+    if in_params is not None:
+        return f"params.{name}", in_params
+    return name, form or None
+
+
+def _params(values: dict[str, Any], settings: Settings, styles: int) -> dict[str, Any]:
     try:
         params = JobParams.model_validate(values)
         return effective_params(params, settings, styles)

@@ -36,6 +36,11 @@ class Settings:
     sweep_seconds: float = 30.0             # how often the periodic sweep runs
     enqueue_grace_seconds: float = 30.0     # a queued job never handed to the broker for this long is re-sent
     sse_keepalive_seconds: float = 15.0
+    # webhooks (shared.webhooks)
+    webhook_timeout_seconds: float = 10.0   # a 2xx must arrive within this, else the attempt failed
+    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"  # seconds before each retry (Standard Webhooks)
+    webhook_allow_networks: str = ""        # comma-separated CIDRs a webhook may reach although not public
+    webhook_secret_grace_seconds: float = 86400.0  # how long a rotated-out secret keeps signing
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":

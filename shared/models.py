@@ -91,6 +91,11 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    # Standard Webhooks signing secrets (`whsec_...`). Stored as is, not hashed: we need them to sign.
+    # After a rotation the previous secret signs too, until `previous_webhook_secret_expires_at`.
+    webhook_secret: Mapped[str | None] = mapped_column(String(64))
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(64))
+    previous_webhook_secret_expires_at: Mapped[datetime | None]
 
     account: Mapped[Account] = relationship(back_populates="keys")
 
@@ -128,6 +133,9 @@ class Job(Base):
     result_quality: Mapped[dict[str, Any] | None]
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # where to POST this job's events (shared.webhooks), and which ones; None: no webhook
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
 
     inputs: Mapped[list[JobInput]] = relationship(
         back_populates="job", order_by="JobInput.position", cascade="all, delete-orphan", passive_deletes=True)
@@ -172,3 +180,63 @@ class Snapshot(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="snapshots")
+
+
+class WebhookStatus(str, enum.Enum):
+    PENDING = "pending"        # an attempt is due now or at `next_attempt_at`
+    DELIVERED = "delivered"    # a 2xx arrived
+    FAILED = "failed"          # retries exhausted, or the receiver answered 410 Gone
+
+
+def new_message_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+class WebhookEvent(Base):
+    """One event of a job for its webhook: the outbox row, committed before any attempt is made.
+
+    Its id is the `webhook-id` header of every attempt, and `payload` the exact body each one
+    signs and sends. A due, pending event that nobody holds (`leased_until`) is sent again by
+    the sweep, so an event survives a broker or worker outage.
+    """
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        Index("ix_webhook_events_job_created", "job_id", "created_at"),
+        Index("ix_webhook_events_status_next", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_message_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2048))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default=WebhookStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)   # made so far, redeliveries included
+    failures: Mapped[int] = mapped_column(Integer, default=0)   # since the last success or redelivery: the retry index
+    next_attempt_at: Mapped[datetime | None]
+    dispatched_at: Mapped[datetime | None]  # when the newest broker message for it is due to run
+    leased_until: Mapped[datetime | None]   # an attempt is in flight until then
+
+    attempt_log: Mapped[list[WebhookAttempt]] = relationship(
+        back_populates="event", order_by="WebhookAttempt.number", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt at delivering an event, whatever its outcome."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (UniqueConstraint("event_id", "number", name="uq_webhook_attempts_event_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"))
+    number: Mapped[int]
+    url: Mapped[str] = mapped_column(String(2048))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(String(500))
+    latency_ms: Mapped[int]
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+
+    event: Mapped[WebhookEvent] = relationship(back_populates="attempt_log")

@@ -1,8 +1,8 @@
 """Celery configuration, task names and queues, shared by the API (which only sends) and workers.
 
 Celery only carries "run job X" messages; state and results live in SQL. Long GPU jobs go to
-the `gpu` queue, small periodic work (the sweep) to `maintenance`, so a busy GPU worker never
-delays it.
+the `gpu` queue, small work (the sweeps, webhook deliveries) to `maintenance`, so a busy GPU
+worker never delays it.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 RUN_JOB = "atelier.run_job"
 SWEEP = "atelier.sweep"
+DELIVER_WEBHOOK = "atelier.deliver_webhook"
+SWEEP_WEBHOOKS = "atelier.sweep_webhooks"
 GPU_QUEUE = "gpu"
 MAINTENANCE_QUEUE = "maintenance"
 
@@ -28,7 +30,7 @@ MAINTENANCE_QUEUE = "maintenance"
 def create_celery(settings: Settings) -> Celery:
     if not settings.redis_url:
         raise RuntimeError("ATELIER_REDIS_URL is not set (`atelier run` starts an embedded Redis and sets it)")
-    app = Celery("atelier", broker=settings.redis_url, include=["worker.tasks"])
+    app = Celery("atelier", broker=settings.redis_url, include=["worker.tasks", "worker.webhooks"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -42,9 +44,12 @@ def create_celery(settings: Settings) -> Celery:
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         task_queues=[Queue(GPU_QUEUE), Queue(MAINTENANCE_QUEUE)],
         task_default_queue=MAINTENANCE_QUEUE,
-        task_routes={RUN_JOB: {"queue": GPU_QUEUE}, SWEEP: {"queue": MAINTENANCE_QUEUE}},
+        task_routes={RUN_JOB: {"queue": GPU_QUEUE}, SWEEP: {"queue": MAINTENANCE_QUEUE},
+                     DELIVER_WEBHOOK: {"queue": MAINTENANCE_QUEUE}, SWEEP_WEBHOOKS: {"queue": MAINTENANCE_QUEUE}},
         beat_schedule={"sweep": {"task": SWEEP, "schedule": settings.sweep_seconds,
-                                 "options": {"expires": settings.sweep_seconds}}},
+                                 "options": {"expires": settings.sweep_seconds}},
+                       "sweep-webhooks": {"task": SWEEP_WEBHOOKS, "schedule": settings.sweep_seconds,
+                                          "options": {"expires": settings.sweep_seconds}}},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )

@@ -21,6 +21,7 @@ from shared import events, jobs
 from shared.models import Job, JobStatus, utcnow
 from shared.schemas import job_out
 from shared.services import Services
+from shared.webhooks import outbox
 from worker.broker import enqueue
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def sweep(services: Services, celery: Celery) -> SweepReport:
     for job_id in report.failed + report.canceled:
         with services.db.session() as session:
             events.publish(services.redis, job_id, "status", job_out(session.get(Job, job_id)).model_dump(mode="json"))
+        outbox.notify(services, celery, job_id)
     if report.resent or report.failed or report.canceled:
         log.info("sweep: resent %s, failed %s, canceled %s", report.resent, report.failed, report.canceled)
     return report

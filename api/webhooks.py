@@ -1,0 +1,62 @@
+"""`/v1/webhooks/secret` (read, rotate), `/v1/jobs/{id}/deliveries` and
+`/v1/deliveries/{id}/redeliver`: the caller's webhook secret and its own jobs' deliveries."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Blueprint, Response, current_app, jsonify
+from pydantic import BaseModel, Field
+
+from api import services
+from api.auth import account_id, api_key_id, require_key
+from api.errors import ProblemError
+from api.jobs import load_job
+from shared.webhooks import deliveries, secrets
+
+bp = Blueprint("webhooks", __name__, url_prefix="/v1")
+require_key(bp)
+
+
+class WebhookSecretOut(BaseModel):
+    secret: str = Field(description="`whsec_...`: verify deliveries for jobs submitted with this API key.")
+    previous_expires_at: datetime | None = Field(
+        description="After a rotation, the previous secret also signs deliveries until then.")
+
+
+def secret_response(state: secrets.SecretState) -> Response:
+    return jsonify(WebhookSecretOut(secret=state.secret, previous_expires_at=state.previous_expires_at)
+                   .model_dump(mode="json"))
+
+
+@bp.get("/webhooks/secret")
+def get_secret() -> Response:
+    with services().db.session() as session:
+        return secret_response(secrets.current(session, api_key_id()))
+
+
+@bp.post("/webhooks/secret/rotate")
+def rotate_secret() -> Response:
+    svc = services()
+    with svc.db.session() as session:
+        return secret_response(secrets.rotate(session, api_key_id(), svc.settings.webhook_secret_grace_seconds))
+
+
+@bp.get("/jobs/<job_id>/deliveries")
+def list_deliveries(job_id: str) -> Response:
+    with services().db.session() as session:
+        load_job(session, job_id)
+        found = deliveries.deliveries_for(session, job_id)
+        return jsonify(deliveries.DeliveryList(data=[deliveries.delivery_out(d) for d in found]).model_dump(mode="json"))
+
+
+@bp.post("/deliveries/<delivery_id>/redeliver")
+def redeliver(delivery_id: str) -> Response:
+    try:
+        event = deliveries.redeliver(services(), current_app.extensions["celery"], delivery_id, account_id())
+    except deliveries.InFlight:
+        raise ProblemError(409, "Conflict", f"an attempt at delivery {delivery_id} is under way; try again shortly") from None
+    if event is None:
+        raise ProblemError(404, "Not Found", f"no delivery {delivery_id}")
+    response = jsonify(deliveries.delivery_out(event).model_dump(mode="json"))
+    response.status_code = 202
+    return response

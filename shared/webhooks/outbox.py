@@ -1,0 +1,112 @@
+"""The outbox: a job's webhook events are rows in SQL before they are messages in the broker.
+
+`notify` commits the event, then asks the broker to deliver it. If the broker is down the row
+stays due, and `sweep` (run periodically) sends every due event that no attempt holds, so an
+event that happened during a Redis or worker outage goes out when they return.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+from redis import RedisError
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from shared.models import Job, JobStatus, WebhookEvent, WebhookStatus, utcnow
+from shared.schemas import job_out
+from shared.services import Services
+from worker.broker import DELIVER_WEBHOOK, MAINTENANCE_QUEUE
+
+log = logging.getLogger(__name__)
+
+STARTED, SNAPSHOT = "job.started", "job.snapshot"
+EVENT_TYPES = (STARTED, SNAPSHOT, "job.succeeded", "job.failed", "job.canceled")
+DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled")  # the terminal ones
+SNAPSHOT_INTERVAL = timedelta(seconds=1)   # at most one job.snapshot per job per second
+MAX_PAYLOAD_BYTES = 20_000
+
+
+def event_type_for(status: JobStatus) -> str | None:
+    """The event a job entering `status` fires; None for `queued`."""
+    return {JobStatus.RUNNING: STARTED}.get(status, f"job.{status.value}" if status.terminal else None)
+
+
+def payload(event_type: str, job: Job) -> str:
+    """The body: type, timestamp and the job as `GET /v1/jobs/{id}` shows it. Past
+    MAX_PAYLOAD_BYTES only the newest snapshots are listed (the job URL has them all)."""
+    data = job_out(job).model_dump(mode="json")
+    body = {"type": event_type, "timestamp": utcnow().isoformat().replace("+00:00", "Z"), "data": data}
+    text = json.dumps(body, separators=(",", ":"))
+    while len(text.encode()) > MAX_PAYLOAD_BYTES and data["snapshots"]:
+        snapshots = data["snapshots"]
+        data["snapshots"] = snapshots[len(snapshots) - len(snapshots) // 2:]  # the newer half
+        text = json.dumps(body, separators=(",", ":"))
+    return text
+
+
+def record(session: Session, job: Job, event_type: str) -> WebhookEvent | None:
+    """Commit the event if the job's webhook wants it: `job.started` once per job, and
+    `job.snapshot` at most once a second. Returns None when nothing was recorded."""
+    if job.webhook_url is None or event_type not in (job.webhook_events or ()):
+        return None
+    if event_type in (STARTED, SNAPSHOT):
+        query = select(WebhookEvent.id).where(WebhookEvent.job_id == job.id, WebhookEvent.type == event_type)
+        if event_type == SNAPSHOT:
+            query = query.where(WebhookEvent.created_at > utcnow() - SNAPSHOT_INTERVAL)
+        if session.scalar(query.limit(1)) is not None:
+            return None
+    event = WebhookEvent(job_id=job.id, type=event_type, url=job.webhook_url, payload=payload(event_type, job),
+                         next_attempt_at=utcnow())
+    session.add(event)
+    session.commit()
+    return event
+
+
+def notify(services: Services, celery: Celery, job_id: str, event_type: str | None = None) -> None:
+    """Record and send the job's webhook event: `event_type`, or by default the one its status implies."""
+    with services.db.session() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id).options(selectinload(Job.snapshots)))
+        if job is None or job.webhook_url is None:
+            return
+        event_type = event_type or event_type_for(job.state)
+        event = record(session, job, event_type) if event_type else None
+    if event is not None:
+        dispatch(services, celery, event.id)
+
+
+def dispatch(services: Services, celery: Celery, event_id: str, at: datetime | None = None) -> bool:
+    """Ask the broker to attempt the event (at `at`, by default now). On failure the sweep will."""
+    now = utcnow()
+    at = at or now
+    try:
+        celery.send_task(DELIVER_WEBHOOK, args=[event_id], queue=MAINTENANCE_QUEUE,
+                         countdown=max(0.0, (at - now).total_seconds()))
+    except (OperationalError, RedisError, OSError) as exc:
+        log.warning("webhook event %s is recorded but not yet sent to the broker (%s); the sweep will", event_id, exc)
+        return False
+    with services.db.session() as session:
+        session.execute(update(WebhookEvent).where(WebhookEvent.id == event_id).values(dispatched_at=at)
+                        .execution_options(synchronize_session=False))
+        session.commit()
+    return True
+
+
+def sweep(services: Services, celery: Celery) -> list[str]:
+    """Send every due, pending event no attempt holds, unless a message for it is on its way
+    (dispatched for its current due time, within `enqueue_grace_seconds`). Returns their ids."""
+    now = utcnow()
+    grace = timedelta(seconds=services.settings.enqueue_grace_seconds)
+    E = WebhookEvent
+    with services.db.session() as session:
+        due = list(session.scalars(select(E.id).where(
+            E.status == WebhookStatus.PENDING.value, E.next_attempt_at <= now,
+            or_(E.leased_until.is_(None), E.leased_until < now),
+            or_(E.dispatched_at.is_(None), E.dispatched_at < E.next_attempt_at, E.dispatched_at < now - grace))))
+    sent = [event_id for event_id in due if dispatch(services, celery, event_id)]
+    if sent:
+        log.info("webhook sweep: sent %s", sent)
+    return sent

@@ -1,0 +1,64 @@
+"""Per-API-key webhook signing secrets (`whsec_` + base64 of 32 random bytes).
+
+They are stored in the clear (unlike API keys, which are only hashed): signing needs the
+secret itself. A key gets its secret on first use, `atelier keys create` included. Rotating
+keeps the old secret signing next to the new one for `webhook_secret_grace_seconds`, so
+receivers can switch over without dropping deliveries.
+"""
+from __future__ import annotations
+
+import base64
+import secrets as random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.models import ApiKey, utcnow
+
+PREFIX = "whsec_"
+
+
+def new_secret() -> str:
+    return PREFIX + base64.b64encode(random.token_bytes(32)).decode()
+
+
+@dataclass(frozen=True)
+class SecretState:
+    secret: str
+    previous_expires_at: datetime | None  # the rotated-out secret signs too until then
+
+
+def current(session: Session, api_key_id: int) -> SecretState:
+    """The key's secret, created (compare-and-set, so concurrent callers agree) if it has none."""
+    session.execute(update(ApiKey).where(ApiKey.id == api_key_id, ApiKey.webhook_secret.is_(None))
+                    .values(webhook_secret=new_secret()).execution_options(synchronize_session=False))
+    session.commit()
+    return _state(session, api_key_id)
+
+
+def rotate(session: Session, api_key_id: int, grace_seconds: float) -> SecretState:
+    """A new secret; the one it replaces keeps signing for `grace_seconds`."""
+    old = current(session, api_key_id).secret
+    session.execute(update(ApiKey).where(ApiKey.id == api_key_id, ApiKey.webhook_secret == old)
+                    .values(webhook_secret=new_secret(), previous_webhook_secret=old,
+                            previous_webhook_secret_expires_at=utcnow() + timedelta(seconds=grace_seconds))
+                    .execution_options(synchronize_session=False))
+    session.commit()
+    return _state(session, api_key_id)
+
+
+def signing(session: Session, api_key_id: int) -> list[str]:
+    """Every secret that signs a delivery now: the current one, and the previous during its grace."""
+    current(session, api_key_id)
+    secret, previous, expires = session.execute(
+        select(ApiKey.webhook_secret, ApiKey.previous_webhook_secret, ApiKey.previous_webhook_secret_expires_at)
+        .where(ApiKey.id == api_key_id)).one()
+    return [secret, previous] if previous is not None and expires is not None and expires > utcnow() else [secret]
+
+
+def _state(session: Session, api_key_id: int) -> SecretState:
+    secret, expires = session.execute(select(ApiKey.webhook_secret, ApiKey.previous_webhook_secret_expires_at)
+                                      .where(ApiKey.id == api_key_id)).one()
+    return SecretState(secret, expires if expires is not None and expires > utcnow() else None)
