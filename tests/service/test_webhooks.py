@@ -3,17 +3,21 @@ sweeps) on a private Redis, and a real receiver on loopback that verifies every 
 the `standardwebhooks` verifier and can be told to fail or go down."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
+from datetime import datetime
 
 import pytest
 from sqlalchemy import select
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from api import create_app
+from shared import keys
 from shared.models import WebhookEvent
 from shared.services import Services
+from shared.webhooks import secrets
 from tests.service.conftest import make_settings, new_key, submit, wait_for, wait_status
 from tests.service.webhook_receiver import Receiver, Reply
 
@@ -117,3 +121,146 @@ def test_by_default_only_the_terminal_event_is_sent(wh_client, wh_auth, images, 
     job_id = response.get_json()["id"]
     wait_delivery(wh_client, wh_auth, job_id, "job.succeeded", "delivered")
     assert [r.verify(secret(wh_client, wh_auth))["type"] for r in receiver.requests()] == ["job.succeeded"]
+
+
+def test_a_receiver_failing_twice_gets_the_event_on_the_third_attempt_with_the_same_id(
+        wh_client, wh_auth, images, receiver):
+    # a redirect is not followed (and counts as a failure); a 503's Retry-After is honoured
+    receiver.reply(Reply(302, {"Location": receiver.url("/elsewhere")}), Reply(503, {"Retry-After": "2"}))
+    job_id = submit(wh_client, wh_auth, images, TINY | {"webhook_url": receiver.url()}).get_json()["id"]
+    delivered = wait_delivery(wh_client, wh_auth, job_id, "job.succeeded", "delivered")
+    assert [a["status_code"] for a in delivered["attempts"]] == [302, 503, 200]
+    assert [a["number"] for a in delivered["attempts"]] == [1, 2, 3]
+    requests = receiver.requests()
+    assert len(requests) == 3 and {r.id for r in requests} == {delivered["id"]}
+    assert receiver.requests("/elsewhere") == []
+    key_secret = secret(wh_client, wh_auth)
+    assert all(r.verify(key_secret)["type"] == "job.succeeded" for r in requests)
+    assert len({r.body for r in requests}) == 1  # the same event, byte for byte
+    second, third = (datetime.fromisoformat(a["started_at"]) for a in delivered["attempts"][1:])
+    assert (third - second).total_seconds() >= 2  # Retry-After: 2 beat the 1 s schedule
+
+
+def test_410_gone_stops_the_retries(wh_client, wh_auth, images, receiver):
+    receiver.reply(Reply(410))
+    job_id = submit(wh_client, wh_auth, images, TINY | {"webhook_url": receiver.url()}).get_json()["id"]
+    failed = wait_delivery(wh_client, wh_auth, job_id, "job.succeeded", "failed")
+    assert [a["status_code"] for a in failed["attempts"]] == [410] and failed["next_attempt_at"] is None
+    time.sleep(3)  # three retry delays of the 1 s schedule: nothing more may arrive
+    assert len(receiver.requests()) == 1
+    assert len(deliveries(wh_client, wh_auth, job_id)[0]["attempts"]) == 1
+
+
+def test_a_receiver_that_keeps_failing_gets_the_whole_schedule_then_the_delivery_fails(
+        wh_client, wh_auth, images, receiver):
+    receiver.reply(*[Reply(500)] * 10)
+    job_id = submit(wh_client, wh_auth, images, TINY | {"webhook_url": receiver.url()}).get_json()["id"]
+    failed = wait_delivery(wh_client, wh_auth, job_id, "job.succeeded", "failed")
+    assert [a["status_code"] for a in failed["attempts"]] == [500] * 7  # the first attempt and six retries
+    assert failed["next_attempt_at"] is None
+
+
+def test_a_receiver_down_while_redis_restarts_still_gets_its_event(wh_client, wh_auth, wh_redis, images, receiver):
+    job_id = submit(wh_client, wh_auth, images, TINY | {"webhook_url": receiver.url()}).get_json()["id"]
+    wait_delivery(wh_client, wh_auth, job_id, "job.succeeded", "delivered")
+    receiver.stop()
+    wh_redis.stop()
+    try:
+        # while Redis is down: a job is submitted (it cannot be sent) and canceled, which is an event
+        queued = submit(wh_client, wh_auth, images, TINY | {"webhook_url": receiver.url()})
+        assert queued.status_code == 202
+        canceled = wh_client.post(f"/v1/jobs/{queued.get_json()['id']}/cancel", headers=wh_auth)
+        assert canceled.get_json()["status"] == "canceled"
+        [pending] = deliveries(wh_client, wh_auth, queued.get_json()["id"])
+        assert pending["event"] == "job.canceled" and pending["status"] == "pending"  # in SQL, not lost
+    finally:
+        wh_redis.start()
+    # Redis is back, the receiver still down: attempts fail, and are retried
+    wait_for(lambda: deliveries(wh_client, wh_auth, queued.get_json()["id"])[0]["attempts"], timeout=90,
+             what="a first attempt once Redis is back")
+    receiver.start()
+    delivered = wait_delivery(wh_client, wh_auth, queued.get_json()["id"], "job.canceled", "delivered", timeout=90)
+    assert delivered["attempts"][0]["status_code"] is None and delivered["attempts"][-1]["status_code"] == 200
+    [request] = receiver.requests()[1:]
+    payload = request.verify(secret(wh_client, wh_auth))
+    assert payload["type"] == "job.canceled" and payload["data"]["id"] == queued.get_json()["id"]
+
+
+def test_rotation_keeps_deliveries_verifiable_with_the_old_and_the_new_secret(wh_client, wh_auth, images, receiver):
+    old = secret(wh_client, wh_auth)
+    assert old.startswith("whsec_") and secret(wh_client, wh_auth) == old
+    rotated = wh_client.post("/v1/webhooks/secret/rotate", headers=wh_auth).get_json()
+    new = rotated["secret"]
+    assert new.startswith("whsec_") and new != old and rotated["previous_expires_at"] is not None
+    assert secret(wh_client, wh_auth) == new
+    job_id = submit(wh_client, wh_auth, images, TINY | {"webhook_url": receiver.url()}).get_json()["id"]
+    wait_delivery(wh_client, wh_auth, job_id, "job.succeeded", "delivered")
+    [request] = receiver.requests()
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    assert request.verify(old) == request.verify(new)
+    with pytest.raises(WebhookVerificationError):
+        request.verify("whsec_" + base64.b64encode(b"x" * 32).decode())
+
+
+def test_a_rotated_out_secret_stops_signing_after_its_grace(settings, api_key):
+    services = Services(settings)
+    with services.db.session() as session:
+        key_id = keys.live_key(session, api_key).id
+        old = secrets.current(session, key_id).secret
+        new = secrets.rotate(session, key_id, grace_seconds=3600).secret
+        assert secrets.signing(session, key_id) == [new, old]
+        newest = secrets.rotate(session, key_id, grace_seconds=0).secret
+        assert secrets.signing(session, key_id) == [newest]
+        assert secrets.current(session, key_id).previous_expires_at is None
+    services.db.dispose()
+
+
+def test_deliveries_are_listed_and_redelivered_only_for_their_owner(wh_client, wh_auth, wh_settings, images, receiver):
+    job_id = submit(wh_client, wh_auth, images, TINY | {"webhook_url": receiver.url()}).get_json()["id"]
+    first = wait_delivery(wh_client, wh_auth, job_id, "job.succeeded", "delivered")
+    assert first["url"] == receiver.url() and first["job_id"] == job_id
+    [attempt] = first["attempts"]
+    assert attempt["status_code"] == 200 and attempt["response_excerpt"] == "ok" and attempt["latency_ms"] >= 0
+    other = {"Authorization": f"Bearer {new_key(wh_settings)}"}
+    assert wh_client.get(f"/v1/jobs/{job_id}/deliveries", headers=other).status_code == 404
+    refused = wh_client.post(f"/v1/deliveries/{first['id']}/redeliver", headers=other)
+    assert refused.status_code == 404 and refused.mimetype == "application/problem+json"
+    assert wh_client.post("/v1/deliveries/msg_nope/redeliver", headers=wh_auth).status_code == 404
+    again = wh_client.post(f"/v1/deliveries/{first['id']}/redeliver", headers=wh_auth)
+    assert again.status_code == 202 and again.get_json()["id"] == first["id"]
+    wait_for(lambda: len(receiver.requests()) == 2, what="the redelivery")
+    assert {r.id for r in receiver.requests()} == {first["id"]}
+    redelivered = wait_for(lambda: next(d for d in deliveries(wh_client, wh_auth, job_id)
+                                        if len(d["attempts"]) == 2), what="the redelivery's log")
+    assert redelivered["status"] == "delivered" and [a["number"] for a in redelivered["attempts"]] == [1, 2]
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.0.0.7/hook", "http://169.254.169.254/latest/meta-data",
+    "http://[::1]/hook", "http://[::ffff:192.168.0.1]/hook", "http://0.0.0.0/", "ftp://example.com/hook",
+    "not a url", "http://user:secret@example.com/hook", "http:///hook",
+])
+def test_private_and_malformed_webhook_urls_are_refused_at_submission(client, auth, images, url):
+    """No ATELIER_WEBHOOK_ALLOW_NETWORKS here: loopback is refused like any private address."""
+    for response, field in ((submit(client, auth, images, TINY | {"webhook_url": url}), "params.webhook_url"),
+                            (submit_form(client, auth, images, TINY, webhook_url=url), "webhook_url")):
+        assert response.status_code == 422 and response.mimetype == "application/problem+json"
+        assert response.get_json()["errors"][0]["field"] == field
+    assert client.get("/v1/jobs", headers=auth).get_json()["data"] == []
+
+
+@pytest.mark.parametrize("fields, field", [
+    ({"webhook_events": "job.succeeded"}, "webhook_url"),
+    ({"webhook_url": "http://127.0.0.1/h", "webhook_events": "job.finished"}, "webhook_events"),
+    ({"webhook_url": "http://127.0.0.1/h", "webhook_events": " , "}, "webhook_events"),
+])
+def test_bad_webhook_fields_are_named(wh_settings, images, fields, field):
+    app = create_app(wh_settings)  # allows 127.0.0.0/8, so only the named field is wrong
+    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(wh_settings)}"}
+    response = submit_form(client, auth, images, TINY, **fields)
+    assert response.status_code == 422 and response.get_json()["errors"][0]["field"] == field
+    in_params = submit(client, auth, images, TINY | {"webhook_url": "http://127.0.0.1/h", "webhook_events": []})
+    assert in_params.status_code == 422 and in_params.get_json()["errors"][0]["field"] == "params.webhook_events"
+    twice = submit_form(client, auth, images, TINY | {"webhook_url": "http://127.0.0.1/h"}, webhook_url="http://127.0.0.1/h")
+    assert twice.status_code == 422 and twice.get_json()["errors"][0]["field"] == "webhook_url"
+    app.extensions["atelier"].db.dispose()
