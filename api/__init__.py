@@ -19,11 +19,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["atelier"] = services
     app.extensions["celery"] = create_celery(settings)
 
-    from api import docs, errors, events, files, health, jobs
+    from api import admin, docs, errors, events, files, health, jobs
     from api import webhooks
     errors.register(app)
     for module in (health, docs, jobs, files, events, webhooks):
         app.register_blueprint(module.bp)
+    admin.init_app(app, settings)
     if not app.debug:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app

@@ -5,7 +5,7 @@ from flask import Blueprint, g, request
 
 from api import services
 from api.errors import ProblemError
-from shared.keys import account_for
+from shared.keys import live_key
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="atelier"'}
 
@@ -20,11 +20,15 @@ def authenticate() -> None:
     if scheme.lower() != "bearer" or not token.strip():
         raise ProblemError(401, "Unauthorized", "send `Authorization: Bearer <api key>`", headers=CHALLENGE)
     with services().db.session() as session:
-        account_id = account_for(session, token.strip())
-    if account_id is None:
+        key = live_key(session, token.strip())
+    if key is None:
         raise ProblemError(401, "Unauthorized", "unknown or revoked API key", headers=CHALLENGE)
-    g.account_id = account_id
+    g.account_id, g.api_key_id = key.account_id, key.id
 
 
 def account_id() -> int:
     return g.account_id
+
+
+def api_key_id() -> int:
+    return g.api_key_id

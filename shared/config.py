@@ -41,6 +41,9 @@ class Settings:
     webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"  # seconds before each retry (Standard Webhooks)
     webhook_allow_networks: str = ""        # comma-separated CIDRs a webhook may reach although not public
     webhook_secret_grace_seconds: float = 86400.0  # how long a rotated-out secret keeps signing
+    # the admin dashboard
+    secret_key: str | None = None           # signs session cookies; `atelier run` keeps one in var/secret_key
+    admin_signin_limit: str = "5 per minute"  # failed sign-ins per client address and operator name
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":

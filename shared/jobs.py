@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete as sql_delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import Job, JobStatus, utcnow
+from shared.models import Job, JobInput, JobStatus, LossPoint, utcnow
+from shared.storage import Storage, input_key, job_prefix
 
 Q, R = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 
@@ -44,7 +45,8 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_a
 
 def renew(session: Session, job_id: str, owner: str, lease_seconds: float,
           progress: dict[str, Any] | None = None) -> datetime | None | bool:
-    """Extend our lease (and write progress). Returns False if the lease is no longer ours
+    """Extend our lease (and write progress, adding its losses to the job's loss history).
+    Returns False if the lease is no longer ours
     (the job was deleted or reclaimed), else the job's cancel_requested_at (None: carry on)."""
     values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_seconds)}
     if progress is not None:
@@ -54,6 +56,8 @@ def renew(session: Session, job_id: str, owner: str, lease_seconds: float,
         .values(**values).returning(Job.cancel_requested_at)
         .execution_options(synchronize_session=False)
     ).first()
+    if row is not None and progress is not None:
+        session.add(LossPoint(job_id=job_id, iteration=progress["iteration"], losses=progress["losses"]))
     session.commit()
     return False if row is None else row[0]
 
@@ -119,3 +123,17 @@ def mark_enqueued(session: Session, job_id: str) -> None:
     session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow())
                     .execution_options(synchronize_session=False))
     session.commit()
+
+
+def delete(session: Session, storage: Storage, job_id: str) -> None:
+    """Delete a job with its rows and files, and its input images unless another job uses them.
+    A running job is asked to stop too: its worker sees the row gone (or the flag) and stops."""
+    if session.scalar(select(Job.status).where(Job.id == job_id)) == R:
+        cancel(session, job_id)
+    digests = set(session.scalars(select(JobInput.sha256).where(JobInput.job_id == job_id)))
+    session.execute(sql_delete(Job).where(Job.id == job_id))
+    session.commit()
+    still_used = set(session.scalars(select(JobInput.sha256).where(JobInput.sha256.in_(digests))))
+    storage.delete_prefix(job_prefix(job_id))
+    for digest in digests - still_used:
+        storage.delete(input_key(digest))

@@ -28,6 +28,6 @@ def create_key(session: Session, account_name: str) -> str:
     return token
 
 
-def account_for(session: Session, token: str) -> int | None:
-    """The account id a live key belongs to, or None."""
-    return session.scalar(select(ApiKey.account_id).where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None)))
+def live_key(session: Session, token: str) -> ApiKey | None:
+    """The unrevoked key with this token, or None; its `account_id` scopes what the caller sees."""
+    return session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None)))

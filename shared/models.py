@@ -136,6 +136,9 @@ class Job(Base):
     # where to POST this job's events (shared.webhooks), and which ones; None: no webhook
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
+    # the key that submitted it, for per-key job counts. No foreign key: keys are revoked, never
+    # deleted, and SQLite cannot add one to an existing table without rebuilding it
+    api_key_id: Mapped[int | None] = mapped_column(index=True)
 
     inputs: Mapped[list[JobInput]] = relationship(
         back_populates="job", order_by="JobInput.position", cascade="all, delete-orphan", passive_deletes=True)
@@ -180,6 +183,30 @@ class Snapshot(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="snapshots")
+
+
+class LossPoint(Base):
+    """The losses at one progress write of a running job: the history the dashboard charts."""
+
+    __tablename__ = "loss_points"
+    __table_args__ = (Index("ix_loss_points_job_iteration", "job_id", "iteration"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    iteration: Mapped[int]
+    losses: Mapped[dict[str, Any]]
+
+
+class Operator(Base):
+    """A person who signs in to the admin dashboard; only a salted password hash is kept."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_sign_in_at: Mapped[datetime | None]
 
 
 class WebhookStatus(str, enum.Enum):

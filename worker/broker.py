@@ -30,7 +30,7 @@ MAINTENANCE_QUEUE = "maintenance"
 def create_celery(settings: Settings) -> Celery:
     if not settings.redis_url:
         raise RuntimeError("ATELIER_REDIS_URL is not set (`atelier run` starts an embedded Redis and sets it)")
-    app = Celery("atelier", broker=settings.redis_url, include=["worker.tasks", "worker.webhooks"])
+    app = Celery("atelier", broker=settings.redis_url, include=["worker.tasks", "worker.presence", "worker.webhooks"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

@@ -90,7 +90,7 @@ def test_keys_create_prints_the_key_last_and_stores_only_its_hash(settings):
     assert token.startswith(keys.PREFIX) and len(token) > 40
     services = Services(settings)
     with services.db.session() as session:
-        assert keys.account_for(session, token) is not None
+        assert keys.live_key(session, token) is not None
         stored = session.execute(keys.select(keys.ApiKey.key_hash)).scalars().all()
     assert token not in stored and keys.hash_key(token) in stored
     services.db.dispose()

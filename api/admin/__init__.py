@@ -1,0 +1,35 @@
+"""The admin dashboard under `/admin`: server-rendered pages for operators (not API clients).
+
+`init_app` wires it into the API's Flask app: the session secret, the sign-in rate limit
+(Flask-Limiter on Redis, so it holds across API processes), and the two blueprints.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+
+from flask import Flask
+from flask_limiter import Limiter
+
+from api.admin import auth, blueprint, jobs, keys, system  # noqa: F401  (jobs, keys, system add their routes)
+from shared.config import Settings
+
+log = logging.getLogger(__name__)
+SESSION_LIFETIME = timedelta(hours=12)
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    if settings.secret_key:
+        app.secret_key = settings.secret_key
+    else:
+        log.warning("ATELIER_SECRET_KEY is not set: admin sessions last only as long as this process")
+        app.secret_key = secrets.token_hex(32)
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME)
+    limiter = Limiter(auth.signin_key, app=app, storage_uri=settings.redis_url, key_prefix="atelier-admin",
+                      strategy="moving-window", headers_enabled=True)
+    limiter.limit(settings.admin_signin_limit, methods=["POST"], deduct_when=auth.failed,
+                  error_message="too many failed sign-ins; wait a minute and try again")(auth.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(blueprint.bp)

@@ -1,0 +1,173 @@
+"""The Jobs list (all tenants), a job's page, its images, and the cancel / retry / delete actions."""
+from __future__ import annotations
+
+import io
+import math
+
+from flask import Response, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from api import services
+from api.admin.blueprint import bp
+from api.admin.views import job_row, job_state
+from api.files import image_response
+from shared import events, jobs
+from shared.images import ImageError, open_image
+from shared.models import Account, ApiKey, Job, JobInput, JobStatus, LossPoint, Snapshot
+from shared.schemas import job_out
+from shared.storage import StorageKeyError, input_key
+from worker.broker import enqueue
+
+PAGE_SIZE = 25
+THUMBNAIL_SIDE = 240
+STATUSES = [s.value for s in JobStatus]
+
+
+def _filters() -> tuple[str, str, str, int]:
+    status = request.args.get("status", "")
+    if status and status not in STATUSES:
+        abort(400, f"status must be one of {', '.join(STATUSES)}")
+    page = request.args.get("page", "1")
+    if not page.isdigit() or int(page) < 1:
+        abort(400, "page must be a positive integer")
+    return status, request.args.get("owner", "").strip(), request.args.get("q", "").strip().lower(), int(page)
+
+
+@bp.get("/", endpoint="jobs")
+def jobs_page() -> str:
+    status, owner, q, page = _filters()
+    with services().db.session() as db:
+        owners = list(db.scalars(select(Account.name).order_by(Account.name)))
+    return render_template("admin/jobs.html", statuses=STATUSES, owners=owners, status=status, owner=owner, q=q,
+                           page=page)
+
+
+@bp.get("/jobs.json")
+def jobs_json() -> Response:
+    """One page of the jobs table, newest first; the Jobs page polls it."""
+    status, owner, q, page = _filters()
+    query = select(Job, Account.name).join(Account, Account.id == Job.account_id)
+    if status:
+        query = query.where(Job.status == status)
+    if owner:
+        query = query.where(Account.name == owner)
+    if q:
+        query = query.where(Job.id.startswith(q, autoescape=True))
+    with services().db.session() as db:
+        total = db.scalar(select(func.count()).select_from(query.subquery()))
+        rows = db.execute(query.order_by(Job.created_at.desc(), Job.id.desc())
+                          .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).all()
+        data = [job_row(job, name) for job, name in rows]
+    return jsonify(jobs=data, total=total, page=page, pages=max(1, math.ceil(total / PAGE_SIZE)))
+
+
+def _load(db: Session, job_id: str) -> Job:
+    job = db.scalar(select(Job).where(Job.id == job_id).options(selectinload(Job.snapshots), selectinload(Job.inputs)))
+    if job is None:
+        abort(404, f"There is no job {job_id}.")
+    return job
+
+
+def _state(db: Session, job: Job) -> dict:
+    losses = list(db.scalars(select(LossPoint).where(LossPoint.job_id == job.id)
+                             .order_by(LossPoint.iteration, LossPoint.id)))
+    return job_state(job, losses)
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id: str) -> str:
+    with services().db.session() as db:
+        job = _load(db, job_id)
+        owner = db.scalar(select(Account.name).where(Account.id == job.account_id))
+        key_prefix = db.scalar(select(ApiKey.prefix).where(ApiKey.id == job.api_key_id)) if job.api_key_id else None
+        state = _state(db, job)
+    return render_template("admin/job.html", job=job, owner=owner, key_prefix=key_prefix, state=state)
+
+
+@bp.get("/jobs/<job_id>/state.json")
+def job_state_json(job_id: str) -> Response:
+    with services().db.session() as db:
+        return jsonify(_state(db, _load(db, job_id)))
+
+
+@bp.get("/jobs/<job_id>/inputs/<int:position>")
+def input_thumbnail(job_id: str, position: int) -> Response:
+    """A small PNG of an input image (the originals can be large)."""
+    with services().db.session() as db:
+        item = db.scalar(select(JobInput).where(JobInput.job_id == job_id, JobInput.position == position))
+    if item is None:
+        abort(404, "No such input image.")
+    try:
+        image = open_image(services().storage.get(input_key(item.sha256)), max_pixels=services().settings.max_pixels)
+    except (StorageKeyError, ImageError):
+        abort(404, "The input image is no longer stored.")
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "PNG")
+    response = Response(buffer.getvalue(), mimetype="image/png")
+    response.set_etag(item.sha256)
+    response.headers["Cache-Control"] = "private, max-age=31536000, immutable"
+    return response.make_conditional(request)
+
+
+@bp.get("/jobs/<job_id>/snapshots/<int:iteration>")
+def snapshot(job_id: str, iteration: int) -> Response:
+    with services().db.session() as db:
+        job = _load(db, job_id)
+        snap = db.scalar(select(Snapshot).where(Snapshot.job_id == job_id, Snapshot.iteration == iteration))
+    if snap is None:
+        abort(404, f"No snapshot at iteration {iteration}.")
+    return image_response(snap.key, snap.sha256, job.params["output_format"])
+
+
+@bp.get("/jobs/<job_id>/result")
+def result(job_id: str) -> Response:
+    with services().db.session() as db:
+        job = _load(db, job_id)
+    if job.result_key is None or job.result_sha256 is None:
+        abort(404, "This job has no result.")
+    return image_response(job.result_key, job.result_sha256, job.params["output_format"])
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str) -> Response:
+    svc = services()
+    with svc.db.session() as db:
+        if _load(db, job_id).state.terminal:
+            flash("The job had already ended.")
+        elif jobs.cancel(db, job_id) is JobStatus.CANCELED:
+            db.expire_all()
+            events.publish(svc.redis, job_id, "status", job_out(_load(db, job_id)).model_dump(mode="json"))
+            flash("Canceled.")
+        else:
+            flash("Asked the worker to stop; the job ends as canceled within a moment.")
+    return redirect(url_for("admin.job", job_id=job_id), 303)
+
+
+@bp.post("/jobs/<job_id>/retry")
+def retry(job_id: str) -> Response:
+    """A new job with the same inputs and parameters, for the same account."""
+    svc = services()
+    with svc.db.session() as db:
+        old = _load(db, job_id)
+        new = Job(account_id=old.account_id, api_key_id=old.api_key_id, params=old.params,
+                  request_hash=old.request_hash, status=JobStatus.QUEUED.value, attempts=0,
+                  inputs=[JobInput(position=i.position, role=i.role, sha256=i.sha256, filename=i.filename)
+                          for i in old.inputs])
+        db.add(new)
+        db.commit()
+        events.publish(svc.redis, new.id, "status", job_out(_load(db, new.id)).model_dump(mode="json"))
+    enqueue(current_app.extensions["celery"], svc.db, new.id)
+    flash(f"Retrying job {job_id} as this new job.")
+    return redirect(url_for("admin.job", job_id=new.id), 303)
+
+
+@bp.post("/jobs/<job_id>/delete")
+def delete(job_id: str) -> Response:
+    svc = services()
+    with svc.db.session() as db:
+        _load(db, job_id)
+        jobs.delete(db, svc.storage, job_id)
+    flash(f"Deleted job {job_id}.")
+    return redirect(url_for("admin.jobs"), 303)

@@ -1,0 +1,73 @@
+"""The System page: queues, workers and their devices, throughput and latency, readiness."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import current_app, render_template
+from kombu.exceptions import OperationalError
+from redis import RedisError
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from api import services
+from api.admin.blueprint import bp
+from api.admin.stats import all_windows
+from shared.models import Job
+from worker.broker import GPU_QUEUE, MAINTENANCE_QUEUE, RUN_JOB
+from worker.presence import read_devices
+
+log = logging.getLogger(__name__)
+INSPECT_TIMEOUT = 1.0  # seconds to wait for workers' replies; a busy worker still answers (its main process does)
+
+
+def _readiness() -> dict[str, str]:
+    svc, ready = services(), {}
+    try:
+        with svc.db.session() as db:
+            db.execute(text("SELECT 1"))
+        ready["database"] = "ok"
+    except SQLAlchemyError as exc:
+        ready["database"] = f"unreachable: {type(exc).__name__}"
+    try:
+        svc.redis.ping()
+        ready["redis"] = "ok"
+    except (RedisError, OSError) as exc:
+        ready["redis"] = f"unreachable: {type(exc).__name__}"
+    return ready
+
+
+def _queues() -> dict[str, int | None]:
+    """Messages waiting in each Celery queue (a Redis list per queue with the Redis transport)."""
+    depths: dict[str, int | None] = {}
+    for queue in (GPU_QUEUE, MAINTENANCE_QUEUE):
+        try:
+            depths[queue] = services().redis.llen(queue)
+        except (RedisError, OSError):
+            depths[queue] = None
+    return depths
+
+
+def _workers() -> list[dict[str, Any]]:
+    """Online workers (those answering `inspect active` in time), what each runs, on what device."""
+    try:
+        active = current_app.extensions["celery"].control.inspect(timeout=INSPECT_TIMEOUT).active() or {}
+        devices = read_devices(services().redis)
+    except (OperationalError, RedisError, OSError) as exc:
+        log.warning("system page: cannot reach the workers: %s", exc)
+        return []
+    workers = []
+    for name in sorted(active):
+        running = [{"task": t.get("name"), "job_id": (t.get("args") or [None])[0] if t.get("name") == RUN_JOB else None,
+                    "started": t.get("time_start")} for t in active[name]]
+        workers.append({"name": name, "running": running, "device": devices.get(name)})
+    return workers
+
+
+@bp.get("/system")
+def system() -> str:
+    with services().db.session() as db:
+        windows = all_windows(db)
+        by_status = dict(db.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+    return render_template("admin/system.html", ready=_readiness(), queues=_queues(), workers=_workers(),
+                           windows=windows, by_status=by_status)

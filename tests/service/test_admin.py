@@ -1,0 +1,246 @@
+"""The admin dashboard through Flask's test client: operators, sign-in, CSRF, the rate limit,
+the jobs table and a job's page and actions, API keys, and the System page; the last tests run
+a job on the real worker and read its loss history, snapshots and device back."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import select
+
+from api import create_app
+from shared.models import Job, LossPoint, Operator
+from shared.operators import create_operator
+from shared.services import Services
+from tests.service.conftest import ROOT, new_key, submit, wait_for, wait_status
+
+PASSWORD = "correct horse battery"
+
+
+def make_operator(settings) -> str:
+    name = f"op-{uuid.uuid4().hex[:8]}"
+    services = Services(settings)
+    with services.db.session() as session:
+        create_operator(session, name, PASSWORD)
+    services.db.dispose()
+    return name
+
+
+def csrf(client, path: str = "/admin/sign-in") -> str:
+    html = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def sign_in(client, name: str, password: str = PASSWORD, token: str | None = None):
+    token = token if token is not None else csrf(client)
+    return client.post("/admin/sign-in", data={"name": name, "password": password, "csrf_token": token})
+
+
+@pytest.fixture
+def operator(settings) -> str:
+    return make_operator(settings)
+
+
+@pytest.fixture
+def admin(client, operator):
+    """A test client with a signed-in operator."""
+    assert sign_in(client, operator).status_code == 303
+    return client
+
+
+# ---- operators and signing in -------------------------------------------------------------------
+
+def test_admin_create_stores_a_hash_and_refuses_duplicates_and_short_passwords(settings):
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+
+    def create(password: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "shared.cli", "admin", "create", name, "--password-stdin"],
+                              input=password + "\n", capture_output=True, text=True, cwd=ROOT, env=settings.to_env(),
+                              timeout=120)
+
+    assert create("short").returncode == 1
+    created = create(PASSWORD)
+    assert created.returncode == 0, created.stderr
+    again = create(PASSWORD)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    services = Services(settings)
+    with services.db.session() as session:
+        stored = session.scalar(select(Operator).where(Operator.name == name))
+    services.db.dispose()
+    assert stored is not None and PASSWORD not in stored.password_hash and stored.password_hash.startswith("scrypt:")
+
+
+def test_without_a_session_pages_redirect_to_sign_in_and_json_is_401(client):
+    response = client.get("/admin/?status=queued")
+    assert response.status_code == 303
+    assert response.headers["Location"].startswith("/admin/sign-in?next=")
+    assert client.get("/admin/jobs.json").status_code == 401
+    assert client.get("/admin/system").status_code == 303
+    assert client.get("/admin/sign-in").status_code == 200
+
+
+def test_sign_in_with_the_right_password_only_and_sign_out(client, operator):
+    wrong = sign_in(client, operator, "not the password")
+    assert wrong.status_code == 401 and "Wrong name or password" in wrong.get_data(as_text=True)
+    assert sign_in(client, "nobody-" + operator, PASSWORD).status_code == 401
+    right = client.post("/admin/sign-in", data={"name": operator, "password": PASSWORD, "csrf_token": csrf(client),
+                                                "next": "/admin/keys"})
+    assert right.status_code == 303 and right.headers["Location"] == "/admin/keys"
+    assert client.get("/admin/").status_code == 200
+    assert client.post("/admin/sign-out", data={"csrf_token": csrf(client, "/admin/")}).status_code == 303
+    assert client.get("/admin/").status_code == 303
+
+
+def test_sign_in_never_redirects_off_site(client, operator):
+    response = client.post("/admin/sign-in", data={"name": operator, "password": PASSWORD, "csrf_token": csrf(client),
+                                                   "next": "//evil.example/admin"})
+    assert response.headers["Location"] == "/admin/"
+
+
+def test_forms_without_a_csrf_token_are_400_and_with_a_wrong_one_403(client, operator, settings, images, auth):
+    assert client.post("/admin/sign-in", data={"name": operator, "password": PASSWORD}).status_code == 400
+    assert sign_in(client, operator, token="forged").status_code == 403
+    assert sign_in(client, operator).status_code == 303
+    job = submit(client, auth, images, {"size": 32, "iterations": 2}).get_json()
+    missing = client.post(f"/admin/jobs/{job['id']}/cancel")
+    assert missing.status_code == 400 and "text/html" in missing.content_type
+    assert client.post(f"/admin/jobs/{job['id']}/cancel", data={"csrf_token": "forged"}).status_code == 403
+    assert client.post("/admin/keys", data={"account": "x", "csrf_token": "forged"}).status_code == 403
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth).get_json()["status"] == "queued"
+
+
+def test_failed_sign_ins_are_rate_limited_per_address_and_name(settings, operator):
+    app = create_app(replace(settings, admin_signin_limit="3 per minute"))
+    client = app.test_client()
+    for _ in range(3):
+        assert sign_in(client, operator, "wrong password!").status_code == 401
+    limited = sign_in(client, operator, PASSWORD)  # even the right password waits now
+    assert limited.status_code == 429 and "too many failed sign-ins" in limited.get_data(as_text=True)
+    other = make_operator(settings)
+    assert sign_in(client, other).status_code == 303  # another name is not locked out
+    app.extensions["atelier"].db.dispose()
+
+
+def test_successful_sign_ins_do_not_count_against_the_limit(settings, operator):
+    app = create_app(replace(settings, admin_signin_limit="2 per minute"))
+    for _ in range(4):
+        assert sign_in(app.test_client(), operator).status_code == 303
+    app.extensions["atelier"].db.dispose()
+
+
+# ---- jobs ---------------------------------------------------------------------------------------
+
+def test_jobs_table_shows_all_tenants_newest_first_with_filters_search_and_pages(admin, settings, images):
+    owners = [f"tenant-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    ids = []
+    for i in range(3):
+        key = {"Authorization": f"Bearer {new_key(settings, owners[i % 2])}"}
+        ids.append(submit(admin, key, images, {"size": 32, "iterations": 2}).get_json()["id"])
+    everything = admin.get("/admin/jobs.json").get_json()
+    listed = [j["id"] for j in everything["jobs"]]
+    assert [i for i in listed if i in ids] == ids[::-1]
+    row = everything["jobs"][listed.index(ids[0])]
+    assert row["owner"] == owners[0] and row["status"] == "queued" and row["size"] == 32 and row["iterations"] == 2
+    assert row["attempts"] == 0 and row["run_time"] is None and row["queue_wait"] >= 0
+    mine = admin.get(f"/admin/jobs.json?owner={owners[0]}").get_json()
+    assert sorted(j["id"] for j in mine["jobs"]) == sorted([ids[0], ids[2]])
+    assert admin.get(f"/admin/jobs.json?q={ids[1][:13].upper()}").get_json()["jobs"][0]["id"] == ids[1]
+    assert all(j["status"] == "succeeded" for j in admin.get("/admin/jobs.json?status=succeeded").get_json()["jobs"])
+    total = everything["total"]
+    assert everything["pages"] == -(-total // 25)
+    assert admin.get(f"/admin/jobs.json?page={everything['pages'] + 1}").get_json()["jobs"] == []
+    assert admin.get("/admin/jobs.json?status=bogus").status_code == 400
+    assert admin.get("/admin/jobs.json?page=0").status_code == 400
+    page = admin.get(f"/admin/?owner={owners[0]}").get_data(as_text=True)
+    assert f"owner={owners[0]}" in page and owners[1] in page  # the owner filter lists every account
+
+
+def test_job_page_and_its_cancel_retry_and_delete_actions(admin, settings, images, auth):
+    job = submit(admin, auth, images, {"size": 32, "iterations": 3, "style_weight": 12.5}).get_json()
+    page = admin.get(f"/admin/jobs/{job['id']}")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "style_weight" in html and "12.5" in html
+    thumb = admin.get(f"/admin/jobs/{job['id']}/inputs/0")
+    assert thumb.status_code == 200 and thumb.content_type == "image/png"
+    assert admin.get(f"/admin/jobs/{job['id']}/inputs/9").status_code == 404
+    assert admin.get(f"/admin/jobs/{job['id']}/result").status_code == 404
+    assert admin.get("/admin/jobs/no-such-job").status_code == 404
+    token = csrf(admin, "/admin/")
+
+    canceled = admin.post(f"/admin/jobs/{job['id']}/cancel", data={"csrf_token": token})
+    assert canceled.status_code == 303
+    assert admin.get(f"/admin/jobs/{job['id']}/state.json").get_json()["status"] == "canceled"
+
+    retried = admin.post(f"/admin/jobs/{job['id']}/retry", data={"csrf_token": token})
+    new_id = retried.headers["Location"].rsplit("/", 1)[1]
+    again = admin.get(f"/v1/jobs/{new_id}", headers=auth).get_json()  # same account, so its key sees it
+    assert new_id != job["id"] and again["status"] == "queued" and again["params"] == job["params"]
+    services = Services(settings)
+    with services.db.session() as session:
+        old, new = session.get(Job, job["id"]), session.get(Job, new_id)
+        assert [i.sha256 for i in new.inputs] == [i.sha256 for i in old.inputs]
+        assert new.api_key_id == old.api_key_id is not None
+    services.db.dispose()
+
+    assert admin.post(f"/admin/jobs/{new_id}/delete", data={"csrf_token": token}).status_code == 303
+    assert admin.get(f"/v1/jobs/{new_id}", headers=auth).status_code == 404
+    assert admin.get(f"/v1/jobs/{job['id']}", headers=auth).status_code == 200
+
+
+# ---- keys and system ----------------------------------------------------------------------------
+
+def test_keys_are_created_once_revoked_and_counted(admin, images):
+    account = f"acct-{uuid.uuid4().hex[:6]}"
+    token = csrf(admin, "/admin/keys")
+    created = admin.post("/admin/keys", data={"account": account, "csrf_token": token})
+    key = re.search(r'<pre class="token">([^<]+)</pre>', created.get_data(as_text=True)).group(1)
+    assert key not in admin.get("/admin/keys").get_data(as_text=True)  # shown only that once
+    auth = {"Authorization": f"Bearer {key}"}
+    for _ in range(2):
+        assert submit(admin, auth, images, {"size": 32, "iterations": 2}).status_code == 202
+    row = re.search(rf'<tr data-key="{re.escape(key[:10])}">(.*?)</tr>', admin.get("/admin/keys").get_data(as_text=True), re.S)
+    assert account in row.group(1) and '<td class="num">2</td>' in row.group(1) and "active" in row.group(1)
+    key_id = re.search(r"/admin/keys/(\d+)/revoke", row.group(1)).group(1)
+    assert admin.post(f"/admin/keys/{key_id}/revoke", data={"csrf_token": token}).status_code == 303
+    assert admin.get("/v1/jobs", headers=auth).status_code == 401
+    assert admin.post("/admin/keys/999999/revoke", data={"csrf_token": token}).status_code == 404
+    assert admin.post("/admin/keys", data={"account": "  ", "csrf_token": token}).status_code == 400
+
+
+def test_system_page_shows_readiness_queues_and_windows(admin, images, auth):
+    submit(admin, auth, images, {"size": 32, "iterations": 2})
+    html = admin.get("/admin/system").get_data(as_text=True)
+    depth = int(re.search(r"<dt>gpu</dt><dd>(\d+) waiting", html).group(1))
+    assert depth >= 1  # no worker consumes this Redis database
+    assert html.count(">ok</span>") == 2 and "last hour" in html and "last day" in html
+
+
+# ---- with the real worker -----------------------------------------------------------------------
+
+def test_a_finished_job_has_its_loss_history_snapshots_result_and_stats(live_app, worker_settings, images, live_auth):
+    client = live_app.test_client()
+    assert sign_in(client, make_operator(worker_settings)).status_code == 303
+    job = submit(client, live_auth, images, {"size": 32, "iterations": 6, "snapshot_every": 2}).get_json()
+    wait_status(client, live_auth, job["id"], {"succeeded"})
+    state = client.get(f"/admin/jobs/{job['id']}/state.json").get_json()
+    iterations = [p[0] for p in state["losses"]]
+    assert iterations == sorted(iterations) and iterations[-1] == 6
+    assert all(isinstance(v, float) for p in state["losses"] for v in p[1:]) and state["losses"][-1][3] > 0
+    assert [s["iteration"] for s in state["snapshots"]] == [2, 4]
+    assert client.get(state["snapshots"][0]["url"]).content_type == "image/png"
+    assert state["result"]["quality"] and client.get(state["result"]["url"]).status_code == 200
+    assert state["percent"] == 100 and state["run_time"] > 0
+    services = Services(worker_settings)
+    with services.db.session() as session:
+        assert session.scalar(select(LossPoint.losses).where(LossPoint.job_id == job["id"]).limit(1)).keys() >= {
+            "content", "style", "total"}
+    services.db.dispose()
+    html = wait_for(lambda: h if "CPU (" in (h := client.get("/admin/system").get_data(as_text=True)) else None,
+                    timeout=30, what="the worker and its device on the System page")
+    assert "No worker answered" not in html
+    finished = int(re.search(r'<th>last hour</th><td class="num">(\d+)</td>', html).group(1))
+    assert finished >= 1

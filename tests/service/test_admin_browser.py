@@ -1,0 +1,160 @@
+"""The admin dashboard in real headless Chromium (Debian's `chromium`, driven by Playwright)
+against the app served on a real port, with the real Celery worker running the jobs.
+
+Set ATELIER_SCREENSHOT_DIR=docs to refresh the README's screenshots from these tests.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from werkzeug.serving import make_server
+
+from api import create_app
+from tests.service.conftest import free_port, new_key, submit, wait_for, wait_status
+from tests.service.test_admin import PASSWORD, make_operator
+
+CHROMIUM = os.environ.get("ATELIER_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (.ci/run installs it)")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def server(worker, worker_settings) -> Iterator[tuple[str, object]]:
+    """The API app on a free port in a server thread; yields its base URL and the app."""
+    app = create_app(replace(worker_settings, secret_key=uuid.uuid4().hex))
+    httpd = make_server("127.0.0.1", free_port(), app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}", app
+    httpd.shutdown()
+    thread.join(10)
+    app.extensions["atelier"].db.dispose()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    yield page
+    context.close()
+
+
+def sign_in(page: Page, base: str, name: str, password: str = PASSWORD) -> None:
+    """Fill in the sign-in form, going to it unless already there (where it keeps `next`)."""
+    if "/admin/sign-in" not in page.url:
+        page.goto(f"{base}/admin/sign-in")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
+def screenshot(page: Page, tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    page.screenshot(path=path, full_page=True)
+    assert path.stat().st_size < 2 * 2**20
+    if target := os.environ.get("ATELIER_SCREENSHOT_DIR"):
+        shutil.copy(path, Path(target) / name)
+
+
+def percent(page: Page, job_id: str) -> float:
+    style = page.get_attribute(f'tr[data-id="{job_id}"] .bar', "style") or ""
+    return float(re.search(r"width:\s*([\d.]+)%", style).group(1))
+
+
+def test_a_job_appears_progresses_live_shows_snapshots_and_is_canceled(page, server, worker_settings, images, tmp_path):
+    base, app = server
+    client = app.test_client()
+    sign_in(page, base, make_operator(worker_settings))
+    expect(page).to_have_url(f"{base}/admin/")
+    page.evaluate("window.notReloaded = true")
+    auth = {"Authorization": f"Bearer {new_key(worker_settings, 'browser-tenant')}"}
+    job = submit(client, auth, images, {"size": 48, "iterations": 400, "snapshot_every": 10}).get_json()
+
+    row = page.locator(f'tr[data-id="{job["id"]}"]')
+    expect(row).to_be_visible()  # it appeared without a reload
+    expect(row.locator(".badge")).to_have_text("running")
+    first = wait_for(lambda: percent(page, job["id"]), what="progress to show")
+    wait_for(lambda: percent(page, job["id"]) > first, what="progress to advance in the table")
+    assert page.evaluate("window.notReloaded") is True
+    screenshot(page, tmp_path, "admin-jobs.png")
+
+    row.locator("a").click()
+    expect(page).to_have_url(f"{base}/admin/jobs/{job['id']}")
+    expect(page.locator("#strip img").first).to_be_visible()  # a snapshot appeared while we watched
+    expect(page.locator("#chart path.series-total")).to_have_count(1)
+    expect(page.locator(".thumbs img")).to_have_count(2)
+    page.wait_for_function("document.querySelectorAll('#strip img').length >= 2")
+    expect(page.locator("#eta")).to_contain_text("ETA")
+    page.click("#play")
+    expect(page.locator("#frame-label")).to_contain_text("iteration")
+    screenshot(page, tmp_path, "admin-job.png")
+
+    page.click("#cancel-form button")
+    expect(page.locator("#status")).to_have_text("canceled")
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth).get_json()["status"] == "canceled"
+
+
+def test_revoking_a_key(page, server, worker_settings):
+    base, app = server
+    sign_in(page, base, make_operator(worker_settings))
+    page.goto(f"{base}/admin/keys")
+    page.fill("input[name=account]", f"revoke-{uuid.uuid4().hex[:6]}")
+    page.click("text=Create key")
+    token = page.locator("#new-key pre").inner_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    assert app.test_client().get("/v1/jobs", headers=auth).status_code == 200
+    row = page.locator(f'tr[data-key="{token[:10]}"]')
+    row.locator("button", has_text="Revoke").click()
+    expect(page.locator(f'tr[data-key="{token[:10]}"] .badge')).to_contain_text("revoked")
+    assert app.test_client().get("/v1/jobs", headers=auth).status_code == 401
+
+
+def test_refused_without_a_session_and_with_a_bad_csrf_token(page, server, worker_settings, images):
+    base, app = server
+    page.goto(f"{base}/admin/keys")
+    expect(page).to_have_url(re.compile(r"/admin/sign-in\?next="))
+    sign_in(page, base, make_operator(worker_settings))
+    expect(page).to_have_url(f"{base}/admin/keys")  # back where it was going
+    auth = {"Authorization": f"Bearer {new_key(worker_settings)}"}
+    job = submit(app.test_client(), auth, images, {"size": 32, "iterations": 2}).get_json()
+    wait_status(app.test_client(), auth, job["id"], {"succeeded"})
+    page.goto(f"{base}/admin/jobs/{job['id']}")
+    page.evaluate("document.querySelector('#live form[action$=\"/delete\"] input[name=csrf_token]').value = 'forged'")
+    page.click("text=Delete")
+    expect(page.locator("h1")).to_contain_text("403")
+    page.goto(f"{base}/admin/jobs/{job['id']}")
+    page.evaluate("document.querySelector('#live form[action$=\"/delete\"] input[name=csrf_token]').remove()")
+    page.click("text=Delete")
+    expect(page.locator("h1")).to_contain_text("400")
+    assert app.test_client().get(f"/v1/jobs/{job['id']}", headers=auth).status_code == 200
+
+
+def test_failed_sign_ins_are_rate_limited(page, server, worker_settings):
+    base, _ = server
+    name = make_operator(worker_settings)
+    for _ in range(5):  # the default limit: 5 failed sign-ins a minute
+        sign_in(page, base, name, "wrong password")
+        expect(page.locator(".error")).to_have_text("Wrong name or password.")
+    sign_in(page, base, name)
+    expect(page.locator("h1")).to_contain_text("429")

@@ -1,0 +1,59 @@
+"""Each worker process reports the device it runs jobs on, for the dashboard's System page.
+
+Celery's inspect tells which workers are online and what they run, but not on what hardware:
+the pool child that runs jobs writes that into a Redis hash keyed by the worker's node name.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import redis
+import torch
+from celery import current_app
+from celery.signals import celeryd_after_setup, worker_process_init
+
+from shared.services import Services
+from worker.engine import DeviceError, resolve_device
+
+log = logging.getLogger(__name__)
+
+DEVICES_KEY = "atelier:worker_devices"
+_node: dict[str, str] = {}  # set in the worker's main process before the pool forks
+
+
+def describe(device: str) -> dict[str, object]:
+    """`{"device", "name", "memory_bytes"}` for a settings device (auto | cpu | cuda[:N])."""
+    try:
+        resolved = resolve_device(device)
+    except DeviceError as exc:
+        return {"device": device, "name": f"unavailable: {exc}", "memory_bytes": None}
+    if resolved == "cpu":
+        return {"device": "cpu", "name": f"CPU ({os.cpu_count()} cores)", "memory_bytes": None}
+    props = torch.cuda.get_device_properties(torch.device(resolved))
+    return {"device": resolved, "name": props.name, "memory_bytes": props.total_memory}
+
+
+def read_devices(client: redis.Redis) -> dict[str, dict]:
+    """Node name -> device description, as the workers last reported."""
+    return {name.decode(): json.loads(value) for name, value in client.hgetall(DEVICES_KEY).items()}
+
+
+@celeryd_after_setup.connect
+def _remember_node(sender: str, **_kwargs) -> None:
+    _node["name"] = sender
+
+
+@worker_process_init.connect
+def _report_device(**_kwargs) -> None:
+    if "name" not in _node:
+        return
+    settings = current_app.conf.atelier_settings
+    services = Services(settings)
+    try:
+        services.redis.hset(DEVICES_KEY, _node["name"], json.dumps(describe(settings.device)))
+    except redis.RedisError as exc:
+        log.warning("could not report this worker's device: %s", exc)
+    finally:
+        services.redis.close()
