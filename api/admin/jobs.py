@@ -1,4 +1,5 @@
-"""The Jobs list (all tenants), a job's page, its images, and the cancel / retry / delete actions."""
+"""The Jobs list (all tenants), a job's page, its images and webhook deliveries, and the cancel /
+retry / delete / redeliver actions."""
 from __future__ import annotations
 
 import io
@@ -17,6 +18,7 @@ from shared.images import ImageError, open_image
 from shared.models import Account, ApiKey, Job, JobInput, JobStatus, LossPoint, Snapshot
 from shared.schemas import job_out
 from shared.storage import StorageKeyError, input_key
+from shared.webhooks import deliveries
 from worker.broker import enqueue
 
 PAGE_SIZE = 25
@@ -82,7 +84,9 @@ def job(job_id: str) -> str:
         owner = db.scalar(select(Account.name).where(Account.id == job.account_id))
         key_prefix = db.scalar(select(ApiKey.prefix).where(ApiKey.id == job.api_key_id)) if job.api_key_id else None
         state = _state(db, job)
-    return render_template("admin/job.html", job=job, owner=owner, key_prefix=key_prefix, state=state)
+        sent = [deliveries.delivery_out(d) for d in deliveries.deliveries_for(db, job.id)]
+    return render_template("admin/job.html", job=job, owner=owner, key_prefix=key_prefix, state=state,
+                           deliveries=sent)
 
 
 @bp.get("/jobs/<job_id>/state.json")
@@ -171,3 +175,19 @@ def delete(job_id: str) -> Response:
         jobs.delete(db, svc.storage, job_id)
     flash(f"Deleted job {job_id}.")
     return redirect(url_for("admin.jobs"), 303)
+
+
+@bp.post("/deliveries/<delivery_id>/redeliver")
+def redeliver(delivery_id: str) -> Response:
+    """Send a webhook delivery again now (same webhook-id and body)."""
+    try:
+        event = deliveries.redeliver(services(), current_app.extensions["celery"], delivery_id)
+    except deliveries.InFlight:
+        with services().db.session() as db:
+            job_id = deliveries.find(db, delivery_id).job_id
+        flash("An attempt at this delivery is under way; try again when it has ended.")
+        return redirect(url_for("admin.job", job_id=job_id), 303)
+    if event is None:
+        abort(404, f"There is no delivery {delivery_id}.")
+    flash(f"Redelivering {event.type} to {event.url}.")
+    return redirect(url_for("admin.job", job_id=event.job_id), 303)

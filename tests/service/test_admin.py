@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from api import create_app
-from shared.models import Job, LossPoint, Operator
+from shared.models import Job, LossPoint, Operator, WebhookEvent, WebhookStatus
 from shared.operators import create_operator
 from shared.services import Services
 from tests.service.conftest import ROOT, new_key, submit, wait_for, wait_status
@@ -189,6 +189,29 @@ def test_job_page_and_its_cancel_retry_and_delete_actions(admin, settings, image
     assert admin.post(f"/admin/jobs/{new_id}/delete", data={"csrf_token": token}).status_code == 303
     assert admin.get(f"/v1/jobs/{new_id}", headers=auth).status_code == 404
     assert admin.get(f"/v1/jobs/{job['id']}", headers=auth).status_code == 200
+
+
+def test_a_jobs_webhook_deliveries_are_listed_and_redelivered(admin, settings, images, auth):
+    job = submit(admin, auth, images, {"size": 32, "iterations": 2}).get_json()
+    services = Services(settings)
+    with services.db.session() as session:
+        event = WebhookEvent(job_id=job["id"], type="job.failed", url="https://hooks.example/atelier", payload="{}",
+                             status=WebhookStatus.FAILED.value, attempts=7, failures=7)
+        session.add(event)
+        session.commit()
+        event_id = event.id
+    html = admin.get(f"/admin/jobs/{job['id']}").get_data(as_text=True)
+    row = re.search(rf'<tr data-delivery="{event_id}".*?</tr>', html, re.S).group(0)
+    assert "job.failed" in row and ">failed<" in row
+    token = csrf(admin, "/admin/")
+    assert admin.post(f"/admin/deliveries/{event_id}/redeliver", data={"csrf_token": "forged"}).status_code == 403
+    assert admin.post("/admin/deliveries/msg_nope/redeliver", data={"csrf_token": token}).status_code == 404
+    done = admin.post(f"/admin/deliveries/{event_id}/redeliver", data={"csrf_token": token})
+    assert done.status_code == 303 and done.headers["Location"] == f"/admin/jobs/{job['id']}"
+    with services.db.session() as session:
+        again = session.get(WebhookEvent, event_id)
+        assert again.status == WebhookStatus.PENDING.value and again.failures == 0
+    services.db.dispose()
 
 
 # ---- keys and system ----------------------------------------------------------------------------
