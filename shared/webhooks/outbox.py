@@ -2,7 +2,9 @@
 
 `notify` commits the event, then asks the broker to deliver it. If the broker is down the row
 stays due, and `sweep` (run periodically) sends every due event that no attempt holds, so an
-event that happened during a Redis or worker outage goes out when they return.
+event that happened during a Redis or worker outage goes out when they return. The sweep also
+records the terminal event of a job that ended without one (its process died between the two
+commits).
 """
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ from datetime import datetime, timedelta
 from celery import Celery
 from kombu.exceptions import OperationalError
 from redis import RedisError
-from sqlalchemy import or_, select, update
+from sqlalchemy import literal, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from shared.models import Job, JobStatus, WebhookEvent, WebhookStatus, utcnow
+from shared.models import TERMINAL, Job, JobStatus, WebhookEvent, WebhookStatus, utcnow
 from shared.schemas import job_out
 from shared.services import Services
 from worker.broker import DELIVER_WEBHOOK, MAINTENANCE_QUEUE
@@ -28,6 +30,8 @@ EVENT_TYPES = (STARTED, SNAPSHOT, "job.succeeded", "job.failed", "job.canceled")
 DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled")  # the terminal ones
 SNAPSHOT_INTERVAL = timedelta(seconds=1)   # at most one job.snapshot per job per second
 MAX_PAYLOAD_BYTES = 20_000
+RECORD_MISSED_AFTER = timedelta(minutes=1)  # `notify` follows a job's end within milliseconds
+RECORD_MISSED_WITHIN = timedelta(days=1)    # how far back the sweep looks for ended jobs
 
 
 def event_type_for(status: JobStatus) -> str | None:
@@ -96,12 +100,15 @@ def dispatch(services: Services, celery: Celery, event_id: str, at: datetime | N
 
 
 def sweep(services: Services, celery: Celery) -> list[str]:
-    """Send every due, pending event no attempt holds, unless a message for it is on its way
-    (dispatched for its current due time, within `enqueue_grace_seconds`). Returns their ids."""
-    now = utcnow()
+    """Record missed terminal events, then send every due, pending event no attempt holds,
+    unless a message for it is on its way (dispatched for its current due time, within
+    `enqueue_grace_seconds`). Returns the ids sent."""
     grace = timedelta(seconds=services.settings.enqueue_grace_seconds)
     E = WebhookEvent
     with services.db.session() as session:
+        for job in _ended_without_event(session, utcnow()):
+            record(session, job, event_type_for(job.state))
+        now = utcnow()
         due = list(session.scalars(select(E.id).where(
             E.status == WebhookStatus.PENDING.value, E.next_attempt_at <= now,
             or_(E.leased_until.is_(None), E.leased_until < now),
@@ -110,3 +117,14 @@ def sweep(services: Services, celery: Celery) -> list[str]:
     if sent:
         log.info("webhook sweep: sent %s", sent)
     return sent
+
+
+def _ended_without_event(session: Session, now: datetime) -> list[Job]:
+    """Jobs that ended lately with a webhook and have no event recorded for their end
+    (`record` then skips those not subscribed to it)."""
+    recorded = select(WebhookEvent.id).where(WebhookEvent.job_id == Job.id,
+                                             WebhookEvent.type == literal("job.") + Job.status).exists()
+    return list(session.scalars(select(Job).where(
+        Job.webhook_url.is_not(None), Job.status.in_([s.value for s in TERMINAL]),
+        Job.finished_at < now - RECORD_MISSED_AFTER, Job.finished_at > now - RECORD_MISSED_WITHIN, ~recorded)
+        .options(selectinload(Job.snapshots))))

@@ -7,19 +7,21 @@ import base64
 import io
 import json
 import time
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from api import create_app
 from shared import keys
-from shared.models import WebhookEvent
+from shared.models import Job, WebhookEvent, utcnow
 from shared.services import Services
-from shared.webhooks import secrets
+from shared.webhooks import outbox, secrets
 from tests.service.conftest import make_settings, new_key, submit, wait_for, wait_status
 from tests.service.webhook_receiver import Receiver, Reply
+from worker.broker import create_celery
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 TINY = {"size": 32, "iterations": 2, "snapshot_every": 0}
@@ -263,4 +265,28 @@ def test_bad_webhook_fields_are_named(wh_settings, images, fields, field):
     assert in_params.status_code == 422 and in_params.get_json()["errors"][0]["field"] == "params.webhook_events"
     twice = submit_form(client, auth, images, TINY | {"webhook_url": "http://127.0.0.1/h"}, webhook_url="http://127.0.0.1/h")
     assert twice.status_code == 422 and twice.get_json()["errors"][0]["field"] == "webhook_url"
+    app.extensions["atelier"].db.dispose()
+
+
+def test_the_sweep_records_the_end_of_a_job_whose_event_was_never_recorded(settings, images):
+    """The process that ended the job died before recording its event: the sweep records it."""
+    settings = replace(settings, webhook_allow_networks="127.0.0.0/8")
+    app = create_app(settings)
+    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(settings)}"}
+    job_id = submit(client, auth, images, TINY | {"webhook_url": "http://127.0.0.1/h"}).get_json()["id"]
+    services = Services(settings)
+    with services.db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            status="failed", error_code="engine_error", error_message="boom",
+            finished_at=utcnow() - timedelta(minutes=2)))
+        session.commit()
+    celery = create_celery(settings)  # Redis database 1: nobody consumes it, so the event stays pending
+    sent = outbox.sweep(services, celery)
+    with services.db.session() as session:
+        [event] = session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == job_id)).all()
+        assert event.type == "job.failed" and event.id in sent
+        assert json.loads(event.payload)["data"] == client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
+        outbox.sweep(services, celery)  # recorded once, not at every sweep
+        assert len(session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == job_id)).all()) == 1
+    services.db.dispose()
     app.extensions["atelier"].db.dispose()
