@@ -11,6 +11,9 @@ from pydantic.json_schema import models_json_schema
 
 from shared.config import Settings
 from shared.schemas import OUTPUT_FORMATS, JobList, JobOut, JobParams, Problem
+from shared.webhooks.deliveries import DeliveryList, DeliveryOut
+from shared.webhooks.outbox import EVENT_TYPES, WebhookPayload
+from shared.webhooks.secrets import WebhookSecretOut
 
 REF = "#/components/schemas/{model}"
 
@@ -20,8 +23,8 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _problems(*codes: int) -> dict[str, Any]:
-    text = {400: "Malformed request (names the field)", 401: "Missing or unknown API key", 404: "No such job for this key",
-            409: "The job already ended", 413: "Request body over the upload limit", 415: "Not multipart/form-data",
+    text = {400: "Malformed request (names the field)", 401: "Missing or unknown API key", 404: "No such job (or delivery) for this key",
+            409: "The job already ended (or a delivery attempt is under way)", 413: "Request body over the upload limit", 415: "Not multipart/form-data",
             422: "Invalid field (named in `errors`)", 429: "Too many active jobs", 503: "A dependency is down"}
     return {str(c): {"description": text[c], "content": {"application/problem+json": {"schema": _ref("Problem")}}}
             for c in codes}
@@ -36,7 +39,9 @@ JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "
 
 def build_spec(settings: Settings) -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(JobParams, "validation"), (JobOut, "serialization"), (JobList, "serialization"), (Problem, "serialization")],
+        [(JobParams, "validation"), (JobOut, "serialization"), (JobList, "serialization"), (Problem, "serialization"),
+         (WebhookSecretOut, "serialization"), (DeliveryOut, "serialization"), (DeliveryList, "serialization"),
+         (WebhookPayload, "serialization")],
         ref_template=REF)
     components = schemas["$defs"]
     params = components["JobParams"]["properties"]
@@ -66,7 +71,12 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                             "content": {"type": "string", "contentMediaType": "application/octet-stream"},
                             "style": {"type": "array", "minItems": 1, "maxItems": settings.max_styles,
                                       "items": {"type": "string", "contentMediaType": "application/octet-stream"}},
-                            "params": _ref("JobParams")}},
+                            "params": _ref("JobParams"),
+                            "webhook_url": {"type": "string", "format": "uri",
+                                            "description": "POST this job's events here (http(s), public addresses only); "
+                                                           "may also be a key of `params`"},
+                            "webhook_events": {"type": "string", "description": "Comma-separated, some of "
+                                               + ", ".join(EVENT_TYPES) + "; default: the terminal ones"}}},
                         "encoding": {"params": {"contentType": "application/json"}}}}},
                     "responses": {**_job("202", "Accepted and queued; `Location` is the job's URL"),
                                   **_problems(400, 401, 413, 415, 422, 429)},
@@ -117,6 +127,33 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                                               "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                                       **_problems(401, 404, 503)}},
             },
+            "/v1/jobs/{job_id}/deliveries": {
+                "parameters": [JOB_ID],
+                "get": {"summary": "The job's webhook deliveries, with every attempt", "operationId": "listDeliveries",
+                        "responses": {"200": {"description": "Oldest first",
+                                              "content": {"application/json": {"schema": _ref("DeliveryList")}}},
+                                      **_problems(401, 404)}},
+            },
+            "/v1/deliveries/{delivery_id}/redeliver": {
+                "parameters": [{"name": "delivery_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "post": {"summary": "Send a delivery again now (same `webhook-id` and body)", "operationId": "redeliver",
+                         "responses": {"202": {"description": "Queued for delivery",
+                                               "content": {"application/json": {"schema": _ref("DeliveryOut")}}},
+                                       **_problems(401, 404, 409)}},
+            },
+            "/v1/webhooks/secret": {
+                "get": {"summary": "This API key's webhook signing secret", "operationId": "getWebhookSecret",
+                        "responses": {"200": {"description": "The secret",
+                                              "content": {"application/json": {"schema": _ref("WebhookSecretOut")}}},
+                                      **_problems(401)}},
+            },
+            "/v1/webhooks/secret/rotate": {
+                "post": {"summary": "A new secret; the old one keeps signing for a grace period",
+                         "operationId": "rotateWebhookSecret",
+                         "responses": {"200": {"description": "The new secret",
+                                               "content": {"application/json": {"schema": _ref("WebhookSecretOut")}}},
+                                       **_problems(401)}},
+            },
             "/v1/openapi.json": {"get": {"summary": "This document", "operationId": "openapi", "security": [],
                                          "responses": {"200": {"description": "OpenAPI 3.1",
                                                                "content": {"application/json": {}}}}}},
@@ -126,6 +163,11 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                                 "security": [],
                                 "responses": {"200": {"description": "Ready"}, **_problems(503)}}},
         },
+        "webhooks": {"jobEvent": {"post": {
+            "summary": "A job event, signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`)",
+            "operationId": "jobEvent", "security": [],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("WebhookPayload")}}},
+            "responses": {"200": {"description": "Any 2xx within the timeout: delivered; 410: stop; anything else: retried"}}}}},
         "components": {"schemas": components,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "An API key from `atelier keys create NAME`"}}},

@@ -2,10 +2,7 @@
 `/v1/deliveries/{id}/redeliver`: the caller's webhook secret and its own jobs' deliveries."""
 from __future__ import annotations
 
-from datetime import datetime
-
 from flask import Blueprint, Response, current_app, jsonify
-from pydantic import BaseModel, Field
 
 from api import services
 from api.auth import account_id, api_key_id, require_key
@@ -17,15 +14,8 @@ bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 require_key(bp)
 
 
-class WebhookSecretOut(BaseModel):
-    secret: str = Field(description="`whsec_...`: verify deliveries for jobs submitted with this API key.")
-    previous_expires_at: datetime | None = Field(
-        description="After a rotation, the previous secret also signs deliveries until then.")
-
-
-def secret_response(state: secrets.SecretState) -> Response:
-    return jsonify(WebhookSecretOut(secret=state.secret, previous_expires_at=state.previous_expires_at)
-                   .model_dump(mode="json"))
+def secret_response(state: secrets.WebhookSecretOut) -> Response:
+    return jsonify(state.model_dump(mode="json"))
 
 
 @bp.get("/webhooks/secret")

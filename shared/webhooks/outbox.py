@@ -8,25 +8,27 @@ commits).
 """
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime, timedelta
+from typing import Literal, get_args
 
 from celery import Celery
 from kombu.exceptions import OperationalError
+from pydantic import BaseModel, Field
 from redis import RedisError
 from sqlalchemy import literal, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from shared.models import TERMINAL, Job, JobStatus, WebhookEvent, WebhookStatus, utcnow
-from shared.schemas import job_out
+from shared.schemas import JobOut, job_out
 from shared.services import Services
 from worker.broker import DELIVER_WEBHOOK, MAINTENANCE_QUEUE
 
 log = logging.getLogger(__name__)
 
-STARTED, SNAPSHOT = "job.started", "job.snapshot"
-EVENT_TYPES = (STARTED, SNAPSHOT, "job.succeeded", "job.failed", "job.canceled")
+EventType = Literal["job.started", "job.snapshot", "job.succeeded", "job.failed", "job.canceled"]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+STARTED, SNAPSHOT = EVENT_TYPES[:2]
 DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled")  # the terminal ones
 SNAPSHOT_INTERVAL = timedelta(seconds=1)   # at most one job.snapshot per job per second
 MAX_PAYLOAD_BYTES = 20_000
@@ -39,16 +41,23 @@ def event_type_for(status: JobStatus) -> str | None:
     return {JobStatus.RUNNING: STARTED}.get(status, f"job.{status.value}" if status.terminal else None)
 
 
+class WebhookPayload(BaseModel):
+    """The body of every delivery."""
+
+    type: EventType
+    timestamp: datetime = Field(description="When the event happened (UTC).")
+    data: JobOut = Field(description="The job, as `GET /v1/jobs/{id}` showed it then.")
+
+
 def payload(event_type: str, job: Job) -> str:
     """The body: type, timestamp and the job as `GET /v1/jobs/{id}` shows it. Past
     MAX_PAYLOAD_BYTES only the newest snapshots are listed (the job URL has them all)."""
-    data = job_out(job).model_dump(mode="json")
-    body = {"type": event_type, "timestamp": utcnow().isoformat().replace("+00:00", "Z"), "data": data}
-    text = json.dumps(body, separators=(",", ":"))
-    while len(text.encode()) > MAX_PAYLOAD_BYTES and data["snapshots"]:
-        snapshots = data["snapshots"]
-        data["snapshots"] = snapshots[len(snapshots) - len(snapshots) // 2:]  # the newer half
-        text = json.dumps(body, separators=(",", ":"))
+    body = WebhookPayload(type=event_type, timestamp=utcnow(), data=job_out(job))
+    text = body.model_dump_json()
+    while len(text.encode()) > MAX_PAYLOAD_BYTES and body.data.snapshots:
+        snapshots = body.data.snapshots
+        body.data.snapshots = snapshots[len(snapshots) - len(snapshots) // 2:]  # the newer half
+        text = body.model_dump_json()
     return text
 
 

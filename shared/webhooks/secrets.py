@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import secrets as random
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -24,21 +24,22 @@ def new_secret() -> str:
     return PREFIX + base64.b64encode(random.token_bytes(32)).decode()
 
 
-@dataclass(frozen=True)
-class SecretState:
-    secret: str
-    previous_expires_at: datetime | None  # the rotated-out secret signs too until then
+class WebhookSecretOut(BaseModel):
+    secret: str = Field(description="`whsec_...`: verify deliveries for jobs submitted with this API key.")
+    previous_expires_at: datetime | None = Field(
+        description="After a rotation, the previous secret also signs deliveries until then.")
 
 
-def current(session: Session, api_key_id: int) -> SecretState:
+def current(session: Session, api_key_id: int) -> WebhookSecretOut:
     """The key's secret, created (compare-and-set, so concurrent callers agree) if it has none."""
-    session.execute(update(ApiKey).where(ApiKey.id == api_key_id, ApiKey.webhook_secret.is_(None))
-                    .values(webhook_secret=new_secret()).execution_options(synchronize_session=False))
-    session.commit()
+    if session.scalar(select(ApiKey.webhook_secret).where(ApiKey.id == api_key_id)) is None:
+        session.execute(update(ApiKey).where(ApiKey.id == api_key_id, ApiKey.webhook_secret.is_(None))
+                        .values(webhook_secret=new_secret()).execution_options(synchronize_session=False))
+        session.commit()
     return _state(session, api_key_id)
 
 
-def rotate(session: Session, api_key_id: int, grace_seconds: float) -> SecretState:
+def rotate(session: Session, api_key_id: int, grace_seconds: float) -> WebhookSecretOut:
     """A new secret; the one it replaces keeps signing for `grace_seconds`."""
     old = current(session, api_key_id).secret
     session.execute(update(ApiKey).where(ApiKey.id == api_key_id, ApiKey.webhook_secret == old)
@@ -58,7 +59,8 @@ def signing(session: Session, api_key_id: int) -> list[str]:
     return [secret, previous] if previous is not None and expires is not None and expires > utcnow() else [secret]
 
 
-def _state(session: Session, api_key_id: int) -> SecretState:
+def _state(session: Session, api_key_id: int) -> WebhookSecretOut:
     secret, expires = session.execute(select(ApiKey.webhook_secret, ApiKey.previous_webhook_secret_expires_at)
                                       .where(ApiKey.id == api_key_id)).one()
-    return SecretState(secret, expires if expires is not None and expires > utcnow() else None)
+    in_grace = expires is not None and expires > utcnow()
+    return WebhookSecretOut(secret=secret, previous_expires_at=expires if in_grace else None)

@@ -6,7 +6,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
 import time
+import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -19,7 +23,7 @@ from shared import keys
 from shared.models import Job, WebhookEvent, utcnow
 from shared.services import Services
 from shared.webhooks import outbox, secrets
-from tests.service.conftest import make_settings, new_key, submit, wait_for, wait_status
+from tests.service.conftest import ROOT, make_settings, new_key, submit, wait_for
 from tests.service.webhook_receiver import Receiver, Reply
 from worker.broker import create_celery
 
@@ -290,3 +294,21 @@ def test_the_sweep_records_the_end_of_a_job_whose_event_was_never_recorded(setti
         assert len(session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == job_id)).all()) == 1
     services.db.dispose()
     app.extensions["atelier"].db.dispose()
+
+
+def test_keys_create_prints_the_webhook_secret_before_the_key(settings, client):
+    result = subprocess.run([sys.executable, "-m", "shared.cli", "keys", "create", f"cli-{uuid.uuid4().hex[:6]}"],
+                            env=os.environ | settings.to_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    token, [printed] = lines[-1], [line for line in lines[:-1] if line.startswith("whsec_")]
+    assert secret(client, {"Authorization": f"Bearer {token}"}) == printed
+
+
+def test_the_openapi_document_describes_webhooks(client):
+    spec = client.get("/v1/openapi.json").get_json()
+    assert {"/v1/webhooks/secret", "/v1/webhooks/secret/rotate", "/v1/jobs/{job_id}/deliveries",
+            "/v1/deliveries/{delivery_id}/redeliver"} <= set(spec["paths"])
+    assert spec["webhooks"]["jobEvent"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/WebhookPayload"}
+    assert spec["components"]["schemas"]["WebhookPayload"]["properties"]["type"]["enum"] == list(outbox.EVENT_TYPES)
