@@ -114,6 +114,13 @@ def test_a_job_appears_progresses_live_shows_snapshots_and_is_canceled(page, ser
     expect(page.locator("#status")).to_have_text("canceled")
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth).get_json()["status"] == "canceled"
 
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: wide tables scroll in their box, not the page
+    for path in (f"/admin/jobs/{job['id']}", "/admin/"):
+        page.goto(base + path)
+        expect(page.locator("main h1")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    screenshot(page, tmp_path, "admin-jobs-phone.png")
+
 
 def test_revoking_a_key(page, server, worker_settings):
     base, app = server
