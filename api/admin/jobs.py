@@ -18,7 +18,7 @@ from shared.images import ImageError, open_image
 from shared.models import Account, ApiKey, Job, JobInput, JobStatus, LossPoint, Snapshot
 from shared.schemas import job_out
 from shared.storage import StorageKeyError, input_key
-from shared.webhooks import deliveries
+from shared.webhooks import deliveries, outbox
 from worker.broker import enqueue
 
 PAGE_SIZE = 25
@@ -143,6 +143,7 @@ def cancel(job_id: str) -> Response:
         elif jobs.cancel(db, job_id) is JobStatus.CANCELED:
             db.expire_all()
             events.publish(svc.redis, job_id, "status", job_out(_load(db, job_id)).model_dump(mode="json"))
+            outbox.notify(svc, current_app.extensions["celery"], job_id)
             flash("Canceled.")
         else:
             flash("Asked the worker to stop; the job ends as canceled within a moment.")
@@ -151,12 +152,13 @@ def cancel(job_id: str) -> Response:
 
 @bp.post("/jobs/<job_id>/retry")
 def retry(job_id: str) -> Response:
-    """A new job with the same inputs and parameters, for the same account."""
+    """A new job with the same inputs, parameters and webhook, for the same account and key."""
     svc = services()
     with svc.db.session() as db:
         old = _load(db, job_id)
         new = Job(account_id=old.account_id, api_key_id=old.api_key_id, params=old.params,
                   request_hash=old.request_hash, status=JobStatus.QUEUED.value, attempts=0,
+                  webhook_url=old.webhook_url, webhook_events=old.webhook_events,
                   inputs=[JobInput(position=i.position, role=i.role, sha256=i.sha256, filename=i.filename)
                           for i in old.inputs])
         db.add(new)

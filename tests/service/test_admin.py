@@ -160,7 +160,8 @@ def test_jobs_table_shows_all_tenants_newest_first_with_filters_search_and_pages
 
 
 def test_job_page_and_its_cancel_retry_and_delete_actions(admin, settings, images, auth):
-    job = submit(admin, auth, images, {"size": 32, "iterations": 3, "style_weight": 12.5}).get_json()
+    hook = {"webhook_url": "https://93.184.215.14/atelier", "webhook_events": ["job.canceled"]}  # public: no DNS needed
+    job = submit(admin, auth, images, {"size": 32, "iterations": 3, "style_weight": 12.5, **hook}).get_json()
     page = admin.get(f"/admin/jobs/{job['id']}")
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and "style_weight" in html and "12.5" in html
@@ -174,6 +175,8 @@ def test_job_page_and_its_cancel_retry_and_delete_actions(admin, settings, image
     canceled = admin.post(f"/admin/jobs/{job['id']}/cancel", data={"csrf_token": token})
     assert canceled.status_code == 303
     assert admin.get(f"/admin/jobs/{job['id']}/state.json").get_json()["status"] == "canceled"
+    delivery = re.search(r'<tr data-delivery="[^"]+".*?</tr>', admin.get(f"/admin/jobs/{job['id']}").get_data(as_text=True), re.S)
+    assert "job.canceled" in delivery.group(0)  # the tenant's webhook hears of it, as with the API's cancel
 
     retried = admin.post(f"/admin/jobs/{job['id']}/retry", data={"csrf_token": token})
     new_id = retried.headers["Location"].rsplit("/", 1)[1]
@@ -184,6 +187,7 @@ def test_job_page_and_its_cancel_retry_and_delete_actions(admin, settings, image
         old, new = session.get(Job, job["id"]), session.get(Job, new_id)
         assert [i.sha256 for i in new.inputs] == [i.sha256 for i in old.inputs]
         assert new.api_key_id == old.api_key_id is not None
+        assert (new.webhook_url, new.webhook_events) == (hook["webhook_url"], hook["webhook_events"])
     services.db.dispose()
 
     assert admin.post(f"/admin/jobs/{new_id}/delete", data={"csrf_token": token}).status_code == 303
