@@ -125,6 +125,21 @@ def test_failed_sign_ins_are_rate_limited_per_address_and_name(settings, operato
     app.extensions["atelier"].db.dispose()
 
 
+def test_sign_in_and_pages_work_while_redis_is_down(make_redis, settings, operator):
+    server = make_redis()
+    app = create_app(replace(settings, redis_url=server.url(0)))
+    client = app.test_client()
+    server.stop()
+    assert sign_in(client, operator, "wrong password!").status_code == 401
+    assert sign_in(client, operator).status_code == 303
+    assert client.get("/admin/").status_code == 200 and client.get("/admin/jobs.json").status_code == 200
+    system = client.get("/admin/system")
+    assert system.status_code == 200 and "redis</dt><dd><span" in system.get_data(as_text=True).replace("\n", "")
+    assert "unreachable" in system.get_data(as_text=True)
+    server.start()
+    app.extensions["atelier"].db.dispose()
+
+
 def test_successful_sign_ins_do_not_count_against_the_limit(settings, operator):
     app = create_app(replace(settings, admin_signin_limit="2 per minute"))
     for _ in range(4):
