@@ -53,12 +53,7 @@ def submit() -> Response:
     with svc.db.session() as session:
         if key is not None and (existing := _replay(session, key, submission)) is not None:
             return existing
-        active = session.scalar(select(func.count()).select_from(Job).where(
-            Job.account_id == account_id(), Job.status.in_([s.value for s in ACTIVE])))
-        if active >= svc.settings.max_active_jobs:
-            raise ProblemError(429, "Too Many Requests",
-                               f"{active} jobs are queued or running; the limit is {svc.settings.max_active_jobs}",
-                               headers={"Retry-After": "30"})
+        _check_active(session, svc.settings)
         job = _create(session, key, submission)
         try:
             session.commit()
@@ -73,6 +68,18 @@ def submit() -> Response:
     response = job_response(job, 202)
     response.headers["Location"] = job_path(job.id)
     return response
+
+
+def _check_active(session: Session, settings) -> None:
+    """429 when this key, or its account, already has its maximum of queued + running jobs."""
+    active = [s.value for s in ACTIVE]
+    for scope, column, owner, limit in (("API key", Job.api_key_id, api_key_id(), settings.max_active_jobs_per_key),
+                                        ("account", Job.account_id, account_id(), settings.max_active_jobs)):
+        count = session.scalar(select(func.count()).select_from(Job).where(column == owner, Job.status.in_(active)))
+        if count >= limit:
+            raise ProblemError(429, "Too Many Requests",
+                               f"{count} jobs of this {scope} are queued or running; the limit is {limit}. "
+                               "Retry after one of them ends", headers={"Retry-After": "30"})
 
 
 def _replay(session: Session, key: str, submission: Submission) -> Response | None:

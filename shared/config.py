@@ -27,6 +27,8 @@ class Settings:
     max_upload_bytes: int = 20 * 2**20       # whole request body
     max_pixels: int = 25_000_000            # per uploaded image, checked from the header
     max_active_jobs: int = 20               # queued + running per account, else 429
+    max_active_jobs_per_key: int = 10       # queued + running submitted with one API key, else 429
+    submit_rate_limit: str = "60/minute"    # submissions per API key (Flask-Limiter syntax, counted in Redis)
     # worker reliability
     max_attempts: int = 3                   # claims per job before it is failed
     lease_seconds: float = 60.0             # a running job whose lease is not renewed in this time is re-run
