@@ -53,7 +53,11 @@ def register(app: Flask) -> None:
     def _http(exc: HTTPException) -> Response:
         response = exc.get_response()
         headers = {k: v for k, v in response.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
-        return problem_response(Problem(title=exc.name, status=exc.code or 500, detail=exc.description), headers)
+        detail = exc.description
+        if exc.code == 413:  # Werkzeug's text names no limit
+            detail = (f"the request is over the upload limit: at most {app.config['MAX_CONTENT_LENGTH']} bytes in all "
+                      f"(ATELIER_MAX_UPLOAD_BYTES) and {app.config['MAX_FORM_MEMORY_SIZE']} bytes per non-file field")
+        return problem_response(Problem(title=exc.name, status=exc.code or 500, detail=detail), headers)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -16,6 +16,7 @@ bp = Blueprint("files", __name__, url_prefix="/v1/jobs")
 require_key(bp)
 
 CACHE_CONTROL = "private, max-age=31536000, immutable"
+MAX_ITERATION = 2**31 - 1
 
 
 @bp.get("/<job_id>/result")
@@ -31,6 +32,8 @@ def result(job_id: str) -> Response:
 def snapshot(job_id: str, iteration: int) -> Response:
     with services().db.session() as session:
         job = load_job(session, job_id)
+        if iteration > MAX_ITERATION:  # beyond any stored iteration, and beyond what SQLite can bind
+            raise ProblemError(404, "Not Found", f"job {job_id} has no snapshot at iteration {iteration}")
         snap = session.scalar(select(Snapshot).where(Snapshot.job_id == job.id, Snapshot.iteration == iteration))
     if snap is None:
         raise ProblemError(404, "Not Found", f"job {job_id} has no snapshot at iteration {iteration}")

@@ -5,6 +5,7 @@ import base64
 import binascii
 import json
 import logging
+import uuid
 from datetime import datetime
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -32,11 +33,20 @@ DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
 def load_job(session: Session, job_id: str) -> Job:
     """The caller's job or 404: another account's job does not exist as far as they can tell."""
+    if not _is_job_id(job_id):  # no query for what cannot be an id (NUL bytes break PostgreSQL text)
+        raise ProblemError(404, "Not Found", f"no job {job_id[:100]!r}")
     job = session.scalar(select(Job).where(Job.id == job_id, Job.account_id == account_id())
                          .options(selectinload(Job.snapshots)))
     if job is None:
         raise ProblemError(404, "Not Found", f"no job {job_id}")
     return job
+
+
+def _is_job_id(job_id: str) -> bool:
+    try:
+        return str(uuid.UUID(job_id)) == job_id
+    except ValueError:
+        return False
 
 
 def job_response(job: Job, status: int) -> Response:
@@ -131,7 +141,7 @@ def list_jobs() -> Response:
 def _limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise invalid("limit", f"must be an integer from 1 to {MAX_LIMIT}", status=400)
     return int(raw)
 

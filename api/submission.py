@@ -18,6 +18,7 @@ from shared.webhooks import outbox, targets
 from worker.engine import ParamError
 
 MAX_IDEMPOTENCY_KEY = 255
+MAX_FILENAME = 255  # job_inputs.filename
 FORM_FIELDS = frozenset({"params", "webhook_url", "webhook_events"})
 
 
@@ -70,8 +71,8 @@ def idempotency_key(request: Request) -> str | None:
     if key is None:
         return None
     key = key.strip().strip('"')
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
-        raise invalid("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters", status=400)
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise invalid("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters", status=400)
     return key
 
 
@@ -83,11 +84,23 @@ def _read_image(field: str, upload: FileStorage, settings: Settings) -> Upload:
         open_image(data, max_pixels=settings.max_pixels)
     except ImageError as exc:
         raise invalid(field, str(exc)) from None
-    return Upload(field, upload.filename or None, data)
+    return Upload(field, safe_filename(upload.filename), data)
+
+
+def safe_filename(name: str | None) -> str | None:
+    """The name a client gave a file, kept for display only: its last path component, without
+    control characters (NUL breaks PostgreSQL text), at most 255 characters; None if nothing is left."""
+    if not name:
+        return None
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable()).strip()
+    return name[:MAX_FILENAME] or None
 
 
 def _params_text(request: Request) -> str | None:
     """`params` as a plain form field, or as a JSON file part (`curl -F params=@p.json`)."""
+    if len(request.files.getlist("params")) + len(request.form.getlist("params")) > 1:
+        raise invalid("params", "give params once, as a field or a file part")
     if "params" in request.files:
         try:
             return request.files["params"].read().decode("utf-8")
@@ -101,6 +114,8 @@ def _params_object(raw: str | None) -> dict[str, Any]:
         values = json.loads(raw) if raw not in (None, "") else {}
     except json.JSONDecodeError as exc:
         raise invalid("params", f"not valid JSON: {exc}", status=400) from None
+    except (ValueError, RecursionError):  # a number of thousands of digits, or nesting deeper than Python's stack
+        raise invalid("params", "not valid JSON: a number too long or nesting too deep", status=400) from None
     if not isinstance(values, dict):
         raise invalid("params", "must be a JSON object", status=400)
     return values

@@ -41,6 +41,8 @@ def list_deliveries(job_id: str) -> Response:
 
 @bp.post("/deliveries/<delivery_id>/redeliver")
 def redeliver(delivery_id: str) -> Response:
+    if len(delivery_id) > 64 or not delivery_id.isprintable():  # no query for what cannot be an id
+        raise ProblemError(404, "Not Found", f"no delivery {delivery_id[:64]!r}")
     try:
         event = deliveries.redeliver(services(), current_app.extensions["celery"], delivery_id, account_id())
     except deliveries.InFlight:

@@ -39,7 +39,7 @@ class JobParams(BaseModel):
     learning_rate: float = Field(0.02, gt=0, le=10, description="Adam's step size.")
     pooling: Literal["max", "avg"] = "max"
     preserve_color: Literal["none", "luminance", "histogram"] = "none"
-    snapshot_every: int = Field(50, ge=0, description="Store an intermediate image every N iterations; 0: none.")
+    snapshot_every: int = Field(50, ge=0, le=2**31 - 1, description="Store an intermediate image every N iterations; 0: none.")
     output_format: Literal["png", "jpeg", "webp"] = "png"
 
 
