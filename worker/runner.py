@@ -222,9 +222,13 @@ class JobRun:
         torch.save(checkpoint, buffer)
         self.services.storage.put(self._checkpoint_key(), buffer.getvalue())
         with self.services.db.session() as session:
-            session.execute(update(Job).where(Job.id == self.job_id, Job.lease_owner == self.owner)
-                            .values(checkpoint_key=self._checkpoint_key()).execution_options(synchronize_session=False))
+            saved = session.execute(update(Job).where(Job.id == self.job_id, Job.lease_owner == self.owner)
+                                    .values(checkpoint_key=self._checkpoint_key())
+                                    .execution_options(synchronize_session=False)).rowcount
             session.commit()
+            gone = not saved and session.get(Job, self.job_id) is None
+        if gone:  # deleted while we wrote it, maybe after the API removed the job's files: leave none behind
+            self.services.storage.delete(self._checkpoint_key())
 
     def _load_checkpoint(self, key: str | None) -> dict | None:
         if key is None:
