@@ -79,8 +79,8 @@ class Stack:
             Child("api", [python, "-m", "gunicorn", "--bind", f"0.0.0.0:{self.settings.port}", "--workers", "2",
                           "--worker-class", "gthread", "--threads", "8", "--timeout", "120", "api:create_app()"]),
             Child("worker", [*celery, "-Q", "gpu", "--concurrency", "1", "-n", "gpu@%h"]),
-            Child("maintenance", [*celery, "-Q", "maintenance", "--pool", "solo", "-n", "maintenance@%h",
-                                  "--beat", "--schedule", str(VAR / "celerybeat-schedule")]),
+            Child("maintenance", [*celery, "-Q", "maintenance", "--pool", "threads", "--concurrency", "8",
+                                  "-n", "maintenance@%h", "--beat", "--schedule", str(VAR / "celerybeat-schedule")]),
         ]
         for child in self.children:
             self._start(child)
