@@ -24,9 +24,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register(app)
     for module in (health, docs, jobs, files, events, webhooks):
         app.register_blueprint(module.bp)
-    admin.init_app(app, settings)
     from api import limits
-    limits.init_app(app, settings)
+    limiter = limits.init_app(app, settings)
+    admin.init_app(app, settings, limiter)
     if not app.debug:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app

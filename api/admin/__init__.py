@@ -1,8 +1,9 @@
 """The admin dashboard under `/admin`: server-rendered pages for operators (not API clients).
 
 `init_app` wires it into the API's Flask app: the session secret, the sign-in rate limit
-(Flask-Limiter on Redis, so it holds across API processes; skipped and logged while Redis is
-unreachable, rather than locking every operator out), and the two blueprints.
+(on the app's Flask-Limiter from `api.limits`: counted in Redis, so it holds across API
+processes; skipped and logged while Redis is unreachable rather than locking every operator
+out), and the two blueprints.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 SESSION_LIFETIME = timedelta(hours=12)
 
 
-def init_app(app: Flask, settings: Settings) -> None:
+def init_app(app: Flask, settings: Settings, limiter: Limiter) -> None:
     if settings.secret_key:
         app.secret_key = settings.secret_key
     else:
@@ -28,10 +29,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         app.secret_key = secrets.token_hex(32)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME)
-    limiter = Limiter(auth.signin_key, app=app, storage_uri=settings.redis_url,
-                      storage_options={"socket_connect_timeout": 2, "socket_timeout": 2}, key_prefix="atelier-admin",
-                      strategy="moving-window", headers_enabled=True, swallow_errors=True)
-    limiter.limit(settings.admin_signin_limit, methods=["POST"], deduct_when=auth.failed,
+    limiter.limit(settings.admin_signin_limit, key_func=auth.signin_key, methods=["POST"], deduct_when=auth.failed,
                   error_message="too many failed sign-ins; wait a minute and try again")(auth.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(blueprint.bp)
