@@ -35,6 +35,12 @@ def _job(status: str, description: str) -> dict[str, Any]:
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+# one event of the stream, as Server-Sent Events parse it (keep-alive comments are not events)
+SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
+    "event": {"type": "string", "enum": ["status", "progress", "snapshot", "error"]},
+    "data": {"type": "string", "contentMediaType": "application/json",
+             "description": "JSON: the job (`status`), its progress (`progress`), the new snapshot (`snapshot`) "
+                            "or a problem (`error`: the stream broke; reconnect or poll)"}}}
 
 
 def build_spec(settings: Settings) -> dict[str, Any]:
@@ -124,7 +130,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                 "get": {"summary": "Live events (Server-Sent Events: `status`, `progress`, `snapshot`)",
                         "operationId": "jobEvents",
                         "responses": {"200": {"description": "An event stream; the first event is the job's status",
-                                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                                              "content": {"text/event-stream": {"schema": SSE_EVENT}}},
                                       **_problems(401, 404, 503)}},
             },
             "/v1/jobs/{job_id}/deliveries": {

@@ -20,6 +20,7 @@ from worker.engine import ParamError
 MAX_IDEMPOTENCY_KEY = 255
 MAX_FILENAME = 255  # job_inputs.filename
 FORM_FIELDS = frozenset({"params", "webhook_url", "webhook_events"})
+UNNAMED = "(a part without a name)"
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ def parse(request: Request, settings: Settings) -> Submission:
         raise ProblemError(415, "Unsupported Media Type",
                            f"send multipart/form-data with files `content` and `style`, not {request.mimetype or 'no body'}")
     files = request.files  # raises 413 past MAX_CONTENT_LENGTH
-    unknown = sorted(set(files) - {"content", "style", "params"}) + sorted(set(request.form) - FORM_FIELDS)
+    unknown = sorted(str(name or UNNAMED) for name in set(files) - {"content", "style", "params"}) \
+        + sorted(str(name or UNNAMED) for name in set(request.form) - FORM_FIELDS)
     if unknown:
         raise invalid(unknown[0], "unknown field; expected files `content`, `style` and the fields "
                                   + ", ".join(f"`{f}`" for f in sorted(FORM_FIELDS)))

@@ -96,3 +96,21 @@ def test_active_jobs_cap_per_account_across_keys(settings, make_app, images):
         assert submit(client, bearer(token), images, TINY).status_code == 202
     body = assert_problem(submit(client, bearer(keys[1]), images, TINY), 429)
     assert "account" in body["detail"] and "limit is 3" in body["detail"]
+
+
+def test_rate_limit_skipped_while_redis_is_down(settings, make_app, make_redis, images):
+    """The limiter's storage is down: submissions are not refused with a 500 (nor counted)."""
+    server = make_redis()
+    settings = replace(settings, redis_url=server.url(1), submit_rate_limit="1/minute")
+    client = make_app(settings).test_client()
+    key = new_key(settings)
+    server.stop()
+    try:
+        response = submit(client, bearer(key), images, TINY)
+        assert response.status_code in (202, 503), response.get_data(as_text=True)
+        assert client.get("/healthz").status_code == 200
+    finally:
+        server.start()
+    # back up: counting resumes
+    statuses = [submit(client, bearer(key), images, TINY).status_code for _ in range(3)]
+    assert 429 in statuses and 500 not in statuses
