@@ -22,6 +22,7 @@ from shared.webhooks import deliveries, outbox
 from worker.broker import enqueue
 
 PAGE_SIZE = 25
+MAX_PAGE = 100_000
 THUMBNAIL_SIDE = 240
 STATUSES = [s.value for s in JobStatus]
 
@@ -31,8 +32,8 @@ def _filters() -> tuple[str, str, str, int]:
     if status and status not in STATUSES:
         abort(400, f"status must be one of {', '.join(STATUSES)}")
     page = request.args.get("page", "1")
-    if not page.isdigit() or int(page) < 1:
-        abort(400, "page must be a positive integer")
+    if not (page.isascii() and page.isdigit()) or not 1 <= int(page) <= MAX_PAGE:
+        abort(400, f"page must be an integer from 1 to {MAX_PAGE}")
     return status, request.args.get("owner", "").strip(), request.args.get("q", "").strip().lower(), int(page)
 
 
@@ -95,7 +96,7 @@ def job_state_json(job_id: str) -> Response:
         return jsonify(_state(db, _load(db, job_id)))
 
 
-@bp.get("/jobs/<job_id>/inputs/<int:position>")
+@bp.get("/jobs/<job_id>/inputs/<int(max=1000):position>")
 def input_thumbnail(job_id: str, position: int) -> Response:
     """A small PNG of an input image (the originals can be large)."""
     with services().db.session() as db:
@@ -115,7 +116,7 @@ def input_thumbnail(job_id: str, position: int) -> Response:
     return response.make_conditional(request)
 
 
-@bp.get("/jobs/<job_id>/snapshots/<int:iteration>")
+@bp.get("/jobs/<job_id>/snapshots/<int(max=2147483647):iteration>")
 def snapshot(job_id: str, iteration: int) -> Response:
     with services().db.session() as db:
         job = _load(db, job_id)

@@ -36,7 +36,7 @@ def create_key() -> str:
     return _render(new_key=token, account=account)
 
 
-@bp.post("/keys/<int:key_id>/revoke")
+@bp.post("/keys/<int(max=2147483647):key_id>/revoke")
 def revoke_key(key_id: int) -> Response:
     with services().db.session() as db:
         prefix = db.scalar(select(ApiKey.prefix).where(ApiKey.id == key_id))

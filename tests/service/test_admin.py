@@ -169,7 +169,8 @@ def test_jobs_table_shows_all_tenants_newest_first_with_filters_search_and_pages
     assert everything["pages"] == -(-total // 25)
     assert admin.get(f"/admin/jobs.json?page={everything['pages'] + 1}").get_json()["jobs"] == []
     assert admin.get("/admin/jobs.json?status=bogus").status_code == 400
-    assert admin.get("/admin/jobs.json?page=0").status_code == 400
+    for bad in ("0", "²", "9" * 40):
+        assert admin.get(f"/admin/jobs.json?page={bad}").status_code == 400
     page = admin.get(f"/admin/?owner={owners[0]}").get_data(as_text=True)
     assert f"owner={owners[0]}" in page and owners[1] in page  # the owner filter lists every account
 
@@ -183,6 +184,8 @@ def test_job_page_and_its_cancel_retry_and_delete_actions(admin, settings, image
     thumb = admin.get(f"/admin/jobs/{job['id']}/inputs/0")
     assert thumb.status_code == 200 and thumb.content_type == "image/png"
     assert admin.get(f"/admin/jobs/{job['id']}/inputs/9").status_code == 404
+    assert admin.get(f"/admin/jobs/{job['id']}/inputs/{'9' * 30}").status_code == 404
+    assert admin.get(f"/admin/jobs/{job['id']}/snapshots/{'9' * 30}").status_code == 404
     assert admin.get(f"/admin/jobs/{job['id']}/result").status_code == 404
     assert admin.get("/admin/jobs/no-such-job").status_code == 404
     token = csrf(admin, "/admin/")
@@ -250,6 +253,7 @@ def test_keys_are_created_once_revoked_and_counted(admin, images):
     assert admin.post(f"/admin/keys/{key_id}/revoke", data={"csrf_token": token}).status_code == 303
     assert admin.get("/v1/jobs", headers=auth).status_code == 401
     assert admin.post("/admin/keys/999999/revoke", data={"csrf_token": token}).status_code == 404
+    assert admin.post(f"/admin/keys/{'9' * 30}/revoke", data={"csrf_token": token}).status_code == 404
     assert admin.post("/admin/keys", data={"account": "  ", "csrf_token": token}).status_code == 400
 
 
