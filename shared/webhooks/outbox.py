@@ -82,11 +82,12 @@ def record(session: Session, job: Job, event_type: str) -> WebhookEvent | None:
 def notify(services: Services, celery: Celery, job_id: str, event_type: str | None = None) -> None:
     """Record and send the job's webhook event: `event_type`, or by default the one its status implies."""
     with services.db.session() as session:
+        row = session.execute(select(Job.status, Job.webhook_events).where(Job.id == job_id)).first()
+        event_type = event_type or (event_type_for(JobStatus(row.status)) if row else None)
+        if row is None or event_type not in (row.webhook_events or ()):
+            return  # the common case, checked without loading the job: no webhook, or not this event
         job = session.scalar(select(Job).where(Job.id == job_id).options(selectinload(Job.snapshots)))
-        if job is None or job.webhook_url is None:
-            return
-        event_type = event_type or event_type_for(job.state)
-        event = record(session, job, event_type) if event_type else None
+        event = record(session, job, event_type) if job is not None else None  # None: deleted meanwhile
     if event is not None:
         dispatch(services, celery, event.id)
 

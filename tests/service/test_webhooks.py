@@ -20,7 +20,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from api import create_app
 from shared import keys
-from shared.models import Job, WebhookEvent, utcnow
+from shared.models import Job, Snapshot, WebhookEvent, utcnow
 from shared.services import Services
 from shared.webhooks import outbox, secrets
 from tests.service.conftest import ROOT, make_settings, new_key, submit, wait_for
@@ -312,3 +312,14 @@ def test_the_openapi_document_describes_webhooks(client):
     assert spec["webhooks"]["jobEvent"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/WebhookPayload"}
     assert spec["components"]["schemas"]["WebhookPayload"]["properties"]["type"]["enum"] == list(outbox.EVENT_TYPES)
+
+
+def test_a_payload_stays_under_20_kb_keeping_the_newest_snapshots():
+    now = utcnow()
+    job = Job(id="j" * 36, status="succeeded", params={"size": 32}, created_at=now, attempts=1, snapshots=[
+        Snapshot(iteration=i, key=f"k{i}", sha256="0" * 64, created_at=now) for i in range(1, 2001)])
+    body = outbox.payload("job.succeeded", job)
+    assert len(body.encode()) < 20_000
+    snapshots = json.loads(body)["data"]["snapshots"]
+    assert 0 < len(snapshots) < 2000 and snapshots[-1]["iteration"] == 2000
+    assert [s["iteration"] for s in snapshots] == list(range(2001 - len(snapshots), 2001))
