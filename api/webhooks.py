@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
+from flask.blueprints import BlueprintSetupState
 
 from api import services
 from api.auth import account_id, api_key_id, require_key
 from api.errors import ProblemError
 from api.jobs import load_job
-from shared.webhooks import deliveries, secrets
+from shared.webhooks import deliveries, delivery, secrets, targets
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 require_key(bp)
+
+
+@bp.record_once
+def check_settings(state: BlueprintSetupState) -> None:
+    """A malformed webhook setting stops the API at start-up instead of failing submissions."""
+    settings = state.app.extensions["atelier"].settings
+    targets.parse_networks(settings.webhook_allow_networks)
+    delivery.retry_schedule(settings)
 
 
 def secret_response(state: secrets.WebhookSecretOut) -> Response:

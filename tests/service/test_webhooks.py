@@ -323,3 +323,10 @@ def test_a_payload_stays_under_20_kb_keeping_the_newest_snapshots():
     snapshots = json.loads(body)["data"]["snapshots"]
     assert 0 < len(snapshots) < 2000 and snapshots[-1]["iteration"] == 2000
     assert [s["iteration"] for s in snapshots] == list(range(2001 - len(snapshots), 2001))
+
+
+@pytest.mark.parametrize("setting", [{"webhook_allow_networks": "127.0.0.0/8,localhost"},
+                                     {"webhook_retry_schedule": "5,later"}])
+def test_a_malformed_webhook_setting_stops_the_api_at_start_up(settings, setting):
+    with pytest.raises(ValueError, match="ATELIER_WEBHOOK_"):
+        create_app(replace(settings, **setting))
