@@ -4,6 +4,9 @@ checked address with the URL's Host, no redirects followed, and the timeout enfo
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import ssl
+import subprocess
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -127,3 +130,32 @@ def test_the_retry_schedule_setting_is_validated():
     assert delivery.retry_schedule(Settings(webhook_retry_schedule="1, 2.5")) == (1, 2.5)
     with pytest.raises(ValueError, match="ATELIER_WEBHOOK_RETRY_SCHEDULE"):
         delivery.retry_schedule(Settings(webhook_retry_schedule="5,soon"))
+
+
+@pytest.fixture
+def tls_receiver(tmp_path, monkeypatch):
+    """An HTTPS receiver whose certificate names `hooks.example`, trusted like a public CA's."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=hooks.example",
+                    "-addext", "subjectAltName=DNS:hooks.example", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the default trust store of the client side
+    receiver = Receiver(context)
+    yield receiver
+    receiver.stop()
+
+
+def test_tls_goes_to_the_checked_address_and_checks_the_certificate_for_the_url_host(tls_receiver):
+    address = (ipaddress.ip_address("127.0.0.1"),)
+    right = Target("https", "hooks.example", tls_receiver.port, "/hook", address)
+    outcome = delivery.post(right, {}, b"{}", timeout=10)
+    assert outcome.delivered, outcome.error
+    assert tls_receiver.received[0].headers["host"] == f"hooks.example:{tls_receiver.port}"
+    wrong = Target("https", "other.example", tls_receiver.port, "/hook", address)
+    outcome = delivery.post(wrong, {}, b"{}", timeout=10)
+    assert outcome.status_code is None and "doesn't match 'hooks.example'" in outcome.error
+    assert len(tls_receiver.received) == 1

@@ -6,6 +6,7 @@ Signatures are checked by the tests with the `standardwebhooks` verifier, as a c
 """
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,8 +41,9 @@ class Received:
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.port = free_port()
+        self.tls = tls  # a server context: serve HTTPS
         self.script: list[Reply] = []
         self.received: list[Received] = []
         self._lock = threading.Lock()
@@ -49,7 +51,7 @@ class Receiver:
         self.start()
 
     def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
 
     def reply(self, *replies: Reply) -> None:
         """Answer the next requests with these, in order; 200 after them."""
@@ -86,6 +88,8 @@ class Receiver:
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
