@@ -19,8 +19,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["atelier"] = services
     app.extensions["celery"] = create_celery(settings)
 
-    from api import admin, docs, errors, events, files, health, jobs
-    from api import webhooks
+    from api import admin, docs, errors, events, files, health, jobs, webhooks
     errors.register(app)
     for module in (health, docs, jobs, files, events, webhooks):
         app.register_blueprint(module.bp)

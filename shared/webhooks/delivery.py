@@ -126,7 +126,7 @@ def _send(url: str, event_id: str, body: str, keys: list[str], settings: Setting
         target = targets.resolve(url, targets.parse_networks(settings.webhook_allow_networks))
     except targets.RefusedURL as exc:
         return Outcome(None, f"refused: {exc}", _ms(started))
-    headers = sign(keys, event_id, body, datetime.now(timezone.utc))
+    headers = sign(keys, event_id, body, utcnow())
     return post(target, headers, body.encode(), settings.webhook_timeout_seconds)
 
 

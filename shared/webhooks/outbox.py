@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 EventType = Literal["job.started", "job.snapshot", "job.succeeded", "job.failed", "job.canceled"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 STARTED, SNAPSHOT = EVENT_TYPES[:2]
-DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled")  # the terminal ones
+DEFAULT_EVENTS = EVENT_TYPES[2:]  # the terminal ones
 SNAPSHOT_INTERVAL = timedelta(seconds=1)   # at most one job.snapshot per job per second
 MAX_PAYLOAD_BYTES = 20_000
 RECORD_MISSED_AFTER = timedelta(minutes=1)  # `notify` follows a job's end within milliseconds
