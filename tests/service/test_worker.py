@@ -113,7 +113,9 @@ def test_delete_a_running_job_stops_it_and_removes_its_files(live_client, live_a
     assert live_client.delete(f"/v1/jobs/{job['id']}", headers=live_auth).status_code == 204
     wait_for(lambda: f"job {job['id']}: lease lost" in worker.output(), timeout=30, what="the worker to stop")
     folder = Path(worker_settings.storage_dir) / "jobs" / job["id"]
-    assert not folder.exists() or not [p for p in folder.rglob("*") if p.is_file()]
+    # a checkpoint write already under way when the row went finishes, then removes its file
+    wait_for(lambda: not folder.exists() or not [p for p in folder.rglob("*") if p.is_file()], timeout=30,
+             what="the job's files to be gone")
 
 
 def test_a_duplicate_delivery_never_runs_a_job_twice(live_app, live_client, live_auth, images, worker):
