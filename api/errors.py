@@ -7,6 +7,7 @@ from flask import Flask, Response, json, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from shared.db import UNAVAILABLE
 from shared.schemas import FieldError, Problem
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,15 @@ def register(app: Flask) -> None:
             detail = (f"the request is over the upload limit: at most {app.config['MAX_CONTENT_LENGTH']} bytes in all "
                       f"(ATELIER_MAX_UPLOAD_BYTES) and {app.config['MAX_FORM_MEMORY_SIZE']} bytes per non-file field")
         return problem_response(Problem(title=exc.name, status=exc.code or 500, detail=detail), headers)
+
+    def _database_unavailable(exc: Exception) -> Response:
+        log.warning("database unavailable on %s %s: %s", request.method, request.path,
+                    str(getattr(exc, "orig", None) or exc).splitlines()[0])
+        return problem_response(Problem(title="Service Unavailable", status=503,
+                                        detail="the database is unavailable; retry shortly"), {"Retry-After": "5"})
+
+    for error in UNAVAILABLE:
+        app.register_error_handler(error, _database_unavailable)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

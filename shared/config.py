@@ -37,6 +37,7 @@ class Settings:
     progress_seconds: float = 1.0           # how often progress is written and cancellation checked
     sweep_seconds: float = 30.0             # how often the periodic sweep runs
     enqueue_grace_seconds: float = 30.0     # a queued job never handed to the broker for this long is re-sent
+    database_retry_seconds: float = 120.0   # a worker retries a failed database write this long (backoff) before giving the job up
     sse_keepalive_seconds: float = 15.0
     # webhooks (shared.webhooks)
     webhook_timeout_seconds: float = 10.0   # a 2xx must arrive within this, else the attempt failed

@@ -5,13 +5,22 @@ time; foreign keys are switched on so deleting a job deletes its rows everywhere
 """
 from __future__ import annotations
 
+import logging
+import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# the database (not the statement) failed: unreachable, restarting, locked, file gone
+UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -32,7 +41,30 @@ def make_engine(url: str) -> Engine:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_pragmas)
+    if parsed.database and parsed.database != ":memory:":
+        _drop_connections_to_a_moved_file(engine, Path(parsed.database))
     return engine
+
+
+def _drop_connections_to_a_moved_file(engine: Engine, path: Path) -> None:
+    """SQLite's pre-ping: a pooled connection keeps the file it opened even after that file was
+    moved or deleted. At checkout, a connection whose file is no longer at `path` is dropped, so
+    the pool reconnects to what is there now (or fails as the database being unavailable)."""
+
+    def inode() -> int | None:
+        try:
+            return os.stat(path).st_ino
+        except OSError:
+            return None
+
+    @event.listens_for(engine, "connect")
+    def _remember(_dbapi_connection, record) -> None:
+        record.info["inode"] = inode()
+
+    @event.listens_for(engine, "checkout")
+    def _check(_dbapi_connection, record, _proxy) -> None:
+        if record.info.get("inode") is not None and inode() != record.info["inode"]:
+            raise exc.DisconnectionError(f"the database file {path} moved or went away")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -63,3 +95,25 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def with_retries(operation: Callable[[], T], *, seconds: float, what: str) -> T:
+    """Run `operation` (which opens its own session), retrying while the database is unavailable,
+    with exponential backoff (0.1 s doubling to 5 s) for at most `seconds`; then the error stands."""
+    deadline, delay, failures = time.monotonic() + seconds, 0.1, 0
+    while True:
+        try:
+            result = operation()
+        except UNAVAILABLE as error:
+            failures += 1
+            if time.monotonic() + delay > deadline:
+                log.error("%s: database still unavailable after %d tries; giving up: %s", what, failures, error.orig or error)
+                raise
+            log.warning("%s: database unavailable (%s); retry %d in %.1fs", what,
+                        str(getattr(error, "orig", None) or error).splitlines()[0], failures, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        if failures:
+            log.warning("%s: database reachable again after %d failed tries", what, failures)
+        return result

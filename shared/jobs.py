@@ -26,6 +26,7 @@ class ErrorCode:
     INVALID_PARAMS = "invalid_params"           # the engine rejected the stored parameters
     DIVERGED = "diverged"                       # the loss became NaN or infinite
     ENGINE_ERROR = "engine_error"               # anything else the engine raised
+    STORAGE_ERROR = "storage_error"             # the result could not be written to storage
 
 
 def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_attempts: int) -> bool:
@@ -68,6 +69,21 @@ def finish(session: Session, job_id: str, owner: str, status: JobStatus, **value
         update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == R)
         .values(status=status.value, finished_at=utcnow(), lease_owner=None, lease_expires_at=None, **values)
         .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def release(session: Session, job_id: str, owner: str, checkpoint_key: str | None) -> bool:
+    """Hand a running job we hold back to the queue (its worker is shutting down). The claim is
+    refunded: a graceful hand-back is not a failed attempt. False if it is no longer ours."""
+    values: dict[str, Any] = {"status": Q, "lease_owner": None, "lease_expires_at": None, "enqueued_at": None,
+                              "attempts": Job.attempts - 1}
+    if checkpoint_key is not None:
+        values["checkpoint_key"] = checkpoint_key
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == R, Job.cancel_requested_at.is_(None))
+        .values(**values).execution_options(synchronize_session=False)
     )
     session.commit()
     return result.rowcount == 1

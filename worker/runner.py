@@ -23,6 +23,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from shared import events, jobs
+from shared.db import with_retries
 from shared.images import ImageError, open_image
 from shared.jobs import ErrorCode
 from shared.models import Job, JobStatus, Snapshot
@@ -30,6 +31,8 @@ from shared.schemas import engine_params, job_out, job_path
 from shared.services import Services
 from shared.storage import StorageKeyError, input_key, job_prefix, sha256
 from shared.webhooks import outbox
+from worker import shutdown
+from worker.broker import enqueue
 from worker.engine import Iterate, ParamError, Result, stylize
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,7 @@ class JobRun:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.cancel_requested = False
         self.lost = False          # the lease is no longer ours: write nothing more
+        self.handing_back = False  # the worker is shutting down: checkpoint and requeue
         self.resumed_from: int | None = None
         self.params: dict = {}
         self.progress: dict | None = None
@@ -86,8 +90,10 @@ class JobRun:
 
     def execute(self) -> None:
         db = self.services.db
-        with db.session() as session:
-            claimed = jobs.claim(session, self.job_id, self.owner, self.settings.lease_seconds, self.settings.max_attempts)
+        def claim() -> bool:
+            with db.session() as session:
+                return jobs.claim(session, self.job_id, self.owner, self.settings.lease_seconds, self.settings.max_attempts)
+        claimed = self._retrying(claim, "claim")
         if not claimed:
             self._not_claimed()
             return
@@ -116,6 +122,9 @@ class JobRun:
             return
         heartbeat.stop()
         if self.lost:
+            return
+        if result.stopped and self.handing_back and not self.cancel_requested:
+            self._hand_back(result)
             return
         if result.stopped:
             self._end(JobStatus.CANCELED, progress=self.progress)
@@ -155,6 +164,10 @@ class JobRun:
     def _on_iterate(self, it: Iterate) -> bool:
         if self.lost or self.cancel_requested:
             return True
+        if shutdown.STOP.is_set():  # SIGTERM: stop after this iteration, checkpoint, hand the job back
+            self.progress = self._progress(it)
+            self.handing_back = True
+            return True
         self.progress = self._progress(it)
         every = self.params["snapshot_every"]
         if every and it.iteration % every == 0 and it.iteration < it.total:
@@ -171,8 +184,11 @@ class JobRun:
 
     def renew(self, progress: dict | None = None) -> None:
         """Extend the lease (writing progress if given); learn whether to stop."""
-        with self._lock, self.services.db.session() as session:
-            answer = jobs.renew(session, self.job_id, self.owner, self.settings.lease_seconds, progress)
+        def write():
+            with self.services.db.session() as session:
+                return jobs.renew(session, self.job_id, self.owner, self.settings.lease_seconds, progress)
+        with self._lock:
+            answer = self._retrying(write, "progress" if progress is not None else "lease renewal")
         if answer is False:
             self._lose("deleted or reclaimed")
         elif answer is not None:
@@ -195,16 +211,23 @@ class JobRun:
     def _snapshot(self, it: Iterate) -> None:
         data = encode_image(it.image(), self.params["output_format"])
         key = f"{job_prefix(self.job_id)}snapshots/{it.iteration:06d}.{self.params['output_format']}"
-        self.services.storage.put(key, data)
-        snapshot = Snapshot(job_id=self.job_id, iteration=it.iteration, key=key, sha256=sha256(data))
         try:
+            self.services.storage.put(key, data)  # atomic: a temp file renamed, never half a file under `key`
+        except OSError as exc:
+            log.warning("job %s: snapshot at iteration %d skipped: storage error: %s", self.job_id, it.iteration, exc)
+            return
+
+        def record() -> dict:
+            snapshot = Snapshot(job_id=self.job_id, iteration=it.iteration, key=key, sha256=sha256(data))
             with self.services.db.session() as session:
                 # a resumed attempt may redo an iteration: the newer image replaces the older
                 session.execute(delete(Snapshot).where(Snapshot.job_id == self.job_id, Snapshot.iteration == it.iteration))
                 session.add(snapshot)
                 session.commit()
-                created = {"iteration": it.iteration, "url": job_path(self.job_id, "snapshots", it.iteration),
-                           "created_at": snapshot.created_at.isoformat()}
+                return {"iteration": it.iteration, "url": job_path(self.job_id, "snapshots", it.iteration),
+                        "created_at": snapshot.created_at.isoformat()}
+        try:
+            created = self._retrying(record, "snapshot")
         except IntegrityError:  # the job row is gone: deleted while running
             self.services.storage.delete(key)
             self._lose("deleted")
@@ -220,13 +243,21 @@ class JobRun:
     def _save_checkpoint(self, checkpoint: dict) -> None:
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        self.services.storage.put(self._checkpoint_key(), buffer.getvalue())
-        with self.services.db.session() as session:
-            saved = session.execute(update(Job).where(Job.id == self.job_id, Job.lease_owner == self.owner)
-                                    .values(checkpoint_key=self._checkpoint_key())
-                                    .execution_options(synchronize_session=False)).rowcount
-            session.commit()
-            gone = not saved and session.get(Job, self.job_id) is None
+        try:
+            self.services.storage.put(self._checkpoint_key(), buffer.getvalue())  # atomic: temp file + rename
+        except OSError as exc:
+            log.warning("job %s: checkpoint at iteration %d not saved: storage error: %s",
+                        self.job_id, checkpoint["iteration"], exc)
+            return
+
+        def record() -> bool:
+            with self.services.db.session() as session:
+                saved = session.execute(update(Job).where(Job.id == self.job_id, Job.lease_owner == self.owner)
+                                        .values(checkpoint_key=self._checkpoint_key())
+                                        .execution_options(synchronize_session=False)).rowcount
+                session.commit()
+                return not saved and session.get(Job, self.job_id) is None
+        gone = self._retrying(record, "checkpoint")
         if gone:  # deleted while we wrote it, maybe after the API removed the job's files: leave none behind
             self.services.storage.delete(self._checkpoint_key())
 
@@ -248,7 +279,13 @@ class JobRun:
         output_format = self.params["output_format"]
         data = encode_image(result.image, output_format)
         key = f"{job_prefix(self.job_id)}result.{output_format}"
-        self.services.storage.put(key, data)
+        try:
+            self.services.storage.put(key, data)
+        except OSError as exc:
+            log.error("job %s: the result could not be stored: %s", self.job_id, exc)
+            self._end(JobStatus.FAILED, progress=self.progress, error_code=ErrorCode.STORAGE_ERROR,
+                      error_message=f"the result could not be written to storage: {exc}")
+            return
         progress = (self.progress or {}) | {"iteration": result.iterations, "total": result.total, "percent": 100.0,
                                             "eta_seconds": 0.0, "losses": result.losses}
         ended = self._end(JobStatus.SUCCEEDED, progress=progress, result_key=key, result_sha256=sha256(data),
@@ -261,8 +298,10 @@ class JobRun:
         log.info("job %s: succeeded in %.1fs on %s", self.job_id, result.seconds, result.device)
 
     def _end(self, status: JobStatus, **values: object) -> bool:
-        with self.services.db.session() as session:
-            ended = jobs.finish(session, self.job_id, self.owner, status, **values)
+        def write() -> bool:
+            with self.services.db.session() as session:
+                return jobs.finish(session, self.job_id, self.owner, status, **values)
+        ended = self._retrying(write, f"recording {status.value}")
         if ended:
             self._publish_status()
         else:
@@ -270,9 +309,46 @@ class JobRun:
         return ended
 
     def _publish_status(self) -> None:
-        with self.services.db.session() as session:
-            job = session.get(Job, self.job_id)
-            if job is None:
-                return
-            events.publish(self.services.redis, self.job_id, "status", job_out(job).model_dump(mode="json"))
-        outbox.notify(self.services, current_app, self.job_id)
+        def read() -> dict | None:
+            with self.services.db.session() as session:
+                job = session.get(Job, self.job_id)
+                return None if job is None else job_out(job).model_dump(mode="json")
+        data = self._retrying(read, "status event")
+        if data is None:
+            return
+        events.publish(self.services.redis, self.job_id, "status", data)
+        try:
+            outbox.notify(self.services, current_app, self.job_id)
+        except SQLAlchemyError as exc:  # the webhook sweep records a missed terminal event later
+            log.warning("job %s: webhook event not recorded now (%s); the sweep will", self.job_id, exc)
+
+    def _retrying(self, operation, what: str):
+        return with_retries(operation, seconds=self.settings.database_retry_seconds, what=f"job {self.job_id}: {what}")
+
+    # ---- graceful shutdown ------------------------------------------------------------------
+
+    def _hand_back(self, result: Result) -> None:
+        """The worker is stopping (SIGTERM): keep where we are, requeue the job, let another worker resume it."""
+        checkpoint_key = None
+        if not self.lost:
+            buffer = io.BytesIO()
+            torch.save(result.checkpoint, buffer)
+            try:
+                self.services.storage.put(self._checkpoint_key(), buffer.getvalue())
+                checkpoint_key = self._checkpoint_key()
+            except OSError as exc:
+                log.warning("job %s: checkpoint at hand-back not saved: storage error: %s", self.job_id, exc)
+
+        def write() -> bool:
+            with self.services.db.session() as session:
+                if self.progress is not None:
+                    jobs.renew(session, self.job_id, self.owner, self.settings.lease_seconds, self.progress)
+                return jobs.release(session, self.job_id, self.owner, checkpoint_key)
+        if not self._retrying(write, "hand-back"):
+            log.warning("job %s: not handed back: no longer ours, or asked to cancel", self.job_id)
+            if self.cancel_requested or not self.lost:
+                self._end(JobStatus.CANCELED, progress=self.progress)
+            return
+        log.warning("job %s: handed back at iteration %d (worker shutting down); re-queued", self.job_id, result.iterations)
+        self._publish_status()
+        enqueue(current_app, self.services.db, self.job_id)

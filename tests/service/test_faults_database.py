@@ -1,0 +1,96 @@
+"""The database goes away, for real (tests/service/faults.py moves the SQLite database's directory
+aside): readiness says so, the API answers 503 problem+json, and a worker keeps its running job,
+retrying its writes until the database is back, losing nothing it reported as saved."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import select
+
+from api import create_app
+from shared.migrate import upgrade
+from shared.models import Job, LossPoint
+from shared.services import Services
+from tests.service import faults
+from tests.service.conftest import new_key, submit, wait_for, wait_status
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+@pytest.fixture
+def private_database(tmp_path) -> str:
+    """A migrated SQLite database of this test's own, in a directory of its own (the outage moves it)."""
+    url = f"sqlite:///{tmp_path / 'db' / 'atelier.db'}"
+    upgrade(url)
+    return url
+
+
+def test_the_api_answers_503_while_the_database_is_down(private_database, settings, images):
+    local = replace(settings, database_url=private_database)
+    app = create_app(local)
+    app.config["TESTING"] = True
+    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
+    job_id = submit(client, auth, images, {"size": 32, "iterations": 2}).get_json()["id"]
+    assert client.get("/readyz").status_code == 200
+
+    outage = faults.cut_database(private_database)
+    try:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "database" in ready.get_json()["detail"]
+        for method, path in (("get", "/v1/jobs"), ("get", f"/v1/jobs/{job_id}"), ("post", f"/v1/jobs/{job_id}/cancel"),
+                             ("get", f"/v1/jobs/{job_id}/result"), ("delete", f"/v1/jobs/{job_id}")):
+            response = getattr(client, method)(path, headers=auth)
+            assert response.status_code == 503, (method, path, response.status_code)
+            assert response.mimetype == "application/problem+json"
+            assert response.get_json()["status"] == 503 and response.headers["Retry-After"]
+        response = submit(client, auth, images, {"size": 32, "iterations": 2})
+        assert response.status_code == 503 and response.mimetype == "application/problem+json"
+    finally:
+        faults.restore_database(outage)
+
+    assert client.get("/readyz").status_code == 200
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth)
+    assert job.status_code == 200 and job.get_json()["status"] == "queued"  # nothing the outage touched
+    assert submit(client, auth, images, {"size": 32, "iterations": 2}).status_code == 202
+    app.extensions["atelier"].db.dispose()
+
+
+@pytest.mark.slow
+def test_a_worker_keeps_its_job_through_a_database_outage(private_database, make_redis, worker_settings,
+                                                          spawn_worker, images):
+    local = replace(worker_settings, database_url=private_database, redis_url=make_redis().url(0))
+    app = create_app(local)
+    app.config["TESTING"] = True
+    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
+    worker = spawn_worker(local)
+    services = Services(local)
+    job_id = submit(client, auth, images, {"size": 32, "iterations": 120, "snapshot_every": 0}).get_json()["id"]
+
+    def saved() -> tuple[int, str] | None:
+        with services.db.session() as session:
+            job = session.get(Job, job_id)
+            iteration = (job.progress or {}).get("iteration", 0)
+            return (iteration, job.checkpoint_key) if iteration >= 5 and job.checkpoint_key else None
+    before, _checkpoint = wait_for(saved, timeout=180, what="progress and a checkpoint to be saved")
+    services.db.dispose()
+
+    outage = faults.cut_database(private_database)
+    try:
+        wait_for(lambda: worker.output().count(f"job {job_id}: progress: database unavailable") >= 3, timeout=120,
+                 what="the worker to retry its writes")
+        assert "Traceback" not in worker.output()
+    finally:
+        faults.restore_database(outage)
+
+    done = wait_status(client, auth, job_id, TERMINAL, timeout=240)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 1 and done["progress"]["resumed_from"] is None  # the same run carried on
+    assert done["progress"]["iteration"] == 120
+    assert f"job {job_id}: progress: database reachable again" in worker.output()
+    with services.db.session() as session:
+        history = list(session.scalars(select(LossPoint.iteration).where(LossPoint.job_id == job_id)
+                                       .order_by(LossPoint.id)))
+    assert before in history and history == sorted(history)  # what it saved before the outage is still there
+    assert history[-1] == 120
+    services.db.dispose()

@@ -1,0 +1,105 @@
+"""Worker faults, injected for real (tests/service/faults.py): a worker SIGKILLed again and again,
+a worker SIGTERMed mid-job, a job that outlives the broker's visibility timeout."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from api import create_app
+from shared.models import Job
+from shared.services import Services
+from tests.service import faults
+from tests.service.conftest import new_key, submit, wait_for, wait_status
+from worker.broker import create_celery
+from worker.sweep import sweep
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+pytestmark = pytest.mark.slow
+
+
+def private(redis, worker_settings, **overrides):
+    """Settings on a Redis of this test's own: no other test's worker can take its jobs."""
+    local = replace(worker_settings, redis_url=redis.url(0), **overrides)
+    app = create_app(local)
+    app.config["TESTING"] = True
+    return local, app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
+
+
+def running_at(client, auth, job_id: str, iteration: int) -> dict:
+    def check():
+        job = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
+        assert job["status"] in ("queued", "running"), job
+        return job if job["status"] == "running" and (job["progress"] or {}).get("iteration", 0) >= iteration else None
+    return wait_for(check, timeout=180, what=f"job {job_id} to run past iteration {iteration}")
+
+
+def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(make_redis, worker_settings,
+                                                                              spawn_worker, images):
+    local, client, auth = private(make_redis(), worker_settings, max_attempts=2)
+    services, celery = Services(local), create_celery(local)
+    job_id = submit(client, auth, images, {"size": 32, "iterations": 1000, "snapshot_every": 0}).get_json()["id"]
+    for attempt in (1, 2):
+        worker = spawn_worker(local)
+        if attempt == 2:  # the dead worker's lease expires; the sweep sends the job again
+            wait_for(lambda: job_id in sweep(services, celery).resent, timeout=60, interval=0.5,
+                     what="the sweep to re-send the job")
+        wait_for(lambda: f"job {job_id}: claimed by" in worker.output(), timeout=120, what="the claim")
+        job = running_at(client, auth, job_id, 3)
+        assert job["attempts"] == attempt
+        if attempt == 2:  # resumed from the first attempt's checkpoint, not from iteration 0
+            assert f"job {job_id}: resuming from iteration" in worker.output()
+            resumed = wait_for(lambda: (p := client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()["progress"])
+                               and p["resumed_from"] and p, timeout=60, what="progress of the resumed run")
+            assert resumed["resumed_from"] >= 1 and resumed["iteration"] > resumed["resumed_from"]
+        faults.kill_worker(worker)
+
+    report = wait_for(lambda: (r := sweep(services, celery)).failed and r, timeout=60, interval=0.5,
+                      what="the sweep to fail the job once its last lease expired")
+    assert report.failed == [job_id] and job_id not in report.resent
+    done = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
+    assert done["status"] == "failed" and done["attempts"] == 2
+    assert done["error"]["code"] == "attempts_exhausted" and "2 attempts" in done["error"]["message"]
+    assert done["progress"]["iteration"] >= 3  # what it reported stays
+    later = sweep(services, celery)
+    assert job_id not in later.resent + later.failed  # the end, not a loop
+    with services.db.session() as session:
+        assert session.get(Job, job_id).lease_owner is None
+
+
+def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis, worker_settings, spawn_worker, images):
+    local, client, auth = private(make_redis(), worker_settings)
+    first, second = spawn_worker(local), spawn_worker(local)
+    job_id = submit(client, auth, images, {"size": 32, "iterations": 400, "snapshot_every": 0}).get_json()["id"]
+    running_at(client, auth, job_id, 5)
+    holder, other = (first, second) if f"job {job_id}: claimed by" in first.output() else (second, first)
+    assert f"job {job_id}: claimed by" in holder.output()
+
+    faults.terminate_worker(holder)  # the main process only, as a container runtime does
+    assert faults.wait_exited(holder) == 0  # it does not wait for the job to finish: it hands it back
+    assert f"job {job_id}: handed back at iteration" in holder.output()
+    assert f"job {job_id}: succeeded" not in holder.output()
+
+    done = wait_status(client, auth, job_id, TERMINAL, timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    assert f"job {job_id}: claimed by" in other.output()
+    assert done["progress"]["resumed_from"] and done["progress"]["resumed_from"] >= 5  # from the hand-back checkpoint
+    assert done["progress"]["iteration"] == 400
+    assert done["attempts"] == 1  # a graceful hand-back is not a failed attempt
+
+
+def test_a_job_longer_than_the_visibility_timeout_runs_once(make_redis, worker_settings, spawn_worker, images):
+    # the broker re-delivers an unacknowledged message after 1 s: the running job's message comes
+    # back to the idle worker while the first still runs it, and the claim turns it away
+    local, client, auth = private(make_redis(), worker_settings, visibility_timeout=1)
+    first, second = spawn_worker(local), spawn_worker(local)
+    job_id = submit(client, auth, images, {"size": 32, "iterations": 1000, "snapshot_every": 0}).get_json()["id"]
+    running_at(client, auth, job_id, 1)
+    wait_for(lambda: f"job {job_id}: not claimed (status running)" in first.output() + second.output(),
+             timeout=180, interval=0.5, what="the broker to re-deliver the running job's message")
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
+    assert job["status"] == "running" and job["attempts"] == 1
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 202  # enough: end it now
+    done = wait_status(client, auth, job_id, TERMINAL, timeout=120)
+    assert done["status"] == "canceled" and done["attempts"] == 1
+    assert (first.output() + second.output()).count(f"job {job_id}: claimed by") == 1
