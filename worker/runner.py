@@ -66,7 +66,10 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         interval = self.run_.settings.lease_seconds / 3
         while not self.stopped.wait(interval):
-            self.run_.renew()
+            try:
+                self.run_.renew()
+            except SQLAlchemyError as exc:  # out of retries: the job's own next write fails the same way
+                log.error("job %s: heartbeat could not renew the lease: %s", self.run_.job_id, exc)
 
     def stop(self) -> None:
         self.stopped.set()

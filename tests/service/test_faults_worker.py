@@ -34,6 +34,11 @@ def running_at(client, auth, job_id: str, iteration: int) -> dict:
     return wait_for(check, timeout=180, what=f"job {job_id} to run past iteration {iteration}")
 
 
+def checkpointed(services: Services, job_id: str) -> bool:
+    with services.db.session() as session:
+        return session.get(Job, job_id).checkpoint_key is not None
+
+
 def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(make_redis, worker_settings,
                                                                               spawn_worker, images):
     local, client, auth = private(make_redis(), worker_settings, max_attempts=2)
@@ -47,8 +52,11 @@ def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(ma
         wait_for(lambda: f"job {job_id}: claimed by" in worker.output(), timeout=120, what="the claim")
         job = running_at(client, auth, job_id, 3)
         assert job["attempts"] == attempt
+        if attempt == 1:
+            wait_for(lambda: checkpointed(services, job_id), timeout=60, what="a checkpoint")
         if attempt == 2:  # resumed from the first attempt's checkpoint, not from iteration 0
-            assert f"job {job_id}: resuming from iteration" in worker.output()
+            wait_for(lambda: f"job {job_id}: resuming from iteration" in worker.output(), timeout=60,
+                     what="the resume to be logged")
             resumed = wait_for(lambda: (p := client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()["progress"])
                                and p["resumed_from"] and p, timeout=60, what="progress of the resumed run")
             assert resumed["resumed_from"] >= 1 and resumed["iteration"] > resumed["resumed_from"]
@@ -60,7 +68,7 @@ def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(ma
     done = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
     assert done["status"] == "failed" and done["attempts"] == 2
     assert done["error"]["code"] == "attempts_exhausted" and "2 attempts" in done["error"]["message"]
-    assert done["progress"]["iteration"] >= 3  # what it reported stays
+    assert done["progress"]["iteration"] >= resumed["iteration"]  # what the last attempt reported stays
     later = sweep(services, celery)
     assert job_id not in later.resent + later.failed  # the end, not a loop
     with services.db.session() as session:
