@@ -24,10 +24,14 @@ def kill_worker(worker: WorkerProcess) -> None:
     worker.kill()
 
 
-def terminate_worker(worker: WorkerProcess) -> None:
-    """SIGTERM the worker's main process only, as `docker stop`, Kubernetes or systemd's main PID do."""
+def terminate_worker(worker: WorkerProcess, whole_group: bool = False) -> None:
+    """SIGTERM the worker's main process only, as `docker stop` or Kubernetes do; or, with
+    `whole_group`, every process of it at once, as systemd does (KillMode=control-group)."""
     if worker.process.poll() is None:
-        os.kill(worker.process.pid, signal.SIGTERM)
+        if whole_group:
+            os.killpg(worker.process.pid, signal.SIGTERM)
+        else:
+            os.kill(worker.process.pid, signal.SIGTERM)
 
 
 def wait_exited(worker: WorkerProcess, timeout: float = 120.0) -> int:

@@ -75,7 +75,9 @@ def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(ma
         assert session.get(Job, job_id).lease_owner is None
 
 
-def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis, worker_settings, spawn_worker, images):
+@pytest.mark.parametrize("whole_group", [False, True], ids=["main-process", "process-group"])
+def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis, worker_settings, spawn_worker, images,
+                                                                    whole_group):
     local, client, auth = private(make_redis(), worker_settings)
     first, second = spawn_worker(local), spawn_worker(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 400, "snapshot_every": 0}).get_json()["id"]
@@ -83,7 +85,7 @@ def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis,
     holder, other = (first, second) if f"job {job_id}: claimed by" in first.output() else (second, first)
     assert f"job {job_id}: claimed by" in holder.output()
 
-    faults.terminate_worker(holder)  # the main process only, as a container runtime does
+    faults.terminate_worker(holder, whole_group)
     assert faults.wait_exited(holder) == 0  # it does not wait for the job to finish: it hands it back
     assert f"job {job_id}: handed back at iteration" in holder.output()
     assert f"job {job_id}: succeeded" not in holder.output()
