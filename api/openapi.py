@@ -25,8 +25,11 @@ def _ref(name: str) -> dict[str, str]:
 def _problems(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request (names the field)", 401: "Missing or unknown API key", 404: "No such job (or delivery) for this key",
             409: "The job already ended (or a delivery attempt is under way)", 413: "Request body over the upload limit", 415: "Not multipart/form-data",
-            422: "Invalid field (named in `errors`)", 429: "Too many active jobs", 503: "A dependency is down"}
-    return {str(c): {"description": text[c], "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+            422: "Invalid field (named in `errors`)",
+            429: "Too many submissions (ATELIER_SUBMIT_RATE_LIMIT) or active jobs for this key or account", 503: "A dependency is down"}
+    retry = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 0}}}
+    return {str(c): {"description": text[c], "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                     **({"headers": retry} if c == 429 else {})}
             for c in codes}
 
 

@@ -209,7 +209,8 @@ def client_loop(index: int, host: str, port: int, key: str, args, budget: Budget
         return response.status, data, time.perf_counter() - began
 
     start.wait()
-    time.sleep(index * args.poll_interval / max(args.clients, 1))   # spread the clients over one interval
+    # spread the clients over one submit-and-poll cycle: steady arrivals, not 50 submissions at once
+    time.sleep(index * (args.polls + 1) * args.poll_interval / max(args.clients, 1))
     while budget.take():
         status, data, elapsed = call("POST", "/v1/jobs", body=body, headers=auth | {"Content-Type": content_type})
         if status != 202:
