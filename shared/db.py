@@ -42,7 +42,7 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_pragmas)
     if parsed.database and parsed.database != ":memory:":
-        _drop_connections_to_a_moved_file(engine, Path(parsed.database))
+        _drop_connections_to_a_moved_file(engine, Path(parsed.database).resolve())
     return engine
 
 

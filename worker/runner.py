@@ -18,12 +18,13 @@ import uuid
 
 import torch
 from celery import current_app
+from celery.exceptions import Reject
 from PIL import Image
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from shared import events, jobs
-from shared.db import with_retries
+from shared.db import UNAVAILABLE, with_retries
 from shared.images import ImageError, open_image
 from shared.jobs import ErrorCode
 from shared.models import Job, JobStatus, Snapshot
@@ -96,7 +97,13 @@ class JobRun:
         def claim() -> bool:
             with db.session() as session:
                 return jobs.claim(session, self.job_id, self.owner, self.settings.lease_seconds, self.settings.max_attempts)
-        claimed = self._retrying(claim, "claim")
+        try:
+            claimed = self._retrying(claim, "claim")
+        except UNAVAILABLE:
+            # nothing started: put the message back for a later delivery rather than ack it and
+            # leave the job queued until the sweep deems its message lost
+            log.warning("job %s: database unavailable at claim; message requeued", self.job_id)
+            raise Reject("database unavailable at claim", requeue=True) from None
         if not claimed:
             self._not_claimed()
             return

@@ -14,6 +14,7 @@ from shared.models import Job, LossPoint
 from shared.services import Services
 from tests.service import faults
 from tests.service.conftest import new_key, submit, wait_for, wait_status
+from worker.broker import GPU_QUEUE, RUN_JOB, create_celery
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 
@@ -96,3 +97,30 @@ def test_a_worker_keeps_its_job_through_a_database_outage(private_database, make
     assert before in history and history == sorted(history)  # what it saved before the outage is still there
     assert history[-1] == 120
     services.db.dispose()
+
+
+@pytest.mark.slow
+def test_a_job_delivered_while_the_database_is_down_runs_once_it_is_back(private_database, make_redis, settings,
+                                                                          worker_settings, spawn_worker, images):
+    # submitted where no worker listens, then handed to a worker that cannot reach the database:
+    # after its (here short) retries it puts the message back instead of dropping it
+    local = replace(worker_settings, database_url=private_database, redis_url=make_redis().url(0),
+                    database_retry_seconds=1.0)
+    app = create_app(replace(settings, database_url=private_database))
+    app.config["TESTING"] = True
+    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
+    job_id = submit(client, auth, images, {"size": 32, "iterations": 3}).get_json()["id"]
+    worker = spawn_worker(local)
+
+    outage = faults.cut_database(private_database)
+    try:
+        create_celery(local).send_task(RUN_JOB, args=[job_id], queue=GPU_QUEUE)
+        wait_for(lambda: worker.output().count(f"job {job_id}: database unavailable at claim; message requeued") >= 2,
+                 timeout=120, what="the worker to put the message back, and get it again")
+    finally:
+        faults.restore_database(outage)
+
+    done = wait_status(client, auth, job_id, TERMINAL, timeout=120)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 1
+    app.extensions["atelier"].db.dispose()
