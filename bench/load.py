@@ -9,7 +9,8 @@ gunicorn with the same worker and thread counts, and one Celery worker on the `g
 jobs really run), on SQLite, bound to 127.0.0.1 only. Each client has its own API key and a
 keep-alive connection, and loops: submit a tiny job (32 px, 2 iterations, no snapshots), then
 poll it every `--poll-interval` seconds, `--polls` times or until it ends, then submit the next.
-The run is bounded by `--duration` seconds and `--max-requests` requests in all.
+The run is bounded by `--warmup` + `--duration` seconds and `--max-requests` requests in all;
+latencies are kept after the warm-up only, errors over the whole run.
 
 Reports requests per second, p50/p95/p99/max latency of submit and poll, and errors (any
 non-2xx answer or failed connection). The goals on a 2-core machine, 50 clients: poll p99 under
@@ -169,7 +170,13 @@ class Results:
     poll: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     finished_jobs: int = 0
+    record_from: float = 0.0    # monotonic time the warm-up ends; latencies before it are not kept
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def keep(self, samples: list[float], elapsed: float) -> None:
+        if time.monotonic() >= self.record_from:
+            with self.lock:
+                samples.append(elapsed)
 
     def error(self, what: str) -> None:
         with self.lock:
@@ -218,8 +225,7 @@ def client_loop(index: int, host: str, port: int, key: str, args, budget: Budget
                 results.error(f"submit {status}")
             time.sleep(args.poll_interval)
             continue
-        with results.lock:
-            results.submit.append(elapsed)
+        results.keep(results.submit, elapsed)
         job_path = f"/v1/jobs/{json.loads(data)['id']}"
         for _ in range(args.polls):
             time.sleep(args.poll_interval)
@@ -230,8 +236,7 @@ def client_loop(index: int, host: str, port: int, key: str, args, budget: Budget
                 if status:
                     results.error(f"poll {status}")
                 continue
-            with results.lock:
-                results.poll.append(elapsed)
+            results.keep(results.poll, elapsed)
             if json.loads(data)["status"] in TERMINAL:
                 with results.lock:
                     results.finished_jobs += 1
@@ -254,7 +259,10 @@ def summary(values: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of measured load (default 30)")
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="seconds of load before measuring: each server thread's first requests open its "
+                             "connections and fill caches (default 5)")
     parser.add_argument("--max-requests", type=int, default=20_000, help="requests in all, at most")
     parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between a client's requests")
     parser.add_argument("--polls", type=int, default=10, help="polls of one job before submitting the next")
@@ -279,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_before = os.getloadavg()
         results = Results()
-        budget = Budget(args.max_requests, time.monotonic() + args.duration + 1)
+        budget = Budget(args.max_requests, time.monotonic() + args.warmup + args.duration + 1)
         barrier = threading.Barrier(args.clients + 1)
         threads = [threading.Thread(target=client_loop, daemon=True,
                                     args=(i, host, port, keys[i % len(keys)], args, budget, results, barrier))
@@ -287,14 +295,15 @@ def main(argv: list[str] | None = None) -> int:
         for thread in threads:
             thread.start()
         barrier.wait()
-        began = time.monotonic()
+        began = results.record_from = time.monotonic() + args.warmup
         budget.deadline = began + args.duration
         for thread in threads:
-            thread.join(args.duration + 60)
+            thread.join(args.warmup + args.duration + 60)
         elapsed = time.monotonic() - began
         requests = len(results.submit) + len(results.poll) + sum(results.errors.values())
         report = {
-            "clients": args.clients, "duration_s": round(elapsed, 1), "poll_interval_s": args.poll_interval,
+            "clients": args.clients, "duration_s": round(elapsed, 1), "warmup_s": args.warmup,
+            "poll_interval_s": args.poll_interval,
             "requests": requests, "throughput_rps": round(requests / elapsed, 1),
             "submits_per_s": round(len(results.submit) / elapsed, 1), "jobs_finished": results.finished_jobs,
             "errors": sum(results.errors.values()), "error_kinds": results.errors,
@@ -311,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{report['clients']} clients, {report['duration_s']} s, one request per client every "
+        print(f"{report['clients']} clients, {report['duration_s']} s measured after {args.warmup:g} s of warm-up, "
+              "one request per client every "
               f"{args.poll_interval} s; {report['server']}")
         print(f"requests {report['requests']}  throughput {report['throughput_rps']} req/s  "
               f"submits {report['submits_per_s']}/s  jobs finished {report['jobs_finished']}  errors {report['errors']} "
