@@ -7,7 +7,7 @@ from flask import Flask, Response, json, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from shared.db import UNAVAILABLE
+from shared.db import UNAVAILABLE, is_unavailable
 from shared.schemas import FieldError, Problem
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ def register(app: Flask) -> None:
         return problem_response(Problem(title=exc.name, status=exc.code or 500, detail=detail), headers)
 
     def _database_unavailable(exc: Exception) -> Response:
+        if not is_unavailable(exc):  # e.g. SQLite's "no such table": a server fault, not an outage
+            return _unexpected(exc)
         log.warning("database unavailable on %s %s: %s", request.method, request.path,
                     str(getattr(exc, "orig", None) or exc).splitlines()[0])
         return problem_response(Problem(title="Service Unavailable", status=503,

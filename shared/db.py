@@ -19,8 +19,22 @@ from sqlalchemy.orm import Session, sessionmaker
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# the database (not the statement) failed: unreachable, restarting, locked, file gone
+# the errors a database that is unavailable raises (see `is_unavailable` for which of them are)
 UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError)
+# SQLite raises OperationalError for a missing table too: only these messages mean "unavailable"
+SQLITE_UNAVAILABLE = ("unable to open database file", "database is locked", "disk i/o error",
+                      "readonly database", "database table is locked")
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """The database (not the statement or the schema) failed: unreachable, restarting, locked, file gone."""
+    if not isinstance(error, UNAVAILABLE):
+        return False
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, exc.OperationalError) and type(error.orig).__module__.startswith("sqlite3"):
+        return any(text in str(error.orig).lower() for text in SQLITE_UNAVAILABLE)
+    return True
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -105,6 +119,8 @@ def with_retries(operation: Callable[[], T], *, seconds: float, what: str) -> T:
         try:
             result = operation()
         except UNAVAILABLE as error:
+            if not is_unavailable(error):
+                raise
             failures += 1
             if time.monotonic() + delay > deadline:
                 log.error("%s: database still unavailable after %d tries; giving up: %s", what, failures, error.orig or error)

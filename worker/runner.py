@@ -24,7 +24,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from shared import events, jobs
-from shared.db import UNAVAILABLE, with_retries
+from shared.db import UNAVAILABLE, is_unavailable, with_retries
 from shared.images import ImageError, open_image
 from shared.jobs import ErrorCode
 from shared.models import Job, JobStatus, Snapshot
@@ -99,7 +99,9 @@ class JobRun:
                 return jobs.claim(session, self.job_id, self.owner, self.settings.lease_seconds, self.settings.max_attempts)
         try:
             claimed = self._retrying(claim, "claim")
-        except UNAVAILABLE:
+        except UNAVAILABLE as error:
+            if not is_unavailable(error):
+                raise
             # nothing started: put the message back for a later delivery rather than ack it and
             # leave the job queued until the sweep deems its message lost
             log.warning("job %s: database unavailable at claim; message requeued", self.job_id)
