@@ -409,3 +409,53 @@ def test_unusual_images_run_and_exif_rotation_is_followed(live_client, live_auth
             assert result.size == (16, 32), result.size        # portrait, as displayed
         else:
             assert result.width > result.height, (name, result.size)   # the others are 40x30 or 48x36 landscape
+
+
+def test_very_long_headers_under_gunicorn(settings, api_key, tmp_path):
+    """Under the production server, a header over gunicorn's 8190-byte field limit never reaches
+    the app: gunicorn answers 431 itself (its own HTML body, not a problem document), and the
+    service stays healthy. Below that limit the app answers (401 problem for a long bogus key)."""
+    import http.client
+    import os
+    import subprocess
+    import sys
+
+    from tests.service.conftest import ROOT, free_port, wait_for
+
+    port = free_port()
+    log = open(tmp_path / "gunicorn.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
+         "--threads", "2", "api:create_app()"], cwd=ROOT, env=os.environ | settings.to_env(), stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def get(path: str, headers: dict) -> tuple[int, str, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.getheader("Content-Type") or "", response.read()
+        finally:
+            connection.close()
+
+    try:
+        wait_for(lambda: _up(get), timeout=60, what="gunicorn")
+        for name, value in (("X-Junk", "x" * 20_000), ("Authorization", "Bearer " + "x" * 9000),
+                            ("Idempotency-Key", "k" * 65_536)):
+            status, _, _ = get("/v1/jobs", {name: value})
+            assert status == 431, (name, status)
+        status, content_type, body = get("/v1/jobs", {"Authorization": "Bearer " + "x" * 8000})
+        assert status == 401 and content_type == PROBLEM, body[:200]
+        assert get("/healthz", {})[0] == 200
+        assert get("/v1/jobs", {"Authorization": f"Bearer {api_key}"})[0] == 200
+    finally:
+        server.terminate()
+        server.wait(20)
+        log.close()
+
+
+def _up(get) -> bool:
+    try:
+        return get("/healthz", {})[0] == 200
+    except OSError:
+        return False
