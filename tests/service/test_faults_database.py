@@ -18,6 +18,20 @@ from worker.broker import GPU_QUEUE, RUN_JOB, create_celery
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 
+@pytest.fixture
+def workers(spawn_worker):
+    """`spawn_worker`, but the workers stop when the test ends: none of them lingers to take the
+    jobs (or, with beat, run the sweep over the database) of later tests."""
+    started = []
+
+    def spawn(settings, args=("-Q", "gpu")):
+        started.append(spawn_worker(settings, args))
+        return started[-1]
+    yield spawn
+    for worker in started:
+        worker.stop()
+
+
 
 @pytest.fixture
 def private_database(tmp_path) -> str:
@@ -59,12 +73,12 @@ def test_the_api_answers_503_while_the_database_is_down(private_database, settin
 
 @pytest.mark.slow
 def test_a_worker_keeps_its_job_through_a_database_outage(private_database, make_redis, worker_settings,
-                                                          spawn_worker, images):
+                                                          workers, images):
     local = replace(worker_settings, database_url=private_database, redis_url=make_redis().url(0))
     app = create_app(local)
     app.config["TESTING"] = True
     client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
-    worker = spawn_worker(local)
+    worker = workers(local)
     services = Services(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 120, "snapshot_every": 0}).get_json()["id"]
 
@@ -101,7 +115,7 @@ def test_a_worker_keeps_its_job_through_a_database_outage(private_database, make
 
 @pytest.mark.slow
 def test_a_job_delivered_while_the_database_is_down_runs_once_it_is_back(private_database, make_redis, settings,
-                                                                          worker_settings, spawn_worker, images):
+                                                                          worker_settings, workers, images):
     # submitted where no worker listens, then handed to a worker that cannot reach the database:
     # after its (here short) retries it puts the message back instead of dropping it
     local = replace(worker_settings, database_url=private_database, redis_url=make_redis().url(0),
@@ -110,7 +124,7 @@ def test_a_job_delivered_while_the_database_is_down_runs_once_it_is_back(private
     app.config["TESTING"] = True
     client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
     job_id = submit(client, auth, images, {"size": 32, "iterations": 3}).get_json()["id"]
-    worker = spawn_worker(local)
+    worker = workers(local)
 
     outage = faults.cut_database(private_database)
     try:

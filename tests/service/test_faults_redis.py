@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from api import create_app
+from shared.migrate import upgrade
 from shared.models import Job
 from shared.services import Services
 from tests.service import faults
@@ -16,15 +17,32 @@ from tests.service.test_worker import read_events
 TERMINAL = {"succeeded", "failed", "canceled"}
 pytestmark = pytest.mark.slow
 
+@pytest.fixture
+def workers(spawn_worker):
+    """`spawn_worker`, but the workers stop when the test ends: none of them lingers to take the
+    jobs (or, with beat, run the sweep over the database) of later tests."""
+    started = []
 
-def test_a_job_submitted_while_redis_is_down_runs_once_redis_is_back(make_redis, worker_settings, spawn_worker,
+    def spawn(settings, args=("-Q", "gpu")):
+        started.append(spawn_worker(settings, args))
+        return started[-1]
+    yield spawn
+    for worker in started:
+        worker.stop()
+
+
+
+def test_a_job_submitted_while_redis_is_down_runs_once_redis_is_back(make_redis, worker_settings, workers,
                                                                       images, tmp_path):
+    # a database of its own: its beat sweeps every second, and must see no other test's jobs
+    database_url = f"sqlite:///{tmp_path / 'db' / 'atelier.db'}"
+    upgrade(database_url)
     server = make_redis()
-    local = replace(worker_settings, redis_url=server.url(0), sweep_seconds=1.0)
+    local = replace(worker_settings, redis_url=server.url(0), sweep_seconds=1.0, database_url=database_url)
     app = create_app(local)
     client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
     # as in production: a GPU worker and the maintenance worker with beat running the sweep
-    worker = spawn_worker(local, ("-Q", "gpu,maintenance", "--beat", "--schedule", str(tmp_path / "beat-schedule")))
+    worker = workers(local, ("-Q", "gpu,maintenance", "--beat", "--schedule", str(tmp_path / "beat-schedule")))
 
     faults.stop_redis(server)
     response = submit(client, auth, images, {"size": 32, "iterations": 4, "snapshot_every": 2})
@@ -43,13 +61,13 @@ def test_a_job_submitted_while_redis_is_down_runs_once_redis_is_back(make_redis,
     assert client.get("/readyz").status_code == 200
 
 
-def test_a_job_survives_a_redis_restart_and_its_events_still_go_out(make_redis, worker_settings, spawn_worker, images):
+def test_a_job_survives_a_redis_restart_and_its_events_still_go_out(make_redis, worker_settings, workers, images):
     server = make_redis()
     local = replace(worker_settings, redis_url=server.url(0))
     app = create_app(local)
     app.config["TESTING"] = True
     client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
-    worker = spawn_worker(local)
+    worker = workers(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 200, "snapshot_every": 50}).get_json()["id"]
     wait_for(lambda: (client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()["progress"] or {}).get("iteration", 0) >= 3,
              timeout=180, what="the job to run")

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from api import create_app
+from shared.migrate import upgrade
 from shared.models import Job
 from shared.services import Services
 from tests.service import faults
@@ -17,10 +18,32 @@ from worker.sweep import sweep
 TERMINAL = {"succeeded", "failed", "canceled"}
 pytestmark = pytest.mark.slow
 
+@pytest.fixture
+def workers(spawn_worker):
+    """`spawn_worker`, but the workers stop when the test ends: none of them lingers to take the
+    jobs (or, with beat, run the sweep over the database) of later tests."""
+    started = []
 
-def private(redis, worker_settings, **overrides):
-    """Settings on a Redis of this test's own: no other test's worker can take its jobs."""
-    local = replace(worker_settings, redis_url=redis.url(0), **overrides)
+    def spawn(settings, args=("-Q", "gpu")):
+        started.append(spawn_worker(settings, args))
+        return started[-1]
+    yield spawn
+    for worker in started:
+        worker.stop()
+
+
+
+@pytest.fixture
+def private_database(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'db' / 'atelier.db'}"
+    upgrade(url)
+    return url
+
+
+def private(redis, worker_settings, database_url, **overrides):
+    """Settings on a Redis and a database of this test's own: no other test's worker can take its
+    jobs, and its sweeps see only its jobs."""
+    local = replace(worker_settings, redis_url=redis.url(0), database_url=database_url, **overrides)
     app = create_app(local)
     app.config["TESTING"] = True
     return local, app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
@@ -39,26 +62,26 @@ def checkpointed(services: Services, job_id: str) -> bool:
         return session.get(Job, job_id).checkpoint_key is not None
 
 
-def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(make_redis, worker_settings,
-                                                                              spawn_worker, images):
-    local, client, auth = private(make_redis(), worker_settings, max_attempts=2)
+def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(make_redis, worker_settings, private_database,
+                                                                              workers, images):
+    local, client, auth = private(make_redis(), worker_settings, private_database, max_attempts=2)
     services, celery = Services(local), create_celery(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 1000, "snapshot_every": 0}).get_json()["id"]
     for attempt in (1, 2):
-        worker = spawn_worker(local)
+        worker = workers(local)
         if attempt == 2:  # the dead worker's lease expires; the sweep sends the job again
-            wait_for(lambda: job_id in sweep(services, celery).resent, timeout=60, interval=0.5,
+            wait_for(lambda: job_id in sweep(services, celery).resent, timeout=120, interval=0.5,
                      what="the sweep to re-send the job")
         wait_for(lambda: f"job {job_id}: claimed by" in worker.output(), timeout=120, what="the claim")
         job = running_at(client, auth, job_id, 3)
         assert job["attempts"] == attempt
         if attempt == 1:
-            wait_for(lambda: checkpointed(services, job_id), timeout=60, what="a checkpoint")
+            wait_for(lambda: checkpointed(services, job_id), timeout=120, what="a checkpoint")
         if attempt == 2:  # resumed from the first attempt's checkpoint, not from iteration 0
-            wait_for(lambda: f"job {job_id}: resuming from iteration" in worker.output(), timeout=60,
+            wait_for(lambda: f"job {job_id}: resuming from iteration" in worker.output(), timeout=120,
                      what="the resume to be logged")
             resumed = wait_for(lambda: (p := client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()["progress"])
-                               and p["resumed_from"] and p, timeout=60, what="progress of the resumed run")
+                               and p["resumed_from"] and p, timeout=120, what="progress of the resumed run")
             assert resumed["resumed_from"] >= 1 and resumed["iteration"] > resumed["resumed_from"]
         faults.kill_worker(worker)
 
@@ -76,10 +99,10 @@ def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(ma
 
 
 @pytest.mark.parametrize("whole_group", [False, True], ids=["main-process", "process-group"])
-def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis, worker_settings, spawn_worker, images,
+def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis, worker_settings, private_database, workers, images,
                                                                     whole_group):
-    local, client, auth = private(make_redis(), worker_settings)
-    first, second = spawn_worker(local), spawn_worker(local)
+    local, client, auth = private(make_redis(), worker_settings, private_database)
+    first, second = workers(local), workers(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 400, "snapshot_every": 0}).get_json()["id"]
     running_at(client, auth, job_id, 5)
     holder, other = (first, second) if f"job {job_id}: claimed by" in first.output() else (second, first)
@@ -98,13 +121,16 @@ def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis,
     assert done["attempts"] == 1  # a graceful hand-back is not a failed attempt
 
 
-def test_a_job_longer_than_the_visibility_timeout_runs_once(make_redis, worker_settings, spawn_worker, images):
+def test_a_job_longer_than_the_visibility_timeout_runs_once(make_redis, worker_settings, private_database, workers, images):
     # the broker re-delivers an unacknowledged message after 1 s: the running job's message comes
-    # back to the idle worker while the first still runs it, and the claim turns it away
-    local, client, auth = private(make_redis(), worker_settings, visibility_timeout=1)
-    first, second = spawn_worker(local), spawn_worker(local)
+    # back to the idle worker while the first still runs it, and the claim turns it away. Kombu
+    # looks for such messages when a worker starts and then every ~100 s: the second worker
+    # starts once the job runs, so its first look finds the message
+    local, client, auth = private(make_redis(), worker_settings, private_database, visibility_timeout=1)
+    first = workers(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 1000, "snapshot_every": 0}).get_json()["id"]
     running_at(client, auth, job_id, 1)
+    second = workers(local)
     wait_for(lambda: f"job {job_id}: not claimed (status running)" in first.output() + second.output(),
              timeout=180, interval=0.5, what="the broker to re-deliver the running job's message")
     job = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
