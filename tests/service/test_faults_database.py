@@ -123,12 +123,16 @@ def test_a_job_delivered_while_the_database_is_down_runs_once_it_is_back(private
     app = create_app(replace(settings, database_url=private_database))
     app.config["TESTING"] = True
     client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
-    job_id = submit(client, auth, images, {"size": 32, "iterations": 3}).get_json()["id"]
+    celery = create_celery(local)
     worker = workers(local)
+    warm_up = submit(client, auth, images, {"size": 32, "iterations": 1}).get_json()["id"]
+    celery.send_task(RUN_JOB, args=[warm_up], queue=GPU_QUEUE)  # the worker has connected to the database
+    assert wait_status(client, auth, warm_up, TERMINAL, timeout=120)["status"] == "succeeded"
+    job_id = submit(client, auth, images, {"size": 32, "iterations": 3}).get_json()["id"]
 
     outage = faults.cut_database(private_database)
     try:
-        create_celery(local).send_task(RUN_JOB, args=[job_id], queue=GPU_QUEUE)
+        celery.send_task(RUN_JOB, args=[job_id], queue=GPU_QUEUE)
         wait_for(lambda: worker.output().count(f"job {job_id}: database unavailable at claim; message requeued") >= 2,
                  timeout=120, what="the worker to put the message back, and get it again")
     finally:

@@ -61,7 +61,8 @@ def test_a_job_submitted_while_redis_is_down_runs_once_redis_is_back(make_redis,
     assert client.get("/readyz").status_code == 200
 
 
-def test_a_job_survives_a_redis_restart_and_its_events_still_go_out(make_redis, worker_settings, workers, images):
+def test_a_job_survives_a_redis_restart_and_its_events_still_go_out(make_redis, worker_settings, workers,
+                                                                   images):
     server = make_redis()
     local = replace(worker_settings, redis_url=server.url(0))
     app = create_app(local)

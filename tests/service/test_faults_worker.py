@@ -62,7 +62,8 @@ def checkpointed(services: Services, job_id: str) -> bool:
         return session.get(Job, job_id).checkpoint_key is not None
 
 
-def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(make_redis, worker_settings, private_database,
+def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(make_redis, worker_settings,
+                                                                              private_database,
                                                                               workers, images):
     local, client, auth = private(make_redis(), worker_settings, private_database, max_attempts=2)
     services, celery = Services(local), create_celery(local)
@@ -99,8 +100,8 @@ def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(ma
 
 
 @pytest.mark.parametrize("whole_group", [False, True], ids=["main-process", "process-group"])
-def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis, worker_settings, private_database, workers, images,
-                                                                    whole_group):
+def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis, worker_settings, private_database,
+                                                                    workers, images, whole_group):
     local, client, auth = private(make_redis(), worker_settings, private_database)
     first, second = workers(local), workers(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 400, "snapshot_every": 0}).get_json()["id"]
@@ -121,7 +122,8 @@ def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis,
     assert done["attempts"] == 1  # a graceful hand-back is not a failed attempt
 
 
-def test_a_job_longer_than_the_visibility_timeout_runs_once(make_redis, worker_settings, private_database, workers, images):
+def test_a_job_longer_than_the_visibility_timeout_runs_once(make_redis, worker_settings, private_database, workers,
+                                                            images):
     # the broker re-delivers an unacknowledged message after 1 s: the running job's message comes
     # back to the idle worker while the first still runs it, and the claim turns it away. Kombu
     # looks for such messages when a worker starts and then every ~100 s: the second worker
