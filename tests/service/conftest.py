@@ -301,3 +301,25 @@ def wait_status(client, auth: dict, job_id: str, statuses: set[str], timeout: fl
         job = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
         return job if job["status"] in statuses else None
     return wait_for(current, timeout=timeout, interval=0.1, what=f"job {job_id} to reach {statuses}")
+
+
+@pytest.fixture
+def workers(spawn_worker):
+    """`spawn_worker`, but the workers stop when the test ends: none of them lingers to take the
+    jobs (or, with beat, run the sweep over the database) of later tests."""
+    started = []
+
+    def spawn(settings, args=("-Q", "gpu")):
+        started.append(spawn_worker(settings, args))
+        return started[-1]
+    yield spawn
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def private_database(tmp_path) -> str:
+    """A migrated SQLite database of this test's own, in a directory of its own (the outage moves it)."""
+    url = f"sqlite:///{tmp_path / 'db' / 'atelier.db'}"
+    upgrade(url)
+    return url

@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import select
 
 from api import create_app
-from shared.migrate import upgrade
 from shared.models import Job, LossPoint
 from shared.services import Services
 from tests.service import faults
@@ -17,28 +16,6 @@ from tests.service.conftest import new_key, submit, wait_for, wait_status
 from worker.broker import GPU_QUEUE, RUN_JOB, create_celery
 
 TERMINAL = {"succeeded", "failed", "canceled"}
-
-@pytest.fixture
-def workers(spawn_worker):
-    """`spawn_worker`, but the workers stop when the test ends: none of them lingers to take the
-    jobs (or, with beat, run the sweep over the database) of later tests."""
-    started = []
-
-    def spawn(settings, args=("-Q", "gpu")):
-        started.append(spawn_worker(settings, args))
-        return started[-1]
-    yield spawn
-    for worker in started:
-        worker.stop()
-
-
-
-@pytest.fixture
-def private_database(tmp_path) -> str:
-    """A migrated SQLite database of this test's own, in a directory of its own (the outage moves it)."""
-    url = f"sqlite:///{tmp_path / 'db' / 'atelier.db'}"
-    upgrade(url)
-    return url
 
 
 def test_the_api_answers_503_while_the_database_is_down(private_database, settings, images):

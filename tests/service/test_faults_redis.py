@@ -17,20 +17,6 @@ from tests.service.test_worker import read_events
 TERMINAL = {"succeeded", "failed", "canceled"}
 pytestmark = pytest.mark.slow
 
-@pytest.fixture
-def workers(spawn_worker):
-    """`spawn_worker`, but the workers stop when the test ends: none of them lingers to take the
-    jobs (or, with beat, run the sweep over the database) of later tests."""
-    started = []
-
-    def spawn(settings, args=("-Q", "gpu")):
-        started.append(spawn_worker(settings, args))
-        return started[-1]
-    yield spawn
-    for worker in started:
-        worker.stop()
-
-
 
 def test_a_job_submitted_while_redis_is_down_runs_once_redis_is_back(make_redis, worker_settings, workers,
                                                                       images, tmp_path):

@@ -7,7 +7,6 @@ from dataclasses import replace
 import pytest
 
 from api import create_app
-from shared.migrate import upgrade
 from shared.models import Job
 from shared.services import Services
 from tests.service import faults
@@ -17,27 +16,6 @@ from worker.sweep import sweep
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 pytestmark = pytest.mark.slow
-
-@pytest.fixture
-def workers(spawn_worker):
-    """`spawn_worker`, but the workers stop when the test ends: none of them lingers to take the
-    jobs (or, with beat, run the sweep over the database) of later tests."""
-    started = []
-
-    def spawn(settings, args=("-Q", "gpu")):
-        started.append(spawn_worker(settings, args))
-        return started[-1]
-    yield spawn
-    for worker in started:
-        worker.stop()
-
-
-
-@pytest.fixture
-def private_database(tmp_path) -> str:
-    url = f"sqlite:///{tmp_path / 'db' / 'atelier.db'}"
-    upgrade(url)
-    return url
 
 
 def private(redis, worker_settings, database_url, **overrides):
