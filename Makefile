@@ -21,6 +21,7 @@ run: install
 	$(BIN)/atelier run
 
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install

@@ -5,9 +5,9 @@ import logging
 
 from flask import Flask, current_app
 
+from shared.broker import create_celery
 from shared.config import Settings
 from shared.services import Services
-from worker.broker import create_celery
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -19,9 +19,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["atelier"] = services
     app.extensions["celery"] = create_celery(settings)
 
-    from api import admin, docs, errors, events, files, health, jobs, webhooks
+    from api import admin, docs, errors, events, files, health, job_routes, webhooks
     errors.register(app)
-    for module in (health, docs, jobs, files, events, webhooks):
+    for module in (health, docs, job_routes, files, events, webhooks):
         app.register_blueprint(module.bp)
     from api import limits
     limiter = limits.init_app(app, settings)

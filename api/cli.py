@@ -1,7 +1,9 @@
-"""`atelier keys create`, `atelier migrate` and `atelier run` (the whole stack on one machine)."""
+"""`atelier keys create`, `atelier admin create`, `atelier migrate` and `atelier run` (the whole
+stack on one machine)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from shared.config import Settings
 
@@ -12,6 +14,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                             "after its webhook signing secret)")
     create.add_argument("name", help="account name; a new key for an existing account sees the same jobs")
     create.set_defaults(func=create_key)
+    admin = subparsers.add_parser("admin", help="manage admin dashboard operators").add_subparsers(
+        dest="admin_command", required=True)
+    operator = admin.add_parser("create", help="create an operator who can sign in at /admin")
+    operator.add_argument("name")
+    operator.add_argument("--password-stdin", action="store_true", required=True,
+                          help="read the password from the first line of standard input (never from the command line)")
+    operator.set_defaults(func=create_operator)
     subparsers.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=migrate)
     subparsers.add_parser("run", help="run API, worker, sweep (and Redis if ATELIER_REDIS_URL is unset) until Ctrl-C"
                           ).set_defaults(func=run)
@@ -21,18 +30,39 @@ def create_key(args: argparse.Namespace) -> int:
     from shared import keys
     from shared.db import Database
     from shared.migrate import upgrade
-    from shared.webhooks import secrets
+    from shared.webhooks import signing
 
     settings = Settings.from_env()
     upgrade(settings.database_url)
     db = Database(settings.database_url)
     with db.session() as session:
         token = keys.create_key(session, args.name)
-        secret = secrets.current(session, keys.live_key(session, token).id).secret
+        secret = signing.current(session, keys.live_key(session, token).id).secret
     db.dispose()
     print(f"Webhook signing secret of this key (also at GET /v1/webhooks/secret):\n{secret}")
     print(f"API key for account {args.name!r}; it is shown only this once:")
     print(token)
+    return 0
+
+
+def create_operator(args: argparse.Namespace) -> int:
+    from shared.db import Database
+    from shared.migrate import upgrade
+    from shared.operators import OperatorError, create_operator
+
+    password = sys.stdin.readline().rstrip("\r\n")
+    settings = Settings.from_env()
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    try:
+        with db.session() as session:
+            create_operator(session, args.name, password)
+    except OperatorError as exc:
+        print(f"atelier admin create: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    print(f"operator {args.name!r} created; sign in at /admin")
     return 0
 
 

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, stream_with_context
 from api import services
 from api.auth import require_key
 from api.errors import ProblemError
-from api.jobs import load_job
+from api.job_routes import load_job
 from shared import events
 from shared.models import JobStatus
 from shared.schemas import job_out

@@ -11,9 +11,9 @@ from pydantic.json_schema import models_json_schema
 
 from shared.config import Settings
 from shared.schemas import OUTPUT_FORMATS, JobList, JobOut, JobParams, Problem
-from shared.webhooks.deliveries import DeliveryList, DeliveryOut
+from shared.webhooks.history import DeliveryList, DeliveryOut
 from shared.webhooks.outbox import EVENT_TYPES, WebhookPayload
-from shared.webhooks.secrets import WebhookSecretOut
+from shared.webhooks.signing import WebhookSecretOut
 
 REF = "#/components/schemas/{model}"
 

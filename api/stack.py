@@ -46,9 +46,16 @@ def secret_key(path: Path) -> str:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def gunicorn_command(bind: str, workers: int = 2, threads: int = 8) -> list[str]:
+    """The API under gunicorn, as `atelier run` (and the benchmarks and tests that mimic it) start it."""
+    return [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--worker-class", "gthread",
+            "--threads", str(threads), "--timeout", "120", "api:create_app()"]
 
 
 class Stack:
@@ -75,11 +82,11 @@ class Stack:
         if not self.settings.secret_key:  # every API process must sign admin sessions with the same key
             self.settings = replace(self.settings, secret_key=secret_key(VAR / "secret_key"))
         celery = [python, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO"]
+        maintenance = [python, "-m", "celery", "-A", "worker.maintenance_app", "worker", "--loglevel", "INFO"]
         self.children += [
-            Child("api", [python, "-m", "gunicorn", "--bind", f"0.0.0.0:{self.settings.port}", "--workers", "2",
-                          "--worker-class", "gthread", "--threads", "8", "--timeout", "120", "api:create_app()"]),
+            Child("api", gunicorn_command(f"0.0.0.0:{self.settings.port}")),
             Child("worker", [*celery, "-Q", "gpu", "--concurrency", "1", "-n", "gpu@%h"]),
-            Child("maintenance", [*celery, "-Q", "maintenance", "--pool", "threads", "--concurrency", "8",
+            Child("maintenance", [*maintenance, "-Q", "maintenance", "--pool", "threads", "--concurrency", "8",
                                   "-n", "maintenance@%h", "--beat", "--schedule", str(VAR / "celerybeat-schedule")]),
         ]
         for child in self.children:

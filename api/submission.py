@@ -14,8 +14,8 @@ from api.errors import ProblemError, from_validation_error, invalid
 from shared.config import Settings
 from shared.images import ImageError, open_image
 from shared.schemas import JobParams, effective_params
+from shared.params import ParamError
 from shared.webhooks import outbox, targets
-from worker.engine import ParamError
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_FILENAME = 255  # job_inputs.filename

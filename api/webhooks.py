@@ -1,5 +1,5 @@
 """`/v1/webhooks/secret` (read, rotate), `/v1/jobs/{id}/deliveries` and
-`/v1/deliveries/{id}/redeliver`: the caller's webhook secret and its own jobs' deliveries."""
+`/v1/deliveries/{id}/redeliver`: the caller's webhook secret and its own jobs' history."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
@@ -8,8 +8,8 @@ from flask.blueprints import BlueprintSetupState
 from api import services
 from api.auth import account_id, api_key_id, require_key
 from api.errors import ProblemError
-from api.jobs import load_job
-from shared.webhooks import deliveries, delivery, secrets, targets
+from api.job_routes import load_job
+from shared.webhooks import history, sender, signing, targets
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 require_key(bp)
@@ -20,32 +20,32 @@ def check_settings(state: BlueprintSetupState) -> None:
     """A malformed webhook setting stops the API at start-up instead of failing submissions."""
     settings = state.app.extensions["atelier"].settings
     targets.parse_networks(settings.webhook_allow_networks)
-    delivery.retry_schedule(settings)
+    sender.retry_schedule(settings)
 
 
-def secret_response(state: secrets.WebhookSecretOut) -> Response:
+def secret_response(state: signing.WebhookSecretOut) -> Response:
     return jsonify(state.model_dump(mode="json"))
 
 
 @bp.get("/webhooks/secret")
 def get_secret() -> Response:
     with services().db.session() as session:
-        return secret_response(secrets.current(session, api_key_id()))
+        return secret_response(signing.current(session, api_key_id()))
 
 
 @bp.post("/webhooks/secret/rotate")
 def rotate_secret() -> Response:
     svc = services()
     with svc.db.session() as session:
-        return secret_response(secrets.rotate(session, api_key_id(), svc.settings.webhook_secret_grace_seconds))
+        return secret_response(signing.rotate(session, api_key_id(), svc.settings.webhook_secret_grace_seconds))
 
 
 @bp.get("/jobs/<job_id>/deliveries")
 def list_deliveries(job_id: str) -> Response:
     with services().db.session() as session:
         load_job(session, job_id)
-        found = deliveries.deliveries_for(session, job_id)
-        return jsonify(deliveries.DeliveryList(data=[deliveries.delivery_out(d) for d in found]).model_dump(mode="json"))
+        found = history.deliveries_for(session, job_id)
+        return jsonify(history.DeliveryList(data=[history.delivery_out(d) for d in found]).model_dump(mode="json"))
 
 
 @bp.post("/deliveries/<delivery_id>/redeliver")
@@ -53,11 +53,11 @@ def redeliver(delivery_id: str) -> Response:
     if len(delivery_id) > 64 or not delivery_id.isprintable():  # no query for what cannot be an id
         raise ProblemError(404, "Not Found", f"no delivery {delivery_id[:64]!r}")
     try:
-        event = deliveries.redeliver(services(), current_app.extensions["celery"], delivery_id, account_id())
-    except deliveries.InFlight:
+        event = history.redeliver(services(), current_app.extensions["celery"], delivery_id, account_id())
+    except history.InFlight:
         raise ProblemError(409, "Conflict", f"an attempt at delivery {delivery_id} is under way; try again shortly") from None
     if event is None:
         raise ProblemError(404, "Not Found", f"no delivery {delivery_id}")
-    response = jsonify(deliveries.delivery_out(event).model_dump(mode="json"))
+    response = jsonify(history.delivery_out(event).model_dump(mode="json"))
     response.status_code = 202
     return response

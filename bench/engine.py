@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.images import open_image  # noqa: E402
-from worker.engine import Iterate, Params, resolve_device, stylize  # noqa: E402
+from shared.params import Params  # noqa: E402
+from worker.engine import Iterate, resolve_device, stylize  # noqa: E402
 
 CONTENT = ROOT / "samples" / "tubingen.jpg"
 STYLE = ROOT / "samples" / "starry_night.jpg"

@@ -41,14 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 PARAMS = json.dumps({"size": 32, "iterations": 2, "scales": 1, "snapshot_every": 0})
 TERMINAL = {"succeeded", "failed", "canceled"}
-# what `atelier run` gives the API (api/stack.py)
-GUNICORN = ["--workers", "2", "--worker-class", "gthread", "--threads", "8", "--timeout", "120"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from api.stack import free_port, gunicorn_command  # noqa: E402  (what `atelier run` gives the API)
 
 
 def tiny_png(seed: int) -> bytes:
@@ -94,8 +87,7 @@ class Stack:
         _wait(lambda: _pings(redis_port), 10, "redis")
         upgrade(self.settings.database_url)
         env = os.environ | self.settings.to_env()
-        self._start("api", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", *GUNICORN,
-                            "api:create_app()"], env)
+        self._start("api", gunicorn_command(f"127.0.0.1:{self.port}"), env)
         _wait(lambda: _healthy(self.port), 60, "the API")
         if with_worker:
             self._start("worker", [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu",
@@ -310,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             "submit": summary(results.submit), "poll": summary(results.poll),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-            "server": "given --url" if args.url else "gunicorn " + " ".join(GUNICORN) + (", no worker" if args.no_worker
-                                                                                         else ", 1 celery worker"),
+            "server": "given --url" if args.url else " ".join(gunicorn_command("127.0.0.1")[1:])
+                                                     + (", no worker" if args.no_worker else ", 1 celery worker"),
         }
     finally:
         if stack is not None:

@@ -1,22 +1,23 @@
-"""`atelier`: one command, sub-commands contributed by the feature packages.
+"""`atelier`: one command; its sub-commands come from the packages that own them.
 
-Each module in COMMAND_MODULES has `register(subparsers)`, which adds its sub-commands
-and sets `func` (taking the parsed args, returning an exit code) on each.
+Each entry point of the group `atelier.commands` (pyproject.toml) names a `register(subparsers)`
+that adds sub-commands and sets `func` (taking the parsed args, returning an exit code) on each.
+Registering imports nothing heavy: a command loads torch or Flask only when it runs.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from importlib.metadata import entry_points
 
-COMMAND_MODULES = ("worker.cli", "api.cli", "api.admin.cli")
+GROUP = "atelier.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atelier", description="Neural style transfer service and tools.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for entry in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        entry.load()(subparsers)
     return parser
 
 

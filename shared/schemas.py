@@ -1,72 +1,82 @@
 """Request and response shapes: they validate submissions and generate the OpenAPI document.
 
-`JobParams` is what a client may send; `effective_params` turns it, within the operator's
-limits, into the engine's full parameter set (stored on the job, shown back to the client,
-and rebuilt into `worker.engine.Params` by the worker with `engine_params`).
+`JobParams` is what a client may send: the engine's parameters, derived from the table in
+`shared.params` (those a service client may set), plus the service's own `snapshot_every` and
+`output_format`. The model checks JSON types only; values are checked by `Params` itself, so the
+API refuses exactly what `atelier stylize` refuses, in the same words. `effective_params` turns
+a request, within the operator's limits, into the full parameter set that runs (stored on the
+job and shown back to the client); `engine_params` reads it back for the worker.
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from shared.config import Settings
 from shared.models import Job, JobStatus
-from worker.engine import ParamError, Params, plan
+from shared.params import Params, ParamError, kind, optional, resolve, spec
 
 OUTPUT_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 SERVICE_FIELDS = ("snapshot_every", "output_format")  # ours; everything else is the engine's
-TUPLE_FIELDS = ("style_weights", "content_layers", "style_layers", "style_layer_weights")
+JSON_TYPES = {"int": int, "float": float, "str": str, "names": list[str], "numbers": list[float]}
 
 
-class JobParams(BaseModel):
-    """The `params` field of `POST /v1/jobs`: a JSON object, every key optional."""
+def _engine_field(f: Any) -> tuple[Any, Any]:
+    """A `Params` field as a model field: its JSON type, default and help; its bounds and choices
+    only documented (in the schema), since `Params` checks them."""
+    s, type_ = spec(f), JSON_TYPES[kind(f)]
+    constraints: dict[str, Any] = {}
+    if s.low is not None:
+        constraints["minimum"] = s.low
+    if s.high is not None:
+        constraints["maximum"] = s.high
+    if s.choices:
+        constraints["enum"] = list(s.service_choices or s.choices)
 
-    model_config = ConfigDict(extra="forbid", strict=True, title="JobParams")
+    def document(schema: dict[str, Any]) -> None:
+        target = next((branch for branch in schema.get("anyOf", []) if branch.get("type") != "null"), schema)
+        if target.get("type") == "array":
+            target["minItems"] = 1
+            target["items"].update(constraints)
+        else:
+            target.update(constraints)
 
-    size: int = Field(512, ge=32, description="Longest side of the output, in pixels (default: 512, or the server's maximum if lower).")
-    iterations: int | None = Field(None, ge=1, description="Total optimiser iterations over all scales; null: the engine's choice.")
-    scales: int | None = Field(None, ge=1, le=6, description="Coarse-to-fine stages; null: automatic.")
-    style_weights: list[float] | None = Field(None, min_length=1, description="Blend of the style images, one weight each.")
-    content_weight: float = Field(1.0, ge=0, le=1e9)
-    style_weight: float = Field(30.0, ge=0, le=1e9)
-    tv_weight: float = Field(0.0, ge=0, le=1e9, description="Total-variation smoothing.")
-    style_scale: float = Field(1.0, ge=0.1, le=4.0, description="Size of the style features relative to the output.")
-    init: Literal["content", "noise"] = "content"
-    seed: int = Field(0, ge=0, le=2**63 - 1)
-    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
-    learning_rate: float = Field(0.02, gt=0, le=10, description="Adam's step size.")
-    pooling: Literal["max", "avg"] = "max"
-    preserve_color: Literal["none", "luminance", "histogram"] = "none"
-    snapshot_every: int = Field(50, ge=0, le=2**31 - 1, description="Store an intermediate image every N iterations; 0: none.")
-    output_format: Literal["png", "jpeg", "webp"] = "png"
+    default = list(f.default) if isinstance(f.default, tuple) else f.default
+    return (type_ | None if optional(f) else type_), Field(default, description=s.help, json_schema_extra=document)
 
 
-def effective_params(params: JobParams, settings: Settings, styles: int) -> dict[str, Any]:
-    """Apply the operator's limits and the engine's own checks; raises ParamError naming the field."""
-    if "size" not in params.model_fields_set:
-        params = params.model_copy(update={"size": min(params.size, settings.max_size)})
-    if params.size > settings.max_size:
-        raise ParamError("size", f"must be at most {settings.max_size} on this server, not {params.size}")
-    if params.style_weights is not None and len(params.style_weights) != styles:
-        raise ParamError("style_weights", f"needs one weight per style image ({styles}), not {len(params.style_weights)}")
-    engine_fields = params.model_dump(exclude=set(SERVICE_FIELDS))
-    if engine_fields["style_weights"] is not None:
-        engine_fields["style_weights"] = tuple(engine_fields["style_weights"])
-    engine = Params(**engine_fields)
-    total = sum(stage.iterations for stage in plan(engine))
-    if total > settings.max_iterations:
-        raise ParamError("iterations", f"{total} iterations exceed this server's limit of {settings.max_iterations}")
-    return engine.to_dict() | {"iterations": total, "snapshot_every": params.snapshot_every,
-                               "output_format": params.output_format}
+JobParams = create_model(
+    "JobParams",
+    __config__=ConfigDict(extra="forbid", strict=True, title="JobParams"),
+    __doc__="The `params` field of `POST /v1/jobs`: a JSON object, every key optional.",
+    **{f.name: _engine_field(f) for f in fields(Params) if spec(f).service},
+    snapshot_every=(int, Field(50, ge=0, le=2**31 - 1, description="Store an intermediate image every N iterations; 0: none.")),
+    output_format=(Literal["png", "jpeg", "webp"], Field("png", description="Format of the result and snapshots.")),
+)
+
+
+def effective_params(params: BaseModel, settings: Settings, styles: int) -> dict[str, Any]:
+    """What the job will run: the client's values within the operator's limits, every automatic
+    choice resolved. Raises ParamError naming the field."""
+    given = params.model_dump(exclude_unset=True, exclude=set(SERVICE_FIELDS))
+    given.setdefault("size", min(Params.size, settings.max_size))
+    if given["size"] > settings.max_size:
+        raise ParamError("size", f"must be at most {settings.max_size} on this server, not {given['size']}")
+    for f in fields(Params):
+        if spec(f).service_choices and given.get(f.name, f.default) not in spec(f).service_choices:
+            raise ParamError(f.name, f"must be one of {', '.join(spec(f).service_choices)}, not {given[f.name]!r}")
+    engine = resolve(Params.from_dict(given), styles)
+    if engine.iterations > settings.max_iterations:
+        raise ParamError("iterations", f"{engine.iterations} iterations exceed this server's limit of {settings.max_iterations}")
+    return engine.to_dict() | {"snapshot_every": params.snapshot_every, "output_format": params.output_format}
 
 
 def engine_params(effective: dict[str, Any]) -> Params:
     """The stored effective parameters back as the engine's `Params`."""
-    fields = {k: tuple(v) if k in TUPLE_FIELDS and v is not None else v
-              for k, v in effective.items() if k not in SERVICE_FIELDS}
-    return Params(**fields)
+    return Params.from_dict({k: v for k, v in effective.items() if k not in SERVICE_FIELDS})
 
 
 # ---- responses -----------------------------------------------------------------------------

@@ -1,14 +1,19 @@
 """The per-process handles every component needs, built once from `Settings`."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 
 import redis
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.config import Settings
 from shared.db import Database
 from shared.storage import LocalStorage, Storage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,3 +34,22 @@ class Services:
             raise RuntimeError("ATELIER_REDIS_URL is not set (`atelier run` starts an embedded Redis and sets it)")
         return redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
                                     health_check_interval=30)
+
+    def readiness(self) -> dict[str, str]:
+        """`{"database": ..., "redis": ...}`, each "ok" or why it is unreachable."""
+        ready = {}
+        try:
+            with self.db.session() as session:
+                session.execute(text("SELECT 1"))
+            ready["database"] = "ok"
+        except SQLAlchemyError as exc:
+            ready["database"] = f"unreachable: {type(exc).__name__}"
+        try:
+            self.redis.ping()
+            ready["redis"] = "ok"
+        except (redis.RedisError, OSError) as exc:
+            ready["redis"] = f"unreachable: {type(exc).__name__}"
+        for name, state in ready.items():
+            if state != "ok":
+                log.warning("readiness: %s %s", name, state)
+        return ready

@@ -1,8 +1,9 @@
 """Where images and checkpoints live. Local disk now, behind a protocol an S3 backend can implement.
 
-Keys are relative, slash-separated paths. Uploaded inputs are content-addressed
-(`inputs/ab/abcdef...`) so the same style uploaded twice is stored once; a job's outputs
-live under `jobs/<job id>/` so deleting a job is deleting one prefix.
+Keys are relative, slash-separated paths, and this module owns their layout. Uploaded inputs
+are content-addressed (`inputs/ab/abcdef...`) so the same style uploaded twice is stored once;
+a job's outputs live under `jobs/<job id>/` (`result.png`, `snapshots/000050.png`,
+`checkpoint.pt`) so deleting a job is deleting one prefix.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
-    def url(self, key: str) -> str: ...
 
 
 class StorageKeyError(KeyError):
@@ -45,6 +45,18 @@ def put_input(storage: Storage, data: bytes) -> str:
 
 def job_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/"
+
+
+def result_key(job_id: str, output_format: str) -> str:
+    return f"{job_prefix(job_id)}result.{output_format}"
+
+
+def snapshot_key(job_id: str, iteration: int, output_format: str) -> str:
+    return f"{job_prefix(job_id)}snapshots/{iteration:06d}.{output_format}"
+
+
+def checkpoint_key(job_id: str) -> str:
+    return f"{job_prefix(job_id)}checkpoint.pt"
 
 
 class LocalStorage:
@@ -86,6 +98,3 @@ class LocalStorage:
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)
-
-    def url(self, key: str) -> str:
-        return self._path(key).as_uri()

@@ -1,11 +1,7 @@
-"""Each worker process reports the device it runs jobs on, for the dashboard's System page.
-
-Celery's inspect tells which workers are online and what they run, but not on what hardware:
-the pool child that runs jobs writes that into a Redis hash keyed by the worker's node name.
-"""
+"""Each GPU worker's pool child reports the device it runs jobs on (`shared.devices`), for the
+dashboard's System page."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -14,12 +10,12 @@ import torch
 from celery import current_app
 from celery.signals import celeryd_after_setup, worker_process_init
 
+from shared.devices import report_device
 from shared.services import Services
 from worker.engine import DeviceError, resolve_device
 
 log = logging.getLogger(__name__)
 
-DEVICES_KEY = "atelier:worker_devices"
 _node: dict[str, str] = {}  # set in the worker's main process before the pool forks
 
 
@@ -35,11 +31,6 @@ def describe(device: str) -> dict[str, object]:
     return {"device": resolved, "name": props.name, "memory_bytes": props.total_memory}
 
 
-def read_devices(client: redis.Redis) -> dict[str, dict]:
-    """Node name -> device description, as the workers last reported."""
-    return {name.decode(): json.loads(value) for name, value in client.hgetall(DEVICES_KEY).items()}
-
-
 @celeryd_after_setup.connect
 def _remember_node(sender: str, **_kwargs) -> None:
     _node["name"] = sender
@@ -52,7 +43,7 @@ def _report_device(**_kwargs) -> None:
     settings = current_app.conf.atelier_settings
     services = Services(settings)
     try:
-        services.redis.hset(DEVICES_KEY, _node["name"], json.dumps(describe(settings.device)))
+        report_device(services.redis, _node["name"], describe(settings.device))
     except redis.RedisError as exc:
         log.warning("could not report this worker's device: %s", exc)
     finally:

@@ -16,13 +16,12 @@ from datetime import timedelta
 
 from celery import Celery
 from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import selectinload
 
-from shared import events, jobs
+from shared import announce, lifecycle
+from shared.broker import enqueue
 from shared.models import Job, JobStatus, utcnow
-from shared.schemas import job_out
 from shared.services import Services
-from shared.webhooks import outbox
-from worker.broker import enqueue
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +46,10 @@ def sweep(services: Services, celery: Celery) -> SweepReport:
                                        Job.lease_expires_at).where(expired)).all()
         for job_id, attempts, cancel_requested_at, enqueued_at, lease_expires_at in stale:
             if cancel_requested_at is not None:
-                if jobs.cancel_abandoned(session, job_id):
+                if lifecycle.cancel_abandoned(session, job_id):
                     report.canceled.append(job_id)
             elif attempts >= settings.max_attempts:
-                if jobs.fail_exhausted(session, job_id, settings.max_attempts):
+                if lifecycle.fail_exhausted(session, job_id, settings.max_attempts):
                     report.failed.append(job_id)
             elif enqueued_at is None or enqueued_at < lease_expires_at or enqueued_at < now - timedelta(seconds=settings.visibility_timeout):
                 queued.append(job_id)  # not yet re-sent since its lease expired
@@ -59,8 +58,8 @@ def sweep(services: Services, celery: Celery) -> SweepReport:
             report.resent.append(job_id)
     for job_id in report.failed + report.canceled:
         with services.db.session() as session:
-            events.publish(services.redis, job_id, "status", job_out(session.get(Job, job_id)).model_dump(mode="json"))
-        outbox.notify(services, celery, job_id)
+            job = session.get(Job, job_id, options=[selectinload(Job.snapshots)])
+        announce.status_changed(services, celery, job)
     if report.resent or report.failed or report.canceled:
         log.info("sweep: resent %s, failed %s, canceled %s", report.resent, report.failed, report.canceled)
     return report

@@ -7,34 +7,17 @@ from typing import Any
 from flask import current_app, render_template
 from kombu.exceptions import OperationalError
 from redis import RedisError
-from sqlalchemy import func, select, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import func, select
 
 from api import services
 from api.admin.blueprint import bp
 from api.admin.stats import all_windows
 from shared.models import Job
-from worker.broker import GPU_QUEUE, MAINTENANCE_QUEUE, RUN_JOB
-from worker.presence import read_devices
+from shared.broker import GPU_QUEUE, MAINTENANCE_QUEUE, RUN_JOB
+from shared.devices import read_devices
 
 log = logging.getLogger(__name__)
 INSPECT_TIMEOUT = 1.0  # seconds to wait for workers' replies; a busy worker still answers (its main process does)
-
-
-def _readiness() -> dict[str, str]:
-    svc, ready = services(), {}
-    try:
-        with svc.db.session() as db:
-            db.execute(text("SELECT 1"))
-        ready["database"] = "ok"
-    except SQLAlchemyError as exc:
-        ready["database"] = f"unreachable: {type(exc).__name__}"
-    try:
-        svc.redis.ping()
-        ready["redis"] = "ok"
-    except (RedisError, OSError) as exc:
-        ready["redis"] = f"unreachable: {type(exc).__name__}"
-    return ready
 
 
 def _queues() -> dict[str, int | None]:
@@ -69,5 +52,5 @@ def system() -> str:
     with services().db.session() as db:
         windows = all_windows(db)
         by_status = dict(db.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-    return render_template("admin/system.html", ready=_readiness(), queues=_queues(), workers=_workers(),
+    return render_template("admin/system.html", ready=services().readiness(), queues=_queues(), workers=_workers(),
                            windows=windows, by_status=by_status)

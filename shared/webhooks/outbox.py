@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, selectinload
 from shared.models import TERMINAL, Job, JobStatus, WebhookEvent, WebhookStatus, utcnow
 from shared.schemas import JobOut, job_out
 from shared.services import Services
-from worker.broker import DELIVER_WEBHOOK, MAINTENANCE_QUEUE
+from shared.broker import DELIVER_WEBHOOK, MAINTENANCE_QUEUE
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from worker.engine import ParamError, Params, plan
+from shared.params import ParamError, Params, plan
 
 
 @pytest.mark.parametrize("field, value", [

@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.engine import Iterate, ParamError, Params, plan, stylize
+from shared.params import ParamError, Params, plan
+from worker.engine import Iterate, stylize
 from worker.engine.images import to_tensor
 
 TINY = dict(size=48, iterations=6, scales=1)
@@ -128,17 +129,17 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(content, style, opt
     assert (pixels(resumed.image) - pixels(straight.image)).abs().max() <= 2 / 255
 
 
-@pytest.mark.parametrize("at, stage", [(4, 0), (5, 1)])  # the plan is (32 px: 4, 64 px: 2)
+@pytest.mark.parametrize("at, stage", [(5, 0), (6, 1)])  # the plan is (32 px: 5, 64 px: 2)
 def test_checkpoint_from_the_callback_resumes_at_its_scale(content, style, at, stage):
-    assert [s.iterations for s in plan(Params(size=64, scales=2, iterations=6))] == [4, 2]
+    assert [s.iterations for s in plan(Params(size=64, scales=2, iterations=7))] == [5, 2]
     ckpts = []
-    run(content, [style], size=64, scales=2, iterations=6,
+    run(content, [style], size=64, scales=2, iterations=7,
         callback=lambda it: ckpts.append(it.checkpoint()) if it.iteration == at else None)
     assert ckpts[0]["stage"] == stage and ckpts[0]["iteration"] == at
     seen: list[tuple[int, int]] = []
-    result = run(content, [style], size=64, scales=2, iterations=6, checkpoint=ckpts[0],
+    result = run(content, [style], size=64, scales=2, iterations=7, checkpoint=ckpts[0],
                  callback=lambda it: seen.append((it.iteration, it.scale)))
-    assert seen == [(i, 1) for i in range(at + 1, 7)]
+    assert seen == [(i, 1) for i in range(at + 1, 8)]
     assert result.image.size == (64, 48)
 
 

@@ -13,7 +13,7 @@ from shared.models import Job, LossPoint
 from shared.services import Services
 from tests.service import faults
 from tests.service.conftest import new_key, submit, wait_for, wait_status
-from worker.broker import GPU_QUEUE, RUN_JOB, create_celery
+from shared.broker import GPU_QUEUE, RUN_JOB, create_celery
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 

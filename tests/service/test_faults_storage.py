@@ -11,7 +11,7 @@ import pytest
 from shared.storage import LocalStorage
 from tests.service import faults
 from tests.service.conftest import submit, wait_status
-from worker.broker import GPU_QUEUE, RUN_JOB, create_celery
+from shared.broker import GPU_QUEUE, RUN_JOB, create_celery
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 

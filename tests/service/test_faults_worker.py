@@ -11,7 +11,7 @@ from shared.models import Job
 from shared.services import Services
 from tests.service import faults
 from tests.service.conftest import new_key, submit, wait_for, wait_status
-from worker.broker import create_celery
+from shared.broker import create_celery
 from worker.sweep import sweep
 
 TERMINAL = {"succeeded", "failed", "canceled"}

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from shared.storage import input_key, sha256
-from worker.engine import Params, plan
+from shared.params import Params, plan
 from tests.service.conftest import new_key, submit
 
 
@@ -19,7 +19,7 @@ def test_submit_answers_202_with_the_job_and_location(client, auth, images):
     assert job["progress"] is None and job["result"] is None and job["error"] is None and job["snapshots"] == []
     # effective params: what was sent, plus every default filled in
     assert job["params"]["size"] == 32 and job["params"]["iterations"] == 3
-    assert job["params"]["output_format"] == "webp" and job["params"]["style_weight"] == 30.0
+    assert job["params"]["output_format"] == "webp" and job["params"]["style_weight"] == Params.style_weight
     assert client.get(job["urls"]["self"], headers=auth).get_json() == job
 
 

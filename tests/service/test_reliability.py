@@ -9,11 +9,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy import update
 
 from api import create_app
-from shared import jobs
+from shared import lifecycle
 from shared.models import Base, Job, utcnow
 from shared.services import Services
 from tests.service.conftest import new_key, submit, wait_for, wait_status
-from worker.broker import GPU_QUEUE, create_celery
+from shared.broker import GPU_QUEUE, create_celery
 from worker.sweep import sweep
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -34,16 +34,16 @@ def test_the_claim_is_a_compare_and_set(client, auth, images, settings):
     job_id = queued_job(client, auth, images)
     db = Services(settings).db
     with db.session() as session:
-        assert jobs.claim(session, job_id, "worker-a", 60, 3) is True
-        assert jobs.claim(session, job_id, "worker-b", 60, 3) is False  # live lease: no second run
-        assert jobs.renew(session, job_id, "worker-b", 60) is False      # and no writes from the loser
-        assert jobs.renew(session, job_id, "worker-a", 60) is None       # the holder renews; no cancel asked
-        assert jobs.finish(session, job_id, "worker-b", jobs.JobStatus.SUCCEEDED) is False
+        assert lifecycle.claim(session, job_id, "worker-a", 60, 3) is True
+        assert lifecycle.claim(session, job_id, "worker-b", 60, 3) is False  # live lease: no second run
+        assert lifecycle.renew(session, job_id, "worker-b", 60) is False      # and no writes from the loser
+        assert lifecycle.renew(session, job_id, "worker-a", 60) is None       # the holder renews; no cancel asked
+        assert lifecycle.finish(session, job_id, "worker-b", lifecycle.JobStatus.SUCCEEDED) is False
         # the lease expires (worker-a died): now another worker may take it over
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
         session.commit()
-        assert jobs.claim(session, job_id, "worker-b", 60, 3) is True
-        assert jobs.renew(session, job_id, "worker-a", 60) is False      # the old holder has lost it
+        assert lifecycle.claim(session, job_id, "worker-b", 60, 3) is True
+        assert lifecycle.renew(session, job_id, "worker-a", 60) is False      # the old holder has lost it
         job = session.get(Job, job_id)
         assert (job.status, job.attempts, job.lease_owner) == ("running", 2, "worker-b")
     db.dispose()
@@ -53,10 +53,10 @@ def test_cancel_while_running_is_seen_by_the_lease_holder(client, auth, images, 
     job_id = queued_job(client, auth, images)
     db = Services(settings).db
     with db.session() as session:
-        jobs.claim(session, job_id, "worker-a", 60, 3)
+        lifecycle.claim(session, job_id, "worker-a", 60, 3)
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 202
     with db.session() as session:
-        assert jobs.renew(session, job_id, "worker-a", 60) is not None
+        assert lifecycle.renew(session, job_id, "worker-a", 60) is not None
     db.dispose()
 
 

@@ -12,7 +12,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from shared.webhooks import delivery
+from shared.webhooks import sender
 from shared.webhooks.targets import RefusedURL, Target, is_allowed, is_public, parse_networks, parse_url, resolve
 from tests.service.webhook_receiver import Receiver, Reply
 
@@ -87,7 +87,7 @@ def test_the_connection_goes_to_the_checked_address_whatever_the_host_name(recei
     """DNS rebinding: the name is never resolved again; the checked address is used, the name
     only in the Host header (and, over TLS, as the server name the certificate must match)."""
     target = Target("http", "rebinding.example", receiver.port, "/hook?x=1", (ipaddress.ip_address("127.0.0.1"),))
-    outcome = delivery.post(target, {"webhook-id": "msg_1"}, b"{}", timeout=10)
+    outcome = sender.post(target, {"webhook-id": "msg_1"}, b"{}", timeout=10)
     assert outcome.delivered and outcome.status_code == 200 and outcome.excerpt == "ok"
     [request] = receiver.received
     assert request.path == "/hook?x=1"
@@ -97,21 +97,21 @@ def test_the_connection_goes_to_the_checked_address_whatever_the_host_name(recei
 
 def test_redirects_are_not_followed_and_count_as_failures(receiver):
     receiver.reply(Reply(302, {"Location": receiver.url("/elsewhere")}))
-    outcome = delivery.post(resolve(receiver.url(), parse_networks("127.0.0.0/8")), {}, b"{}", timeout=10)
+    outcome = sender.post(resolve(receiver.url(), parse_networks("127.0.0.0/8")), {}, b"{}", timeout=10)
     assert outcome.status_code == 302 and not outcome.delivered
     assert [r.path for r in receiver.received] == ["/hook"]
 
 
 def test_a_slow_receiver_times_out(receiver):
     receiver.reply(Reply(200, delay=3))
-    outcome = delivery.post(resolve(receiver.url(), parse_networks("127.0.0.0/8")), {}, b"{}", timeout=0.5)
+    outcome = sender.post(resolve(receiver.url(), parse_networks("127.0.0.0/8")), {}, b"{}", timeout=0.5)
     assert outcome.status_code is None and not outcome.delivered
     assert "timed out" in outcome.error.lower()
 
 
 def test_a_closed_port_is_a_connection_error(receiver):
     receiver.stop()
-    outcome = delivery.post(resolve(receiver.url(), parse_networks("127.0.0.0/8")), {}, b"{}", timeout=5)
+    outcome = sender.post(resolve(receiver.url(), parse_networks("127.0.0.0/8")), {}, b"{}", timeout=5)
     assert outcome.status_code is None and "NewConnectionError" in outcome.error
 
 
@@ -119,17 +119,17 @@ def test_retry_after_is_read_as_seconds_or_a_date(receiver):
     receiver.reply(Reply(503, {"Retry-After": "7"}), Reply(429, {"Retry-After": format_datetime(
         datetime.now(timezone.utc) + timedelta(seconds=120), usegmt=True)}), Reply(500, {"Retry-After": "7"}))
     target = resolve(receiver.url(), parse_networks("127.0.0.0/8"))
-    assert delivery.post(target, {}, b"{}", timeout=5).retry_after == 7
-    assert 100 < delivery.post(target, {}, b"{}", timeout=5).retry_after <= 120
-    assert delivery.post(target, {}, b"{}", timeout=5).retry_after is None  # only on 429 and 503
+    assert sender.post(target, {}, b"{}", timeout=5).retry_after == 7
+    assert 100 < sender.post(target, {}, b"{}", timeout=5).retry_after <= 120
+    assert sender.post(target, {}, b"{}", timeout=5).retry_after is None  # only on 429 and 503
 
 
 def test_the_retry_schedule_setting_is_validated():
     from shared.config import Settings
-    assert delivery.retry_schedule(Settings()) == (5, 300, 1800, 7200, 18000, 36000, 36000)
-    assert delivery.retry_schedule(Settings(webhook_retry_schedule="1, 2.5")) == (1, 2.5)
+    assert sender.retry_schedule(Settings()) == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert sender.retry_schedule(Settings(webhook_retry_schedule="1, 2.5")) == (1, 2.5)
     with pytest.raises(ValueError, match="ATELIER_WEBHOOK_RETRY_SCHEDULE"):
-        delivery.retry_schedule(Settings(webhook_retry_schedule="5,soon"))
+        sender.retry_schedule(Settings(webhook_retry_schedule="5,soon"))
 
 
 @pytest.fixture
@@ -152,10 +152,10 @@ def tls_receiver(tmp_path, monkeypatch):
 def test_tls_goes_to_the_checked_address_and_checks_the_certificate_for_the_url_host(tls_receiver):
     address = (ipaddress.ip_address("127.0.0.1"),)
     right = Target("https", "hooks.example", tls_receiver.port, "/hook", address)
-    outcome = delivery.post(right, {}, b"{}", timeout=10)
+    outcome = sender.post(right, {}, b"{}", timeout=10)
     assert outcome.delivered, outcome.error
     assert tls_receiver.received[0].headers["host"] == f"hooks.example:{tls_receiver.port}"
     wrong = Target("https", "other.example", tls_receiver.port, "/hook", address)
-    outcome = delivery.post(wrong, {}, b"{}", timeout=10)
+    outcome = sender.post(wrong, {}, b"{}", timeout=10)
     assert outcome.status_code is None and "doesn't match 'hooks.example'" in outcome.error
     assert len(tls_receiver.received) == 1

@@ -22,10 +22,10 @@ from api import create_app
 from shared import keys
 from shared.models import Job, Snapshot, WebhookEvent, utcnow
 from shared.services import Services
-from shared.webhooks import outbox, secrets
+from shared.webhooks import outbox, signing
 from tests.service.conftest import ROOT, make_settings, new_key, submit, wait_for
 from tests.service.webhook_receiver import Receiver, Reply
-from worker.broker import create_celery
+from shared.broker import create_celery
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 TINY = {"size": 32, "iterations": 2, "snapshot_every": 0}
@@ -212,12 +212,12 @@ def test_a_rotated_out_secret_stops_signing_after_its_grace(settings, api_key):
     services = Services(settings)
     with services.db.session() as session:
         key_id = keys.live_key(session, api_key).id
-        old = secrets.current(session, key_id).secret
-        new = secrets.rotate(session, key_id, grace_seconds=3600).secret
-        assert secrets.signing(session, key_id) == [new, old]
-        newest = secrets.rotate(session, key_id, grace_seconds=0).secret
-        assert secrets.signing(session, key_id) == [newest]
-        assert secrets.current(session, key_id).previous_expires_at is None
+        old = signing.current(session, key_id).secret
+        new = signing.rotate(session, key_id, grace_seconds=3600).secret
+        assert signing.secrets_for(session, key_id) == [new, old]
+        newest = signing.rotate(session, key_id, grace_seconds=0).secret
+        assert signing.secrets_for(session, key_id) == [newest]
+        assert signing.current(session, key_id).previous_expires_at is None
     services.db.dispose()
 
 

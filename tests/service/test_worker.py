@@ -10,7 +10,7 @@ from PIL import Image
 
 from shared.storage import input_key, sha256
 from tests.service.conftest import submit, wait_for, wait_status
-from worker.broker import GPU_QUEUE, RUN_JOB, create_celery
+from shared.broker import GPU_QUEUE, RUN_JOB, create_celery
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from shared.params import MIN_SIDE
+
 from .images import fit_longest_side, to_tensor
 from .losses import gram
-from .params import MIN_SIDE
 from .vgg import load_network
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")

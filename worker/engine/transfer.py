@@ -17,10 +17,11 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
+from shared.params import MIN_SIDE, ParamError, Params, Stage, plan, resolve
+
 from . import color
 from .images import fit_longest_side, resize, to_image, to_tensor
 from .losses import ContentLoss, StyleLoss, TVLoss, gram
-from .params import MIN_SIDE, ParamError, Params, Stage, plan
 from .quality import quality_report
 from .vgg import load_network
 
@@ -67,6 +68,7 @@ class Result:
     quality: dict[str, float] | None
     peak_memory_mb: float
     checkpoint: dict
+    params: Params        # what ran: the given parameters with every automatic choice resolved
 
 
 Callback = Callable[[Iterate], bool | None]
@@ -111,8 +113,7 @@ class Transfer:
                  init_image: Image.Image | None = None, device: str = "auto") -> None:
         if not styles:
             raise ValueError("at least one style image is needed")
-        if params.style_weights is not None and len(params.style_weights) != len(styles):
-            raise ParamError("style_weights", f"needs one weight per style image ({len(styles)}), not {len(params.style_weights)}")
+        params = resolve(params, len(styles))  # explicit blends and schedule, as the result reports them
         if (params.init == "image") != (init_image is not None):
             raise ParamError("init", "init 'image' and an init image go together")
         self.content, self.styles, self.params, self.init_image = content, list(styles), params, init_image
@@ -124,10 +125,8 @@ class Transfer:
         self.bf16 = use_bf16(params.precision, self.device)
         self.stages = plan(params)
         self.total = sum(s.iterations for s in self.stages)
-        blend = params.style_weights or (1.0,) * len(styles)
-        self.style_blend = [w / sum(blend) for w in blend]
-        layer_weights = params.style_layer_weights or (1.0,) * len(params.style_layers)
-        self.layer_weights = [w / sum(layer_weights) for w in layer_weights]
+        self.style_blend = [w / sum(params.style_weights) for w in params.style_weights]
+        self.layer_weights = [w / sum(params.style_layer_weights) for w in params.style_layer_weights]
 
     # ---- per-stage setup ------------------------------------------------------------------
 
@@ -266,7 +265,7 @@ class Transfer:
         return Result(
             image=output, iterations=done, total=self.total, stopped=stopped,
             seconds=time.perf_counter() - start, device=self.device, losses=losses, quality=quality,
-            peak_memory_mb=self._peak_memory_mb(), checkpoint=final,
+            peak_memory_mb=self._peak_memory_mb(), checkpoint=final, params=p,
         )
 
     def _checkpoint(self, stage: int, iteration: int, image: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> dict:

@@ -14,17 +14,9 @@ import torch
 from torch import nn
 from torchvision.models import VGG19_Weights, vgg19
 
-# torchvision's vgg19().features, named as in Simonyan & Zisserman / Gatys et al.
-LAYER_NAMES: tuple[str, ...] = tuple(
-    name
-    for block, convs in enumerate((2, 2, 4, 4, 4), start=1)
-    for name in (
-        *(f"{kind}{block}_{i}" for i in range(1, convs + 1) for kind in ("conv", "relu")),
-        f"pool{block}",
-    )
-)
+from shared.params import LAYER_NAMES, POOLINGS
+
 CONV_NAMES = tuple(n for n in LAYER_NAMES if n.startswith("conv"))
-POOLINGS = ("avg", "max")
 MEMORY_FORMAT = torch.channels_last
 CAFFE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 

@@ -13,13 +13,12 @@ from api import services
 from api.admin.blueprint import bp
 from api.admin.views import job_row, job_state
 from api.files import image_response
-from shared import events, jobs
+from shared import announce, lifecycle
+from shared.broker import enqueue
 from shared.images import ImageError, open_image
-from shared.models import Account, ApiKey, Job, JobInput, JobStatus, LossPoint, Snapshot
-from shared.schemas import job_out
+from shared.models import Account, ApiKey, InputRole, Job, JobInput, JobStatus, LossPoint, Snapshot
 from shared.storage import StorageKeyError, input_key
-from shared.webhooks import deliveries, outbox
-from worker.broker import enqueue
+from shared.webhooks import history
 
 PAGE_SIZE = 25
 MAX_PAGE = 100_000
@@ -85,7 +84,7 @@ def job(job_id: str) -> str:
         owner = db.scalar(select(Account.name).where(Account.id == job.account_id))
         key_prefix = db.scalar(select(ApiKey.prefix).where(ApiKey.id == job.api_key_id)) if job.api_key_id else None
         state = _state(db, job)
-        sent = [deliveries.delivery_out(d) for d in deliveries.deliveries_for(db, job.id)]
+        sent = [history.delivery_out(d) for d in history.deliveries_for(db, job.id)]
     return render_template("admin/job.html", job=job, owner=owner, key_prefix=key_prefix, state=state,
                            deliveries=sent)
 
@@ -141,10 +140,9 @@ def cancel(job_id: str) -> Response:
     with svc.db.session() as db:
         if _load(db, job_id).state.terminal:
             flash("The job had already ended.")
-        elif jobs.cancel(db, job_id) is JobStatus.CANCELED:
+        elif lifecycle.cancel(db, job_id) is JobStatus.CANCELED:
             db.expire_all()
-            events.publish(svc.redis, job_id, "status", job_out(_load(db, job_id)).model_dump(mode="json"))
-            outbox.notify(svc, current_app.extensions["celery"], job_id)
+            announce.status_changed(svc, current_app.extensions["celery"], _load(db, job_id))
             flash("Canceled.")
         else:
             flash("Asked the worker to stop; the job ends as canceled within a moment.")
@@ -153,19 +151,22 @@ def cancel(job_id: str) -> Response:
 
 @bp.post("/jobs/<job_id>/retry")
 def retry(job_id: str) -> Response:
-    """A new job with the same inputs, parameters and webhook, for the same account and key."""
-    svc = services()
+    """A new job with the same inputs, parameters and webhook, for the same account and key,
+    within the same active-job caps as a submission."""
+    svc, celery = services(), current_app.extensions["celery"]
     with svc.db.session() as db:
         old = _load(db, job_id)
-        new = Job(account_id=old.account_id, api_key_id=old.api_key_id, params=old.params,
-                  request_hash=old.request_hash, status=JobStatus.QUEUED.value, attempts=0,
-                  webhook_url=old.webhook_url, webhook_events=old.webhook_events,
-                  inputs=[JobInput(position=i.position, role=i.role, sha256=i.sha256, filename=i.filename)
-                          for i in old.inputs])
-        db.add(new)
+        try:
+            new = lifecycle.create(
+                db, svc.settings, account_id=old.account_id, api_key_id=old.api_key_id, params=old.params,
+                inputs=[lifecycle.NewInput(InputRole(i.role), i.sha256, i.filename) for i in old.inputs],
+                request_hash=old.request_hash, webhook_url=old.webhook_url, webhook_events=old.webhook_events)
+        except lifecycle.TooManyActive as exc:
+            flash(f"Not retried: {exc}.")
+            return redirect(url_for("admin.job", job_id=job_id), 303)
         db.commit()
-        events.publish(svc.redis, new.id, "status", job_out(_load(db, new.id)).model_dump(mode="json"))
-    enqueue(current_app.extensions["celery"], svc.db, new.id)
+        announce.status_changed(svc, celery, _load(db, new.id))
+    enqueue(celery, svc.db, new.id)
     flash(f"Retrying job {job_id} as this new job.")
     return redirect(url_for("admin.job", job_id=new.id), 303)
 
@@ -175,7 +176,7 @@ def delete(job_id: str) -> Response:
     svc = services()
     with svc.db.session() as db:
         _load(db, job_id)
-        jobs.delete(db, svc.storage, job_id)
+        lifecycle.delete(db, svc.storage, job_id)
     flash(f"Deleted job {job_id}.")
     return redirect(url_for("admin.jobs"), 303)
 
@@ -184,10 +185,10 @@ def delete(job_id: str) -> Response:
 def redeliver(delivery_id: str) -> Response:
     """Send a webhook delivery again now (same webhook-id and body)."""
     try:
-        event = deliveries.redeliver(services(), current_app.extensions["celery"], delivery_id)
-    except deliveries.InFlight:
+        event = history.redeliver(services(), current_app.extensions["celery"], delivery_id)
+    except history.InFlight:
         with services().db.session() as db:
-            job_id = deliveries.find(db, delivery_id).job_id
+            job_id = history.find(db, delivery_id).job_id
         flash("An attempt at this delivery is under way; try again when it has ended.")
         return redirect(url_for("admin.job", job_id=job_id), 303)
     if event is None:

@@ -1,4 +1,5 @@
-"""Celery configuration, task names and queues, shared by the API (which only sends) and workers.
+"""Celery configuration, task names and queues, shared by the API (which only sends) and workers
+(which name the task modules they run: `worker.celery_app`, `worker.maintenance_app`).
 
 Celery only carries "run job X" messages; state and results live in SQL. Long GPU jobs go to
 the `gpu` queue, small work (the sweeps, webhook deliveries) to `maintenance`, so a busy GPU
@@ -13,7 +14,7 @@ from kombu import Queue
 from kombu.exceptions import OperationalError
 from redis import RedisError
 
-from shared import jobs
+from shared import lifecycle
 from shared.config import Settings
 from shared.db import Database
 
@@ -27,10 +28,11 @@ GPU_QUEUE = "gpu"
 MAINTENANCE_QUEUE = "maintenance"
 
 
-def create_celery(settings: Settings) -> Celery:
+def create_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
+    """The app for `settings`; `include`: the task modules a worker runs (none for a sender)."""
     if not settings.redis_url:
         raise RuntimeError("ATELIER_REDIS_URL is not set (`atelier run` starts an embedded Redis and sets it)")
-    app = Celery("atelier", broker=settings.redis_url, include=["worker.tasks", "worker.presence", "worker.webhooks"])
+    app = Celery("atelier", broker=settings.redis_url, include=list(include))
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -65,6 +67,6 @@ def enqueue(celery: Celery, db: Database, job_id: str) -> bool:
         log.warning("job %s is queued but not yet sent to the broker (%s); the sweep will retry", job_id, exc)
         return False
     with db.session() as session:
-        jobs.mark_enqueued(session, job_id)
+        lifecycle.mark_enqueued(session, job_id)
     return True
 

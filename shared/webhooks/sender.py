@@ -30,7 +30,7 @@ from standardwebhooks import Webhook
 from shared.config import Settings
 from shared.models import Job, WebhookAttempt, WebhookEvent, WebhookStatus, utcnow
 from shared.services import Services
-from shared.webhooks import outbox, secrets, targets
+from shared.webhooks import outbox, signing, targets
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def attempt(services: Services, celery: Celery, event_id: str) -> None:
             return
         event = session.get(WebhookEvent, event_id)
         api_key_id = session.scalar(select(Job.api_key_id).where(Job.id == event.job_id))
-        keys = secrets.signing(session, api_key_id) if api_key_id is not None else []
+        keys = signing.secrets_for(session, api_key_id) if api_key_id is not None else []
         url, body, number = event.url, event.payload, event.attempts + 1
     started_at = utcnow()
     outcome = _send(url, event_id, body, keys, settings) if keys else Outcome(None, "no API key to sign with", 0)

@@ -8,7 +8,7 @@ receivers can switch over without dropping deliveries.
 from __future__ import annotations
 
 import base64
-import secrets as random
+import secrets
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
@@ -21,7 +21,7 @@ PREFIX = "whsec_"
 
 
 def new_secret() -> str:
-    return PREFIX + base64.b64encode(random.token_bytes(32)).decode()
+    return PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 class WebhookSecretOut(BaseModel):
@@ -50,7 +50,7 @@ def rotate(session: Session, api_key_id: int, grace_seconds: float) -> WebhookSe
     return _state(session, api_key_id)
 
 
-def signing(session: Session, api_key_id: int) -> list[str]:
+def secrets_for(session: Session, api_key_id: int) -> list[str]:
     """Every secret that signs a delivery now: the current one, and the previous during its grace."""
     current(session, api_key_id)
     secret, previous, expires = session.execute(

@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -17,12 +17,11 @@ from api import services
 from api.auth import account_id, api_key_id, require_key
 from api.errors import ProblemError, invalid
 from api.submission import Submission, idempotency_key, parse
-from shared import events, jobs
-from shared.models import ACTIVE, InputRole, Job, JobInput, JobStatus
+from shared import announce, lifecycle
+from shared.broker import enqueue
+from shared.models import InputRole, Job, JobStatus
 from shared.schemas import JobList, job_out, job_path
-from shared.storage import put_input
-from shared.webhooks import outbox
-from worker.broker import enqueue
+from shared.storage import put_input, sha256
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -58,12 +57,12 @@ def job_response(job: Job, status: int) -> Response:
 @bp.post("")
 def submit() -> Response:
     svc = services()
+    celery = current_app.extensions["celery"]
     key = idempotency_key(request)
     submission = parse(request, svc.settings)
     with svc.db.session() as session:
         if key is not None and (existing := _replay(session, key, submission)) is not None:
             return existing
-        _check_active(session, svc.settings)
         job = _create(session, key, submission)
         try:
             session.commit()
@@ -73,25 +72,29 @@ def submit() -> Response:
                 return existing
             raise
         job = load_job(session, job.id)
-    events.publish(svc.redis, job.id, "status", job_out(job).model_dump(mode="json"))
-    enqueue(current_app.extensions["celery"], svc.db, job.id)
+    announce.status_changed(svc, celery, job)
+    enqueue(celery, svc.db, job.id)
     response = job_response(job, 202)
     response.headers["Location"] = job_path(job.id)
     return response
 
 
-def _check_active(session: Session, settings) -> None:
-    """429 when this key, or its account, already has its maximum of queued + running jobs."""
-    active = [s.value for s in ACTIVE]
-    by_key, by_account = session.execute(  # both counts in one query over the account's active jobs
-        select(func.coalesce(func.sum(case((Job.api_key_id == api_key_id(), 1), else_=0)), 0), func.count())
-        .where(Job.account_id == account_id(), Job.status.in_(active))).one()
-    for scope, count, limit in (("API key", by_key, settings.max_active_jobs_per_key),
-                                ("account", by_account, settings.max_active_jobs)):
-        if count >= limit:
-            raise ProblemError(429, "Too Many Requests",
-                               f"{count} jobs of this {scope} are queued or running; the limit is {limit}. "
-                               "Retry after one of them ends", headers={"Retry-After": "30"})
+def _create(session: Session, key: str | None, submission: Submission) -> Job:
+    """The job (429 past the active-job caps), its images stored once the caps allow it."""
+    svc = services()
+    uploads = [(InputRole.CONTENT, submission.content), *((InputRole.STYLE, s) for s in submission.styles)]
+    try:
+        job = lifecycle.create(
+            session, svc.settings, account_id=account_id(), api_key_id=api_key_id(), params=submission.params,
+            inputs=[lifecycle.NewInput(role, sha256(u.data), u.filename) for role, u in uploads],
+            request_hash=submission.request_hash, idempotency_key=key,
+            webhook_url=submission.webhook_url, webhook_events=submission.webhook_events)
+    except lifecycle.TooManyActive as exc:
+        raise ProblemError(429, "Too Many Requests", f"{exc}. Retry after one of them ends",
+                           headers={"Retry-After": "30"}) from None
+    for _, upload in uploads:
+        put_input(svc.storage, upload.data)
+    return job
 
 
 def _replay(session: Session, key: str, submission: Submission) -> Response | None:
@@ -105,19 +108,6 @@ def _replay(session: Session, key: str, submission: Submission) -> Response | No
     response.headers["Location"] = job_path(job.id)
     response.headers["Idempotent-Replayed"] = "true"
     return response
-
-
-def _create(session: Session, key: str | None, submission: Submission) -> Job:
-    storage = services().storage
-    job = Job(account_id=account_id(), api_key_id=api_key_id(), params=submission.params, idempotency_key=key,
-              request_hash=submission.request_hash, status=JobStatus.QUEUED.value, attempts=0,
-              webhook_url=submission.webhook_url, webhook_events=submission.webhook_events)
-    uploads = [(InputRole.CONTENT, submission.content), *((InputRole.STYLE, s) for s in submission.styles)]
-    for position, (role, upload) in enumerate(uploads):
-        digest = put_input(storage, upload.data)
-        job.inputs.append(JobInput(position=position, role=role.value, sha256=digest, filename=upload.filename))
-    session.add(job)
-    return job
 
 
 @bp.get("")
@@ -173,12 +163,11 @@ def cancel_job(job_id: str) -> Response:
         job = load_job(session, job_id)
         if job.state.terminal:
             raise ProblemError(409, "Conflict", f"job {job_id} already ended ({job.status}); nothing to cancel")
-        status = jobs.cancel(session, job_id)
+        status = lifecycle.cancel(session, job_id)
         session.expire_all()
         job = load_job(session, job_id)
     if status is JobStatus.CANCELED:
-        events.publish(svc.redis, job_id, "status", job_out(job).model_dump(mode="json"))
-        outbox.notify(svc, current_app.extensions["celery"], job_id)
+        announce.status_changed(svc, current_app.extensions["celery"], job)
     # 200: it is canceled; 202: a running job was asked to stop and will end `canceled` shortly
     return job_response(job, 200 if job.state.terminal else 202)
 
@@ -188,5 +177,5 @@ def delete_job(job_id: str) -> Response:
     svc = services()
     with svc.db.session() as session:
         load_job(session, job_id)
-        jobs.delete(session, svc.storage, job_id)
+        lifecycle.delete(session, svc.storage, job_id)
     return Response(status=204)

@@ -1,4 +1,5 @@
-"""Job state transitions, each one compare-and-set in SQL.
+"""A job's life in SQL: created in one place (within the active-job caps), then moved through its
+states by transitions that are each one compare-and-set.
 
 The row is the source of truth: a transition only happens if the row is still in the state
 the caller saw (a `WHERE status = ...` or `WHERE lease_owner = ...` guard), so a duplicate
@@ -6,13 +7,15 @@ delivery, a second worker or a racing API request can never run or finish a job 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete as sql_delete, func, or_, select, update
+from sqlalchemy import and_, case, delete as sql_delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import Job, JobInput, JobStatus, LossPoint, utcnow
+from shared.config import Settings
+from shared.models import ACTIVE, InputRole, Job, JobInput, JobStatus, LossPoint, utcnow
 from shared.storage import Storage, input_key, job_prefix
 
 Q, R = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -27,6 +30,42 @@ class ErrorCode:
     DIVERGED = "diverged"                       # the loss became NaN or infinite
     ENGINE_ERROR = "engine_error"               # anything else the engine raised
     STORAGE_ERROR = "storage_error"             # the result could not be written to storage
+
+
+@dataclass(frozen=True)
+class NewInput:
+    role: InputRole
+    sha256: str             # of an image already in storage (`shared.storage.put_input`)
+    filename: str | None
+
+
+class TooManyActive(Exception):
+    """The API key or the account already has its maximum of queued and running jobs."""
+
+    def __init__(self, scope: str, count: int, limit: int) -> None:
+        super().__init__(f"{count} jobs of this {scope} are queued or running; the limit is {limit}")
+        self.scope, self.count, self.limit = scope, count, limit
+
+
+def create(session: Session, settings: Settings, *, account_id: int, api_key_id: int | None, params: dict[str, Any],
+           inputs: list[NewInput], request_hash: str, idempotency_key: str | None = None,
+           webhook_url: str | None = None, webhook_events: list[str] | None = None) -> Job:
+    """A new queued job, added to the session (the caller commits, then enqueues it). Raises
+    TooManyActive past `max_active_jobs_per_key` or `max_active_jobs` (per account)."""
+    by_key, by_account = session.execute(  # both counts in one query over the account's active jobs
+        select(func.coalesce(func.sum(case((Job.api_key_id == api_key_id, 1), else_=0)), 0), func.count())
+        .where(Job.account_id == account_id, Job.status.in_([s.value for s in ACTIVE]))).one()
+    for scope, count, limit in (("API key", by_key, settings.max_active_jobs_per_key),
+                                ("account", by_account, settings.max_active_jobs)):
+        if count >= limit:
+            raise TooManyActive(scope, count, limit)
+    job = Job(account_id=account_id, api_key_id=api_key_id, params=params, idempotency_key=idempotency_key,
+              request_hash=request_hash, status=JobStatus.QUEUED.value, attempts=0,
+              webhook_url=webhook_url, webhook_events=webhook_events,
+              inputs=[JobInput(position=position, role=i.role.value, sha256=i.sha256, filename=i.filename)
+                      for position, i in enumerate(inputs)])
+    session.add(job)
+    return job
 
 
 def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_attempts: int) -> bool:
