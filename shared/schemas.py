@@ -63,12 +63,12 @@ def effective_params(params: BaseModel, settings: Settings, styles: int) -> dict
     choice resolved. Raises ParamError naming the field."""
     given = params.model_dump(exclude_unset=True, exclude=set(SERVICE_FIELDS))
     given.setdefault("size", min(Params.size, settings.max_size))
-    if given["size"] > settings.max_size:
-        raise ParamError("size", f"must be at most {settings.max_size} on this server, not {given['size']}")
+    engine = resolve(Params.from_dict(given), styles)  # the table's checks first, as on the command line
     for f in fields(Params):
-        if spec(f).service_choices and given.get(f.name, f.default) not in spec(f).service_choices:
+        if spec(f).service_choices and getattr(engine, f.name) not in spec(f).service_choices:
             raise ParamError(f.name, f"must be one of {', '.join(spec(f).service_choices)}, not {given[f.name]!r}")
-    engine = resolve(Params.from_dict(given), styles)
+    if engine.size > settings.max_size:
+        raise ParamError("size", f"must be at most {settings.max_size} on this server, not {engine.size}")
     if engine.iterations > settings.max_iterations:
         raise ParamError("iterations", f"{engine.iterations} iterations exceed this server's limit of {settings.max_iterations}")
     return engine.to_dict() | {"snapshot_every": params.snapshot_every, "output_format": params.output_format}
