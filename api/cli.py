@@ -1,5 +1,5 @@
-"""`atelier keys create`, `atelier admin create`, `atelier migrate` and `atelier run` (the whole
-stack on one machine)."""
+"""`atelier keys create`, `atelier admin create`, `atelier migrate`, `atelier serve` (the API alone,
+as in a container) and `atelier run` (the whole stack on one machine)."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="read the password from the first line of standard input (never from the command line)")
     operator.set_defaults(func=create_operator)
     subparsers.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=migrate)
+    serve = subparsers.add_parser("serve", help="run the API under gunicorn (what `atelier run` starts)")
+    serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT to listen on (default: %(default)s)")
+    serve.set_defaults(func=serve_api)
     subparsers.add_parser("run", help="run API, worker, sweep (and Redis if ATELIER_REDIS_URL is unset) until Ctrl-C"
                           ).set_defaults(func=run)
 
@@ -73,6 +76,15 @@ def migrate(args: argparse.Namespace) -> int:
     upgrade(settings.database_url)
     print(f"database schema is up to date ({settings.database_url})")
     return 0
+
+
+def serve_api(args: argparse.Namespace) -> int:
+    import os
+
+    from api.stack import gunicorn_command
+
+    command = gunicorn_command(args.bind)
+    os.execv(command[0], command)
 
 
 def run(args: argparse.Namespace) -> int:
