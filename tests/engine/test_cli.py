@@ -79,3 +79,18 @@ def test_user_errors_exit_non_zero_without_a_traceback(inputs, tmp_path, make_ar
 def test_unknown_output_extension_fails_before_any_work(inputs, tmp_path):
     proc = atelier("stylize", str(inputs / "content.png"), str(inputs / "style.jpg"), "-o", str(tmp_path / "o.xyz"))
     assert proc.returncode == 2 and "extension" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_has_a_flag_with_its_default_for_every_engine_parameter():
+    from dataclasses import fields
+
+    from shared.params import Params
+
+    proc = atelier("stylize", "--help")
+    assert proc.returncode == 0
+    options = {" ".join(block.split()).split(" ")[0]: " ".join(block.split())
+               for block in proc.stdout.split("options:")[1].split("\n  -")}
+    for f in fields(Params):
+        flag = "-" + f.name.replace("_", "-")
+        shown = "auto" if f.default is None else " ".join(map(str, f.default)) if isinstance(f.default, tuple) else str(f.default)
+        assert f"(default: {shown})" in options[flag], (flag, options.get(flag))

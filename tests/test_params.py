@@ -1,9 +1,10 @@
-"""Parameter validation names the field at fault; the coarse-to-fine plan adds up."""
+"""The parameter table (`shared.params`): validation names the field at fault; the coarse-to-fine
+plan adds up; resolving the automatic choices never changes what runs."""
 import math
 
 import pytest
 
-from shared.params import ParamError, Params, plan
+from shared.params import ParamError, Params, plan, resolve
 
 
 @pytest.mark.parametrize("field, value", [
@@ -55,3 +56,31 @@ def test_small_outputs_are_single_scale_by_default():
 def test_to_dict_is_json_ready():
     d = Params(style_weights=(1.0, 2.0)).to_dict()
     assert d["style_weights"] == [1.0, 2.0] and d["size"] == 512 and d["optimizer"] == "lbfgs"
+
+
+@pytest.mark.parametrize("size", [32, 100, 128, 300, 512, 777, 1024, 2048])
+@pytest.mark.parametrize("iterations", [None, 1, 2, 3, 7, 50, 205, 1000])
+@pytest.mark.parametrize("scales", [None, 1, 2, 6])
+def test_resolving_makes_every_choice_explicit_without_changing_the_plan(size, iterations, scales):
+    params = Params(size=size, iterations=iterations, scales=scales)
+    resolved = resolve(params, styles=2)
+    assert plan(resolved) == plan(params)
+    assert resolved.iterations == sum(s.iterations for s in plan(params)) and resolved.scales == len(plan(params))
+    assert resolved.style_weights == (1.0, 1.0) and resolved.style_layer_weights == (1.0,) * 5
+    assert resolve(resolved, styles=2) == resolved
+
+
+def test_the_default_total_split_again_gives_the_default_schedule():
+    default = plan(Params(size=1024))
+    assert plan(Params(size=1024, iterations=sum(s.iterations for s in default))) == default
+
+
+def test_resolving_checks_one_blend_weight_per_style():
+    with pytest.raises(ParamError) as info:
+        resolve(Params(style_weights=(1.0, 2.0)), styles=3)
+    assert info.value.field == "style_weights"
+
+
+def test_from_dict_reverses_to_dict():
+    params = Params(size=300, style_weights=(1.0, 2.0), style_layers=("relu1_1", "relu3_1"), style_layer_weights=(2.0, 1.0))
+    assert Params.from_dict(params.to_dict()) == params
