@@ -1,8 +1,16 @@
-"""Fault actions, kept apart from the scenarios that use them (as Celery's `t/smoke` tests do).
+"""Fault actions, kept apart from the scenarios that use them (as Celery's `t/smoke` tests do):
+every scenario injects its fault through one of these.
 
-Every fault is real: a signal to a real Celery worker process, a real redis-server stopped and
-started on the same port, the real SQLite database taken out from under its connections, a real
-storage directory replaced by a file so that writes under it fail (as root, too).
+Every fault is real: a signal to a real Celery worker process (or to any process, by its pid), a
+real redis-server stopped and started on the same port, the real SQLite database taken out from
+under its connections, a real storage directory replaced by a file so that writes under it fail
+(as root, too), a real webhook receiver taken off its port.
+
+- workers and processes: `kill_worker`, `terminate_worker`, `wait_exited`, `kill_process`
+- Redis: `stop_redis`, `start_redis`
+- the database: `DatabaseOutage`, `cut_database`, `restore_database`
+- storage: `break_storage`, `repair_storage`
+- webhook receivers: `stop_receiver`, `start_receiver`
 """
 from __future__ import annotations
 
@@ -14,7 +22,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from tests.service.conftest import RedisServer, WorkerProcess
+from tests.service.helpers import RedisServer, WorkerProcess
+from tests.service.webhook_receiver import Receiver
 
 
 # ---- workers ----------------------------------------------------------------------------------
@@ -40,6 +49,12 @@ def wait_exited(worker: WorkerProcess, timeout: float = 120.0) -> int:
         return worker.process.wait(timeout)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"the worker did not exit within {timeout}s:\n{worker.output()[-3000:]}") from None
+
+
+def kill_process(pid: int) -> None:
+    """SIGKILL one process by its pid (say, a child that `atelier run` supervises): it dies at once,
+    nothing cleans up."""
+    os.kill(pid, signal.SIGKILL)
 
 
 # ---- Redis ------------------------------------------------------------------------------------
@@ -106,3 +121,15 @@ def break_storage(directory: Path) -> None:
 def repair_storage(directory: Path) -> None:
     if directory.is_file():
         directory.unlink()
+
+
+# ---- webhook receivers ------------------------------------------------------------------------
+
+def stop_receiver(receiver: Receiver) -> None:
+    """Take a webhook receiver down: connections to its port are refused until `start_receiver`."""
+    receiver.stop()
+
+
+def start_receiver(receiver: Receiver) -> None:
+    """Bring the receiver back on the same port, keeping what it had received."""
+    receiver.start()

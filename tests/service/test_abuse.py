@@ -6,33 +6,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
-import pytest
 import redis
 
-from api import create_app
-from tests.service.conftest import new_key, submit
-from tests.service.test_errors import assert_problem
+from tests.service import faults
+from tests.service.helpers import assert_problem, bearer, new_key, submit
 
 TINY = {"size": 32, "iterations": 2}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def make_app():
-    apps = []
-
-    def make(settings):
-        app = create_app(settings)
-        app.config["TESTING"] = True
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["atelier"].db.dispose()
 
 
 def test_submission_rate_limit_per_key_shared_through_redis(settings, make_app, images):
@@ -58,14 +37,13 @@ def test_submission_rate_limit_per_key_shared_through_redis(settings, make_app, 
     assert first.get("/healthz").status_code == 200
 
 
-def test_rate_limit_counts_no_unauthenticated_requests(settings, make_app, images):
+def test_rate_limit_counts_no_unauthenticated_requests(settings, client_for, images):
     settings = replace(settings, submit_rate_limit="1/minute")
-    client = make_app(settings).test_client()
+    client, auth = client_for(settings)
     for _ in range(3):
         assert_problem(submit(client, bearer("atl_unknown"), images, TINY), 401)
-    key = new_key(settings)
-    assert submit(client, bearer(key), images, TINY).status_code == 202
-    assert_problem(submit(client, bearer(key), images, TINY), 429)
+    assert submit(client, auth, images, TINY).status_code == 202
+    assert_problem(submit(client, auth, images, TINY), 429)
 
 
 def test_active_jobs_cap_per_key(settings, make_app, images):
@@ -98,19 +76,18 @@ def test_active_jobs_cap_per_account_across_keys(settings, make_app, images):
     assert "account" in body["detail"] and "limit is 3" in body["detail"]
 
 
-def test_rate_limit_skipped_while_redis_is_down(settings, make_app, make_redis, images):
+def test_rate_limit_skipped_while_redis_is_down(settings, client_for, make_redis, images):
     """The limiter's storage is down: submissions are not refused with a 500 (nor counted)."""
     server = make_redis()
     settings = replace(settings, redis_url=server.url(1), submit_rate_limit="1/minute")
-    client = make_app(settings).test_client()
-    key = new_key(settings)
-    server.stop()
+    client, auth = client_for(settings)
+    faults.stop_redis(server)
     try:
-        response = submit(client, bearer(key), images, TINY)
+        response = submit(client, auth, images, TINY)
         assert response.status_code in (202, 503), response.get_data(as_text=True)
         assert client.get("/healthz").status_code == 200
     finally:
-        server.start()
+        faults.start_redis(server)
     # back up: counting resumes
-    statuses = [submit(client, bearer(key), images, TINY).status_code for _ in range(3)]
+    statuses = [submit(client, auth, images, TINY).status_code for _ in range(3)]
     assert 429 in statuses and 500 not in statuses

@@ -12,22 +12,11 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import select
 
-from api import create_app
 from shared.models import Job, LossPoint, Operator, WebhookEvent, WebhookStatus
-from shared.operators import create_operator
 from shared.services import Services
-from tests.service.conftest import ROOT, new_key, submit, wait_for, wait_status
-
-PASSWORD = "correct horse battery"
-
-
-def make_operator(settings) -> str:
-    name = f"op-{uuid.uuid4().hex[:8]}"
-    services = Services(settings)
-    with services.db.session() as session:
-        create_operator(session, name, PASSWORD)
-    services.db.dispose()
-    return name
+from tests.service import faults
+from tests.service.helpers import (OPERATOR_PASSWORD, ROOT, bearer, make_operator, new_key, submit, wait_for,
+                                   wait_status)
 
 
 def csrf(client, path: str = "/admin/sign-in") -> str:
@@ -35,14 +24,9 @@ def csrf(client, path: str = "/admin/sign-in") -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
-def sign_in(client, name: str, password: str = PASSWORD, token: str | None = None):
+def sign_in(client, name: str, password: str = OPERATOR_PASSWORD, token: str | None = None):
     token = token if token is not None else csrf(client)
     return client.post("/admin/sign-in", data={"name": name, "password": password, "csrf_token": token})
-
-
-@pytest.fixture
-def operator(settings) -> str:
-    return make_operator(settings)
 
 
 @pytest.fixture
@@ -63,15 +47,16 @@ def test_admin_create_stores_a_hash_and_refuses_duplicates_and_short_passwords(s
                               timeout=120)
 
     assert create("short").returncode == 1
-    created = create(PASSWORD)
+    created = create(OPERATOR_PASSWORD)
     assert created.returncode == 0, created.stderr
-    again = create(PASSWORD)
+    again = create(OPERATOR_PASSWORD)
     assert again.returncode == 1 and "already exists" in again.stderr
     services = Services(settings)
     with services.db.session() as session:
         stored = session.scalar(select(Operator).where(Operator.name == name))
     services.db.dispose()
-    assert stored is not None and PASSWORD not in stored.password_hash and stored.password_hash.startswith("scrypt:")
+    assert stored is not None and OPERATOR_PASSWORD not in stored.password_hash
+    assert stored.password_hash.startswith("scrypt:")
 
 
 def test_without_a_session_pages_redirect_to_sign_in_and_json_is_401(client):
@@ -86,9 +71,9 @@ def test_without_a_session_pages_redirect_to_sign_in_and_json_is_401(client):
 def test_sign_in_with_the_right_password_only_and_sign_out(client, operator):
     wrong = sign_in(client, operator, "not the password")
     assert wrong.status_code == 401 and "Wrong name or password" in wrong.get_data(as_text=True)
-    assert sign_in(client, "nobody-" + operator, PASSWORD).status_code == 401
-    right = client.post("/admin/sign-in", data={"name": operator, "password": PASSWORD, "csrf_token": csrf(client),
-                                                "next": "/admin/keys"})
+    assert sign_in(client, "nobody-" + operator, OPERATOR_PASSWORD).status_code == 401
+    right = client.post("/admin/sign-in", data={"name": operator, "password": OPERATOR_PASSWORD,
+                                                "csrf_token": csrf(client), "next": "/admin/keys"})
     assert right.status_code == 303 and right.headers["Location"] == "/admin/keys"
     assert client.get("/admin/").status_code == 200
     assert client.post("/admin/sign-out", data={"csrf_token": csrf(client, "/admin/")}).status_code == 303
@@ -96,13 +81,13 @@ def test_sign_in_with_the_right_password_only_and_sign_out(client, operator):
 
 
 def test_sign_in_never_redirects_off_site(client, operator):
-    response = client.post("/admin/sign-in", data={"name": operator, "password": PASSWORD, "csrf_token": csrf(client),
-                                                   "next": "//evil.example/admin"})
+    response = client.post("/admin/sign-in", data={"name": operator, "password": OPERATOR_PASSWORD,
+                                                   "csrf_token": csrf(client), "next": "//evil.example/admin"})
     assert response.headers["Location"] == "/admin/"
 
 
 def test_forms_without_a_csrf_token_are_400_and_with_a_wrong_one_403(client, operator, settings, images, auth):
-    assert client.post("/admin/sign-in", data={"name": operator, "password": PASSWORD}).status_code == 400
+    assert client.post("/admin/sign-in", data={"name": operator, "password": OPERATOR_PASSWORD}).status_code == 400
     assert sign_in(client, operator, token="forged").status_code == 403
     assert sign_in(client, operator).status_code == 303
     job = submit(client, auth, images, {"size": 32, "iterations": 2}).get_json()
@@ -113,38 +98,33 @@ def test_forms_without_a_csrf_token_are_400_and_with_a_wrong_one_403(client, ope
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth).get_json()["status"] == "queued"
 
 
-def test_failed_sign_ins_are_rate_limited_per_address_and_name(settings, operator):
-    app = create_app(replace(settings, admin_signin_limit="3 per minute"))
-    client = app.test_client()
+def test_failed_sign_ins_are_rate_limited_per_address_and_name(settings, make_app, operator):
+    client = make_app(replace(settings, admin_signin_limit="3 per minute")).test_client()
     for _ in range(3):
         assert sign_in(client, operator, "wrong password!").status_code == 401
-    limited = sign_in(client, operator, PASSWORD)  # even the right password waits now
+    limited = sign_in(client, operator, OPERATOR_PASSWORD)  # even the right password waits now
     assert limited.status_code == 429 and "too many failed sign-ins" in limited.get_data(as_text=True)
     other = make_operator(settings)
     assert sign_in(client, other).status_code == 303  # another name is not locked out
-    app.extensions["atelier"].db.dispose()
 
 
-def test_sign_in_and_pages_work_while_redis_is_down(make_redis, settings, operator):
+def test_sign_in_and_pages_work_while_redis_is_down(make_redis, settings, make_app, operator):
     server = make_redis()
-    app = create_app(replace(settings, redis_url=server.url(0)))
-    client = app.test_client()
-    server.stop()
+    client = make_app(replace(settings, redis_url=server.url(0))).test_client()
+    faults.stop_redis(server)
     assert sign_in(client, operator, "wrong password!").status_code == 401
     assert sign_in(client, operator).status_code == 303
     assert client.get("/admin/").status_code == 200 and client.get("/admin/jobs.json").status_code == 200
     system = client.get("/admin/system")
     assert system.status_code == 200 and "redis</dt><dd><span" in system.get_data(as_text=True).replace("\n", "")
     assert "unreachable" in system.get_data(as_text=True)
-    server.start()
-    app.extensions["atelier"].db.dispose()
+    faults.start_redis(server)
 
 
-def test_successful_sign_ins_do_not_count_against_the_limit(settings, operator):
-    app = create_app(replace(settings, admin_signin_limit="2 per minute"))
+def test_successful_sign_ins_do_not_count_against_the_limit(settings, make_app, operator):
+    app = make_app(replace(settings, admin_signin_limit="2 per minute"))
     for _ in range(4):
         assert sign_in(app.test_client(), operator).status_code == 303
-    app.extensions["atelier"].db.dispose()
 
 
 # ---- jobs ---------------------------------------------------------------------------------------
@@ -153,7 +133,7 @@ def test_jobs_table_shows_all_tenants_newest_first_with_filters_search_and_pages
     owners = [f"tenant-{uuid.uuid4().hex[:6]}" for _ in range(2)]
     ids = []
     for i in range(3):
-        key = {"Authorization": f"Bearer {new_key(settings, owners[i % 2])}"}
+        key = bearer(new_key(settings, owners[i % 2]))
         ids.append(submit(admin, key, images, {"size": 32, "iterations": 2}).get_json()["id"])
     everything = admin.get("/admin/jobs.json").get_json()
     listed = [j["id"] for j in everything["jobs"]]
@@ -244,7 +224,7 @@ def test_keys_are_created_once_revoked_and_counted(admin, images):
     created = admin.post("/admin/keys", data={"account": account, "csrf_token": token})
     key = re.search(r'<pre class="token">([^<]+)</pre>', created.get_data(as_text=True)).group(1)
     assert key not in admin.get("/admin/keys").get_data(as_text=True)  # shown only that once
-    auth = {"Authorization": f"Bearer {key}"}
+    auth = bearer(key)
     for _ in range(2):
         assert submit(admin, auth, images, {"size": 32, "iterations": 2}).status_code == 202
     row = re.search(rf'<tr data-key="{re.escape(key[:10])}">(.*?)</tr>', admin.get("/admin/keys").get_data(as_text=True), re.S)

@@ -19,8 +19,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
 from api import create_app
-from tests.service.conftest import free_port, new_key, submit, wait_for, wait_status
-from tests.service.test_admin import PASSWORD, make_operator
+from api.stack import free_port
+from tests.service.helpers import OPERATOR_PASSWORD, bearer, make_operator, new_key, submit, wait_for, wait_status
 
 CHROMIUM = os.environ.get("ATELIER_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -60,7 +60,7 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
-def sign_in(page: Page, base: str, name: str, password: str = PASSWORD) -> None:
+def sign_in(page: Page, base: str, name: str, password: str = OPERATOR_PASSWORD) -> None:
     """Fill in the sign-in form, going to it unless already there (where it keeps `next`)."""
     if "/admin/sign-in" not in page.url:
         page.goto(f"{base}/admin/sign-in")
@@ -88,7 +88,7 @@ def test_a_job_appears_progresses_live_shows_snapshots_and_is_canceled(page, ser
     sign_in(page, base, make_operator(worker_settings))
     expect(page).to_have_url(f"{base}/admin/")
     page.evaluate("window.notReloaded = true")
-    auth = {"Authorization": f"Bearer {new_key(worker_settings, 'browser-tenant')}"}
+    auth = bearer(new_key(worker_settings, "browser-tenant"))
     job = submit(client, auth, images, {"size": 48, "iterations": 400, "snapshot_every": 10}).get_json()
 
     row = page.locator(f'tr[data-id="{job["id"]}"]')
@@ -129,7 +129,7 @@ def test_revoking_a_key(page, server, worker_settings):
     page.fill("input[name=account]", f"revoke-{uuid.uuid4().hex[:6]}")
     page.click("text=Create key")
     token = page.locator("#new-key pre").inner_text().strip()
-    auth = {"Authorization": f"Bearer {token}"}
+    auth = bearer(token)
     assert app.test_client().get("/v1/jobs", headers=auth).status_code == 200
     row = page.locator(f'tr[data-key="{token[:10]}"]')
     row.locator("button", has_text="Revoke").click()
@@ -143,7 +143,7 @@ def test_refused_without_a_session_and_with_a_bad_csrf_token(page, server, worke
     expect(page).to_have_url(re.compile(r"/admin/sign-in\?next="))
     sign_in(page, base, make_operator(worker_settings))
     expect(page).to_have_url(f"{base}/admin/keys")  # back where it was going
-    auth = {"Authorization": f"Bearer {new_key(worker_settings)}"}
+    auth = bearer(new_key(worker_settings))
     job = submit(app.test_client(), auth, images, {"size": 32, "iterations": 2}).get_json()
     wait_status(app.test_client(), auth, job["id"], {"succeeded"})
     page.goto(f"{base}/admin/jobs/{job['id']}")

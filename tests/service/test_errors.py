@@ -8,21 +8,7 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
-from api import create_app
-from tests.service.conftest import submit
-
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(response, status: int, field: str | None = None) -> dict:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == PROBLEM
-    body = response.get_json()
-    assert body["status"] == status and body["title"]
-    if field is not None:
-        assert field in [e["field"] for e in body["errors"]], body
-        assert field in body["detail"]
-    return body
+from tests.service.helpers import PROBLEM, assert_problem, submit
 
 
 @pytest.mark.parametrize("header", [None, "Basic dXNlcjpwYXNz", "Bearer ", "Bearer atl_not-a-key"])
@@ -87,8 +73,8 @@ def test_422_bad_params(client, auth, images, params, field):
     assert_problem(submit(client, auth, images, params), 422, field)
 
 
-def test_422_default_iterations_over_a_low_operator_limit(auth, images, settings):
-    client = create_app(replace(settings, max_iterations=10)).test_client()
+def test_422_default_iterations_over_a_low_operator_limit(auth, images, settings, make_app):
+    client = make_app(replace(settings, max_iterations=10)).test_client()
     assert_problem(submit(client, auth, images, {"size": 64}), 422, "params.iterations")
 
 
@@ -163,9 +149,9 @@ def test_400_bad_idempotency_key(client, auth, images):
     assert_problem(response, 400, "Idempotency-Key")
 
 
-def test_500_is_a_problem_too(auth, settings, tmp_path):
+def test_500_is_a_problem_too(auth, settings, make_app, tmp_path):
     # a server fault (here: a database nobody migrated) still answers problem+json, without details
-    client = create_app(replace(settings, database_url=f"sqlite:///{tmp_path / 'empty.db'}")).test_client()
+    client = make_app(replace(settings, database_url=f"sqlite:///{tmp_path / 'empty.db'}")).test_client()
     response = client.get("/v1/jobs", headers=auth)
     assert response.status_code == 500 and response.mimetype == PROBLEM
     body = json.loads(response.get_data())

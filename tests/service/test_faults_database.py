@@ -8,21 +8,15 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import select
 
-from api import create_app
+from shared.broker import GPU_QUEUE, RUN_JOB, create_celery
 from shared.models import Job, LossPoint
 from shared.services import Services
 from tests.service import faults
-from tests.service.conftest import new_key, submit, wait_for, wait_status
-from shared.broker import GPU_QUEUE, RUN_JOB, create_celery
-
-TERMINAL = {"succeeded", "failed", "canceled"}
+from tests.service.helpers import TERMINAL, submit, wait_for, wait_status
 
 
-def test_the_api_answers_503_while_the_database_is_down(private_database, settings, images):
-    local = replace(settings, database_url=private_database)
-    app = create_app(local)
-    app.config["TESTING"] = True
-    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
+def test_the_api_answers_503_while_the_database_is_down(private_database, settings, client_for, images):
+    client, auth = client_for(replace(settings, database_url=private_database))
     job_id = submit(client, auth, images, {"size": 32, "iterations": 2}).get_json()["id"]
     assert client.get("/readyz").status_code == 200
 
@@ -45,16 +39,13 @@ def test_the_api_answers_503_while_the_database_is_down(private_database, settin
     job = client.get(f"/v1/jobs/{job_id}", headers=auth)
     assert job.status_code == 200 and job.get_json()["status"] == "queued"  # nothing the outage touched
     assert submit(client, auth, images, {"size": 32, "iterations": 2}).status_code == 202
-    app.extensions["atelier"].db.dispose()
 
 
 @pytest.mark.slow
 def test_a_worker_keeps_its_job_through_a_database_outage(private_database, make_redis, worker_settings,
-                                                          workers, images):
+                                                          workers, client_for, images):
     local = replace(worker_settings, database_url=private_database, redis_url=make_redis().url(0))
-    app = create_app(local)
-    app.config["TESTING"] = True
-    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
+    client, auth = client_for(local)
     worker = workers(local)
     services = Services(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 120, "snapshot_every": 0}).get_json()["id"]
@@ -92,14 +83,13 @@ def test_a_worker_keeps_its_job_through_a_database_outage(private_database, make
 
 @pytest.mark.slow
 def test_a_job_delivered_while_the_database_is_down_runs_once_it_is_back(private_database, make_redis, settings,
-                                                                          worker_settings, workers, images):
+                                                                          worker_settings, workers, client_for,
+                                                                          images):
     # submitted where no worker listens, then handed to a worker that cannot reach the database:
     # after its (here short) retries it puts the message back instead of dropping it
     local = replace(worker_settings, database_url=private_database, redis_url=make_redis().url(0),
                     database_retry_seconds=1.0)
-    app = create_app(replace(settings, database_url=private_database))
-    app.config["TESTING"] = True
-    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
+    client, auth = client_for(replace(settings, database_url=private_database))  # its key: in the same database
     celery = create_celery(local)
     worker = workers(local)
     warm_up = submit(client, auth, images, {"size": 32, "iterations": 1}).get_json()["id"]
@@ -118,4 +108,3 @@ def test_a_job_delivered_while_the_database_is_down_runs_once_it_is_back(private
     done = wait_status(client, auth, job_id, TERMINAL, timeout=120)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 1
-    app.extensions["atelier"].db.dispose()

@@ -6,27 +6,23 @@ from dataclasses import replace
 
 import pytest
 
-from api import create_app
 from shared.migrate import upgrade
 from shared.models import Job
 from shared.services import Services
 from tests.service import faults
-from tests.service.conftest import new_key, submit, wait_for, wait_status
-from tests.service.test_worker import read_events
+from tests.service.helpers import TERMINAL, read_events, submit, wait_for, wait_status
 
-TERMINAL = {"succeeded", "failed", "canceled"}
 pytestmark = pytest.mark.slow
 
 
 def test_a_job_submitted_while_redis_is_down_runs_once_redis_is_back(make_redis, worker_settings, workers,
-                                                                      images, tmp_path):
+                                                                      client_for, images, tmp_path):
     # a database of its own: its beat sweeps every second, and must see no other test's jobs
     database_url = f"sqlite:///{tmp_path / 'db' / 'atelier.db'}"
     upgrade(database_url)
     server = make_redis()
     local = replace(worker_settings, redis_url=server.url(0), sweep_seconds=1.0, database_url=database_url)
-    app = create_app(local)
-    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
+    client, auth = client_for(local)
     # as in production: a GPU worker and the maintenance worker with beat running the sweep
     worker = workers(local, ("-Q", "gpu,maintenance", "--beat", "--schedule", str(tmp_path / "beat-schedule")))
 
@@ -48,12 +44,10 @@ def test_a_job_submitted_while_redis_is_down_runs_once_redis_is_back(make_redis,
 
 
 def test_a_job_survives_a_redis_restart_and_its_events_still_go_out(make_redis, worker_settings, workers,
-                                                                   images):
+                                                                   client_for, images):
     server = make_redis()
     local = replace(worker_settings, redis_url=server.url(0))
-    app = create_app(local)
-    app.config["TESTING"] = True
-    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
+    client, auth = client_for(local)
     worker = workers(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 200, "snapshot_every": 50}).get_json()["id"]
     wait_for(lambda: (client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()["progress"] or {}).get("iteration", 0) >= 3,

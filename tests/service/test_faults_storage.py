@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from shared.broker import GPU_QUEUE, RUN_JOB, create_celery
 from shared.storage import LocalStorage
 from tests.service import faults
-from tests.service.conftest import submit, wait_status
-from shared.broker import GPU_QUEUE, RUN_JOB, create_celery
-
-TERMINAL = {"succeeded", "failed", "canceled"}
+from tests.service.helpers import TERMINAL, submit, wait_status
 
 
 def no_temp_files(folder: Path) -> bool:

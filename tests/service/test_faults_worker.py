@@ -6,25 +6,21 @@ from dataclasses import replace
 
 import pytest
 
-from api import create_app
+from shared.broker import create_celery
 from shared.models import Job
 from shared.services import Services
 from tests.service import faults
-from tests.service.conftest import new_key, submit, wait_for, wait_status
-from shared.broker import create_celery
+from tests.service.helpers import TERMINAL, submit, wait_for, wait_status
 from worker.sweep import sweep
 
-TERMINAL = {"succeeded", "failed", "canceled"}
 pytestmark = pytest.mark.slow
 
 
-def private(redis, worker_settings, database_url, **overrides):
-    """Settings on a Redis and a database of this test's own: no other test's worker can take its
-    jobs, and its sweeps see only its jobs."""
+def private(client_for, redis, worker_settings, database_url, **overrides):
+    """Settings on a Redis and a database of this test's own (no other test's worker can take its
+    jobs, and its sweeps see only its jobs), with `client_for`'s client and auth on them."""
     local = replace(worker_settings, redis_url=redis.url(0), database_url=database_url, **overrides)
-    app = create_app(local)
-    app.config["TESTING"] = True
-    return local, app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
+    return local, *client_for(local)
 
 
 def running_at(client, auth, job_id: str, iteration: int) -> dict:
@@ -42,8 +38,8 @@ def checkpointed(services: Services, job_id: str) -> bool:
 
 def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(make_redis, worker_settings,
                                                                               private_database,
-                                                                              workers, images):
-    local, client, auth = private(make_redis(), worker_settings, private_database, max_attempts=2)
+                                                                              workers, client_for, images):
+    local, client, auth = private(client_for, make_redis(), worker_settings, private_database, max_attempts=2)
     services, celery = Services(local), create_celery(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 1000, "snapshot_every": 0}).get_json()["id"]
     for attempt in (1, 2):
@@ -79,8 +75,8 @@ def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(ma
 
 @pytest.mark.parametrize("whole_group", [False, True], ids=["main-process", "process-group"])
 def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis, worker_settings, private_database,
-                                                                    workers, images, whole_group):
-    local, client, auth = private(make_redis(), worker_settings, private_database)
+                                                                    workers, client_for, images, whole_group):
+    local, client, auth = private(client_for, make_redis(), worker_settings, private_database)
     first, second = workers(local), workers(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 400, "snapshot_every": 0}).get_json()["id"]
     running_at(client, auth, job_id, 5)
@@ -101,12 +97,12 @@ def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis,
 
 
 def test_a_job_longer_than_the_visibility_timeout_runs_once(make_redis, worker_settings, private_database, workers,
-                                                            images):
+                                                            client_for, images):
     # the broker re-delivers an unacknowledged message after 1 s: the running job's message comes
     # back to the idle worker while the first still runs it, and the claim turns it away. Kombu
     # looks for such messages when a worker starts and then every ~100 s: the second worker
     # starts once the job runs, so its first look finds the message
-    local, client, auth = private(make_redis(), worker_settings, private_database, visibility_timeout=1)
+    local, client, auth = private(client_for, make_redis(), worker_settings, private_database, visibility_timeout=1)
     first = workers(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 1000, "snapshot_every": 0}).get_json()["id"]
     running_at(client, auth, job_id, 1)

@@ -20,21 +20,17 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                status_code_conformance)
 
-from api import create_app
-from tests.service.conftest import new_key
+from tests.service.helpers import bearer, new_key
 
 FUZZ_EXAMPLES = int(os.environ.get("ATELIER_FUZZ_EXAMPLES", "15"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 @pytest.fixture
-def fuzz_app(settings):
+def fuzz_app(settings, make_app):
     # limits out of the way, so the fuzzer reaches the handlers (429 itself is covered by test_abuse)
-    app = create_app(replace(settings, submit_rate_limit="100000/minute", max_active_jobs=10**6,
-                             max_active_jobs_per_key=10**6))
-    app.config["TESTING"] = True
-    yield app
-    app.extensions["atelier"].db.dispose()
+    return make_app(replace(settings, submit_rate_limit="100000/minute", max_active_jobs=10**6,
+                            max_active_jobs_per_key=10**6))
 
 
 def ended_job(client, auth, images) -> str:
@@ -71,7 +67,7 @@ def fuzz(operation, auth: dict, mode: GenerationMode, path_parameters: dict | No
 def test_schemathesis_finds_no_server_errors_and_no_schema_violations(fuzz_app, settings, images):
     schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", fuzz_app)
     client = fuzz_app.test_client()
-    auth = {"Authorization": f"Bearer {new_key(settings)}"}
+    auth = bearer(new_key(settings))
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 12
     total = 0

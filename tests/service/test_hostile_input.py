@@ -7,21 +7,24 @@ the problem must name (in `errors` and `detail`), or for problems about the requ
 """
 from __future__ import annotations
 
+import http.client
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 import zlib
-from dataclasses import dataclass, field as dc_field, replace
+from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable
 
 import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from api import create_app
+from api.stack import free_port
 from shared.models import JobInput
-from tests.service.conftest import png, submit, wait_status
-from tests.service.test_errors import PROBLEM
+from tests.service.helpers import PROBLEM, ROOT, TERMINAL, bearer, submit, wait_for, wait_status
 
 # ---- building bad files --------------------------------------------------------------------------
 
@@ -401,7 +404,7 @@ def test_unusual_images_run_and_exif_rotation_is_followed(live_client, live_auth
         assert response.status_code == 202, (name, response.get_data(as_text=True))
         jobs[name] = response.get_json()["id"]
     for name, job_id in jobs.items():
-        done = wait_status(live_client, live_auth, job_id, {"succeeded", "failed", "canceled"}, timeout=180)
+        done = wait_status(live_client, live_auth, job_id, TERMINAL, timeout=180)
         assert done["status"] == "succeeded", (name, done["error"])
         result = Image.open(io.BytesIO(live_client.get(done["result"]["url"], headers=live_auth).data))
         assert result.size == (done["result"]["width"], done["result"]["height"])
@@ -415,13 +418,6 @@ def test_very_long_headers_under_gunicorn(settings, api_key, tmp_path):
     """Under the production server, a header over gunicorn's 8190-byte field limit never reaches
     the app: gunicorn answers 431 itself (its own HTML body, not a problem document), and the
     service stays healthy. Below that limit the app answers (401 problem for a long bogus key)."""
-    import http.client
-    import os
-    import subprocess
-    import sys
-
-    from tests.service.conftest import ROOT, free_port, wait_for
-
     port = free_port()
     log = open(tmp_path / "gunicorn.log", "wb")
     server = subprocess.Popen(
@@ -447,7 +443,7 @@ def test_very_long_headers_under_gunicorn(settings, api_key, tmp_path):
         status, content_type, body = get("/v1/jobs", {"Authorization": "Bearer " + "x" * 8000})
         assert status == 401 and content_type == PROBLEM, body[:200]
         assert get("/healthz", {})[0] == 200
-        assert get("/v1/jobs", {"Authorization": f"Bearer {api_key}"})[0] == 200
+        assert get("/v1/jobs", bearer(api_key))[0] == 200
     finally:
         server.terminate()
         server.wait(20)

@@ -5,9 +5,9 @@ import io
 import json
 from pathlib import Path
 
-from shared.storage import input_key, sha256
 from shared.params import Params, plan
-from tests.service.conftest import new_key, submit
+from shared.storage import input_key, sha256
+from tests.service.helpers import bearer, new_key, submit
 
 
 def test_submit_answers_202_with_the_job_and_location(client, auth, images):
@@ -58,7 +58,7 @@ def test_idempotency_key_with_a_different_body_is_rejected(client, auth, images)
 def test_idempotency_keys_are_per_account(client, auth, images, settings):
     headers = {"Idempotency-Key": "shared-key"}
     mine = submit(client, auth, images, {"size": 32}, headers=headers).get_json()
-    other = {"Authorization": f"Bearer {new_key(settings)}"}
+    other = bearer(new_key(settings))
     theirs = submit(client, other, images, {"size": 32}, headers=headers).get_json()
     assert mine["id"] != theirs["id"]
 
@@ -94,7 +94,7 @@ def test_list_filters_by_status(client, auth, images):
 
 def test_another_accounts_job_is_404_everywhere(client, auth, images, settings):
     job = submit(client, auth, images, {"size": 32}).get_json()
-    other = {"Authorization": f"Bearer {new_key(settings)}"}
+    other = bearer(new_key(settings))
     for method, path in [("get", ""), ("post", "/cancel"), ("delete", ""), ("get", "/result"),
                          ("get", "/snapshots/1"), ("get", "/events")]:
         response = getattr(client, method)(f"/v1/jobs/{job['id']}{path}", headers=other)
@@ -106,8 +106,8 @@ def test_another_accounts_job_is_404_everywhere(client, auth, images, settings):
 
 def test_a_second_key_of_the_same_account_sees_its_jobs(client, auth, images, settings):
     name = "shared-account-" + auth["Authorization"][-6:]
-    first = {"Authorization": f"Bearer {new_key(settings, name)}"}
-    second = {"Authorization": f"Bearer {new_key(settings, name)}"}
+    first = bearer(new_key(settings, name))
+    second = bearer(new_key(settings, name))
     job = submit(client, first, images, {"size": 32}).get_json()
     assert client.get(f"/v1/jobs/{job['id']}", headers=second).status_code == 200
 

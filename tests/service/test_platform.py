@@ -15,10 +15,11 @@ from pathlib import Path
 
 from openapi_spec_validator import validate
 
-from api import create_app
+from api.stack import free_port
 from shared import keys
 from shared.services import Services
-from tests.service.conftest import ROOT, free_port, wait_for
+from tests.service import faults
+from tests.service.helpers import ROOT, bearer, submit, wait_for
 
 
 def test_healthz_needs_nothing(client):
@@ -30,30 +31,29 @@ def test_readyz_checks_database_and_redis(client):
     assert response.status_code == 200 and response.get_json()["redis"] == "ok"
 
 
-def test_readyz_is_503_when_redis_is_down(make_redis, settings):
+def test_readyz_is_503_when_redis_is_down(make_redis, settings, make_app):
     server = make_redis()
-    client = create_app(replace(settings, redis_url=server.url(0))).test_client()
+    client = make_app(replace(settings, redis_url=server.url(0))).test_client()
     assert client.get("/readyz").status_code == 200
-    server.stop()
+    faults.stop_redis(server)
     response = client.get("/readyz")
     assert response.status_code == 503 and response.mimetype == "application/problem+json"
     assert "redis" in response.get_json()["detail"] and "database" not in response.get_json()["detail"]
-    server.start()
+    faults.start_redis(server)
     assert client.get("/readyz").status_code == 200
 
 
-def test_readyz_is_503_when_the_database_is_down(settings):
+def test_readyz_is_503_when_the_database_is_down(settings, make_app):
     dead = replace(settings, database_url=f"postgresql://nobody@127.0.0.1:{free_port()}/none")
-    response = create_app(dead).test_client().get("/readyz")
+    response = make_app(dead).test_client().get("/readyz")
     assert response.status_code == 503 and "database" in response.get_json()["detail"]
 
 
-def test_events_are_503_when_redis_is_down(make_redis, settings, auth, images):
-    from tests.service.conftest import submit
+def test_events_are_503_when_redis_is_down(make_redis, settings, make_app, auth, images):
     server = make_redis()
-    client = create_app(replace(settings, redis_url=server.url(0))).test_client()
+    client = make_app(replace(settings, redis_url=server.url(0))).test_client()
     job = submit(client, auth, images, {"size": 32}).get_json()
-    server.stop()
+    faults.stop_redis(server)
     response = client.get(f"/v1/jobs/{job['id']}/events", headers=auth)
     assert response.status_code == 503 and response.mimetype == "application/problem+json"
 
@@ -142,7 +142,7 @@ def test_atelier_run_serves_a_job_restarts_a_dead_child_and_stops_cleanly(tmp_pa
 
         created = subprocess.run([sys.executable, "-m", "shared.cli", "keys", "create", "me"], cwd=tmp_path, env=env,
                                  capture_output=True, text=True, timeout=60)
-        auth = {"Authorization": f"Bearer {created.stdout.splitlines()[-1]}"}
+        auth = bearer(created.stdout.splitlines()[-1])
         body, kind = multipart({"content": ("c.png", images["content"], "image/png"),
                                 "style": ("s.png", images["style"], "image/png"),
                                 "params": ("params.json", b'{"size": 32, "iterations": 4, "snapshot_every": 2}',
@@ -154,7 +154,7 @@ def test_atelier_run_serves_a_job_restarts_a_dead_child_and_stops_cleanly(tmp_pa
         assert done["status"] == "succeeded" and done["snapshots"], done
 
         worker_pid = int(re.search(r"started worker \(pid (\d+)\)", log_path.read_text()).group(1))
-        os.kill(worker_pid, signal.SIGKILL)
+        faults.kill_process(worker_pid)
         wait_for(lambda: re.search(r"started worker \(pid (?!%d\))\d+\)" % worker_pid, log_path.read_text()),
                  timeout=30, what="the worker to be restarted")
         assert f"worker (pid {worker_pid}) exited with code -9; restarting" in log_path.read_text()

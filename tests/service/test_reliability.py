@@ -8,15 +8,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import update
 
-from api import create_app
 from shared import lifecycle
+from shared.broker import GPU_QUEUE, create_celery
 from shared.models import Base, Job, utcnow
 from shared.services import Services
-from tests.service.conftest import new_key, submit, wait_for, wait_status
-from shared.broker import GPU_QUEUE, create_celery
+from tests.service import faults
+from tests.service.helpers import TERMINAL, submit, wait_for, wait_status
 from worker.sweep import sweep
-
-TERMINAL = {"succeeded", "failed", "canceled"}
 
 
 def test_migrations_create_exactly_the_models(settings):
@@ -80,12 +78,11 @@ def test_sweep_fails_a_job_out_of_attempts_and_ends_an_abandoned_cancel(client, 
     assert client.get(f"/v1/jobs/{abandoned}", headers=auth).get_json()["status"] == "canceled"
 
 
-def test_a_job_submitted_while_the_broker_is_down_is_sent_by_the_sweep(make_redis, settings, images):
+def test_a_job_submitted_while_the_broker_is_down_is_sent_by_the_sweep(make_redis, settings, client_for, images):
     server = make_redis()
     local = replace(settings, redis_url=server.url(0))
-    app = create_app(local)
-    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
-    server.stop()
+    client, auth = client_for(local)
+    faults.stop_redis(server)
     assert client.get("/readyz").status_code == 503
     response = submit(client, auth, images, {"size": 32, "iterations": 2})
     assert response.status_code == 202  # the job is safe in SQL even though the broker is not there
@@ -93,7 +90,7 @@ def test_a_job_submitted_while_the_broker_is_down_is_sent_by_the_sweep(make_redi
     services = Services(local)
     with services.db.session() as session:
         assert session.get(Job, job_id).enqueued_at is None
-    server.start()
+    faults.start_redis(server)
     assert client.get("/readyz").status_code == 200
     report = sweep(services, create_celery(local))
     assert job_id in report.resent
@@ -103,11 +100,11 @@ def test_a_job_submitted_while_the_broker_is_down_is_sent_by_the_sweep(make_redi
     assert job_id not in sweep(services, create_celery(local)).resent  # sent once, not every sweep
 
 
-def test_a_job_resumes_from_its_checkpoint_when_its_worker_dies(redis_server, worker_settings, spawn_worker, images):
+def test_a_job_resumes_from_its_checkpoint_when_its_worker_dies(redis_server, worker_settings, spawn_worker,
+                                                                client_for, images):
     # its own Redis database and workers, so the shared test worker cannot pick the job up
     local = replace(worker_settings, redis_url=redis_server.url(2))
-    app = create_app(local)
-    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(local)}"}
+    client, auth = client_for(local)
     first = spawn_worker(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 150, "snapshot_every": 0}).get_json()["id"]
     services = Services(local)
@@ -117,7 +114,7 @@ def test_a_job_resumes_from_its_checkpoint_when_its_worker_dies(redis_server, wo
             job = session.get(Job, job_id)
             return job.checkpoint_key is not None and (job.progress or {}).get("iteration", 0) >= 5
     wait_for(checkpointed, timeout=90, what="a checkpoint")
-    first.kill()  # the machine dies: no cleanup, the lease stays, the message is unacked
+    faults.kill_worker(first)  # the machine dies: no cleanup, the lease stays, the message is unacked
     with services.db.session() as session:
         stopped_at = session.get(Job, job_id).progress["iteration"]
     assert stopped_at < 150

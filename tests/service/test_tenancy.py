@@ -13,19 +13,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import MetaData, select, update
 
-from api import create_app
 from shared.models import ApiKey, Job, Snapshot, utcnow
 from shared.storage import sha256
-from tests.service.conftest import new_key, submit
-from tests.service.test_errors import assert_problem
+from tests.service.helpers import assert_problem, bearer, new_key, submit
 
 ID_ARGS = {"job_id", "delivery_id", "iteration"}   # what a /v1 route may take; anything else fails the test
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 PUBLIC = {"/v1/openapi.json"}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def v1_rules(app):
@@ -35,12 +29,9 @@ def v1_rules(app):
 
 
 @pytest.fixture
-def tenancy_app(settings):
+def tenancy_app(settings, make_app):
     # webhooks to 127.0.0.1 are allowed here so a job can have a delivery; no worker runs (database 1)
-    app = create_app(replace(settings, webhook_allow_networks="127.0.0.0/8"))
-    app.config["TESTING"] = True
-    yield app
-    app.extensions["atelier"].db.dispose()
+    return make_app(replace(settings, webhook_allow_networks="127.0.0.0/8"))
 
 
 def png_bytes(size=(20, 10)) -> bytes:

@@ -14,6 +14,7 @@ import pytest
 
 from shared.webhooks import sender
 from shared.webhooks.targets import RefusedURL, Target, is_allowed, is_public, parse_networks, parse_url, resolve
+from tests.service import faults
 from tests.service.webhook_receiver import Receiver, Reply
 
 NOT_PUBLIC = [
@@ -76,13 +77,6 @@ def test_a_checked_target_keeps_host_port_and_path():
     assert resolve("http://[::ffff:127.0.0.1]/", parse_networks("127.0.0.0/8")).host_header == "[::ffff:127.0.0.1]"
 
 
-@pytest.fixture
-def receiver():
-    receiver = Receiver()
-    yield receiver
-    receiver.stop()
-
-
 def test_the_connection_goes_to_the_checked_address_whatever_the_host_name(receiver):
     """DNS rebinding: the name is never resolved again; the checked address is used, the name
     only in the Host header (and, over TLS, as the server name the certificate must match)."""
@@ -110,7 +104,7 @@ def test_a_slow_receiver_times_out(receiver):
 
 
 def test_a_closed_port_is_a_connection_error(receiver):
-    receiver.stop()
+    faults.stop_receiver(receiver)
     outcome = sender.post(resolve(receiver.url(), parse_networks("127.0.0.0/8")), {}, b"{}", timeout=5)
     assert outcome.status_code is None and "NewConnectionError" in outcome.error
 

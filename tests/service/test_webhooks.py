@@ -20,14 +20,14 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from api import create_app
 from shared import keys
+from shared.broker import create_celery
 from shared.models import Job, Snapshot, WebhookEvent, utcnow
 from shared.services import Services
 from shared.webhooks import outbox, signing
-from tests.service.conftest import ROOT, make_settings, new_key, submit, wait_for
-from tests.service.webhook_receiver import Receiver, Reply
-from shared.broker import create_celery
+from tests.service import faults
+from tests.service.helpers import ROOT, bearer, make_settings, new_key, submit, wait_for
+from tests.service.webhook_receiver import Reply
 
-TERMINAL = {"succeeded", "failed", "canceled"}
 TINY = {"size": 32, "iterations": 2, "snapshot_every": 0}
 
 
@@ -52,23 +52,13 @@ def wh_worker(wh_settings, spawn_worker, tmp_path_factory):
 
 
 @pytest.fixture
-def wh_client(wh_worker, wh_settings):
-    app = create_app(wh_settings)
-    app.config["TESTING"] = True
-    yield app.test_client()
-    app.extensions["atelier"].db.dispose()
+def wh_client(wh_worker, wh_settings, make_app):
+    return make_app(wh_settings).test_client()
 
 
 @pytest.fixture
 def wh_auth(wh_settings) -> dict[str, str]:
-    return {"Authorization": f"Bearer {new_key(wh_settings)}"}
-
-
-@pytest.fixture
-def receiver():
-    receiver = Receiver()
-    yield receiver
-    receiver.stop()
+    return bearer(new_key(wh_settings))
 
 
 def secret(client, auth) -> str:
@@ -169,8 +159,8 @@ def test_a_receiver_that_keeps_failing_gets_the_whole_schedule_then_the_delivery
 def test_a_receiver_down_while_redis_restarts_still_gets_its_event(wh_client, wh_auth, wh_redis, images, receiver):
     job_id = submit(wh_client, wh_auth, images, TINY | {"webhook_url": receiver.url()}).get_json()["id"]
     wait_delivery(wh_client, wh_auth, job_id, "job.succeeded", "delivered")
-    receiver.stop()
-    wh_redis.stop()
+    faults.stop_receiver(receiver)
+    faults.stop_redis(wh_redis)
     try:
         # while Redis is down: a job is submitted (it cannot be sent) and canceled, which is an event
         queued = submit(wh_client, wh_auth, images, TINY | {"webhook_url": receiver.url()})
@@ -180,11 +170,11 @@ def test_a_receiver_down_while_redis_restarts_still_gets_its_event(wh_client, wh
         [pending] = deliveries(wh_client, wh_auth, queued.get_json()["id"])
         assert pending["event"] == "job.canceled" and pending["status"] == "pending"  # in SQL, not lost
     finally:
-        wh_redis.start()
+        faults.start_redis(wh_redis)
     # Redis is back, the receiver still down: attempts fail, and are retried
     wait_for(lambda: deliveries(wh_client, wh_auth, queued.get_json()["id"])[0]["attempts"], timeout=90,
              what="a first attempt once Redis is back")
-    receiver.start()
+    faults.start_receiver(receiver)
     delivered = wait_delivery(wh_client, wh_auth, queued.get_json()["id"], "job.canceled", "delivered", timeout=90)
     assert delivered["attempts"][0]["status_code"] is None and delivered["attempts"][-1]["status_code"] == 200
     [request] = receiver.requests()[1:]
@@ -227,7 +217,7 @@ def test_deliveries_are_listed_and_redelivered_only_for_their_owner(wh_client, w
     assert first["url"] == receiver.url() and first["job_id"] == job_id
     [attempt] = first["attempts"]
     assert attempt["status_code"] == 200 and attempt["response_excerpt"] == "ok" and attempt["latency_ms"] >= 0
-    other = {"Authorization": f"Bearer {new_key(wh_settings)}"}
+    other = bearer(new_key(wh_settings))
     assert wh_client.get(f"/v1/jobs/{job_id}/deliveries", headers=other).status_code == 404
     refused = wh_client.post(f"/v1/deliveries/{first['id']}/redeliver", headers=other)
     assert refused.status_code == 404 and refused.mimetype == "application/problem+json"
@@ -260,23 +250,20 @@ def test_private_and_malformed_webhook_urls_are_refused_at_submission(client, au
     ({"webhook_url": "http://127.0.0.1/h", "webhook_events": "job.finished"}, "webhook_events"),
     ({"webhook_url": "http://127.0.0.1/h", "webhook_events": " , "}, "webhook_events"),
 ])
-def test_bad_webhook_fields_are_named(wh_settings, images, fields, field):
-    app = create_app(wh_settings)  # allows 127.0.0.0/8, so only the named field is wrong
-    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(wh_settings)}"}
+def test_bad_webhook_fields_are_named(wh_settings, client_for, images, fields, field):
+    client, auth = client_for(wh_settings)  # allows 127.0.0.0/8, so only the named field is wrong
     response = submit_form(client, auth, images, TINY, **fields)
     assert response.status_code == 422 and response.get_json()["errors"][0]["field"] == field
     in_params = submit(client, auth, images, TINY | {"webhook_url": "http://127.0.0.1/h", "webhook_events": []})
     assert in_params.status_code == 422 and in_params.get_json()["errors"][0]["field"] == "params.webhook_events"
     twice = submit_form(client, auth, images, TINY | {"webhook_url": "http://127.0.0.1/h"}, webhook_url="http://127.0.0.1/h")
     assert twice.status_code == 422 and twice.get_json()["errors"][0]["field"] == "webhook_url"
-    app.extensions["atelier"].db.dispose()
 
 
-def test_the_sweep_records_the_end_of_a_job_whose_event_was_never_recorded(settings, images):
+def test_the_sweep_records_the_end_of_a_job_whose_event_was_never_recorded(settings, client_for, images):
     """The process that ended the job died before recording its event: the sweep records it."""
     settings = replace(settings, webhook_allow_networks="127.0.0.0/8")
-    app = create_app(settings)
-    client, auth = app.test_client(), {"Authorization": f"Bearer {new_key(settings)}"}
+    client, auth = client_for(settings)
     job_id = submit(client, auth, images, TINY | {"webhook_url": "http://127.0.0.1/h"}).get_json()["id"]
     services = Services(settings)
     with services.db.session() as session:
@@ -293,7 +280,6 @@ def test_the_sweep_records_the_end_of_a_job_whose_event_was_never_recorded(setti
         outbox.sweep(services, celery)  # recorded once, not at every sweep
         assert len(session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == job_id)).all()) == 1
     services.db.dispose()
-    app.extensions["atelier"].db.dispose()
 
 
 def test_keys_create_prints_the_webhook_secret_before_the_key(settings, client):
@@ -302,7 +288,7 @@ def test_keys_create_prints_the_webhook_secret_before_the_key(settings, client):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     token, [printed] = lines[-1], [line for line in lines[:-1] if line.startswith("whsec_")]
-    assert secret(client, {"Authorization": f"Bearer {token}"}) == printed
+    assert secret(client, bearer(token)) == printed
 
 
 def test_the_openapi_document_describes_webhooks(client):

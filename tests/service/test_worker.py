@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import io
-import json
-import time
 from pathlib import Path
 
 from PIL import Image
 
-from shared.storage import input_key, sha256
-from tests.service.conftest import submit, wait_for, wait_status
 from shared.broker import GPU_QUEUE, RUN_JOB, create_celery
-
-TERMINAL = {"succeeded", "failed", "canceled"}
+from shared.storage import input_key, sha256
+from tests.service.helpers import TERMINAL, read_events, submit, wait_for, wait_status
 
 
 def test_a_job_runs_to_a_result_with_snapshots(live_client, live_auth, images):
@@ -50,20 +46,6 @@ def test_output_format_sets_the_content_type(live_client, live_auth, images):
     for url in (done["result"]["url"], done["snapshots"][0]["url"]):
         response = live_client.get(url, headers=live_auth)
         assert response.mimetype == "image/jpeg" and Image.open(io.BytesIO(response.data)).format == "JPEG"
-
-
-def read_events(response, until: float = 90.0) -> list[tuple[str, dict]]:
-    """Parse a text/event-stream body as it streams, up to its end."""
-    events, buffer, deadline = [], "", time.monotonic() + until
-    for chunk in response.response:
-        buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
-        while "\n\n" in buffer:
-            block, buffer = buffer.split("\n\n", 1)
-            lines = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
-            if lines:
-                events.append((lines["event"], json.loads(lines["data"])))
-        assert time.monotonic() < deadline, "event stream did not end"
-    return events
 
 
 def test_events_stream_status_progress_and_snapshots(live_client, live_auth, images):

@@ -1,7 +1,8 @@
 """A webhook receiver for tests: a threaded HTTP server on 127.0.0.1, the edge of the world.
 
 It records every request (path, headers, body), answers from a script of responses (then 200),
-and can be stopped and started again on the same port to play a receiver that is down.
+and can be stopped and started again on the same port to play a receiver that is down (tests do
+that through `faults.stop_receiver` and `faults.start_receiver`).
 Signatures are checked by the tests with the `standardwebhooks` verifier, as a client would.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks import Webhook
 
-from tests.service.conftest import free_port
+from api.stack import free_port
 
 
 @dataclass

@@ -1,0 +1,219 @@
+"""Helpers for the service tests: plain functions, classes and constants, no fixtures (those are
+in conftest.py, fault actions in faults.py). Test modules import from here, never from conftest.py
+or from one another.
+
+- `ROOT`: the repository root, where worker and CLI subprocesses run. (`free_port` lives in
+  `api.stack`: import it from there.)
+- `wait_for(predicate, timeout, interval, what)`: poll until `predicate()` is truthy.
+- `RedisServer(directory)`: a throwaway redis-server on a free port: `url(db)`, `start()`, `stop()`.
+- `make_settings(database_url, redis_url, storage_dir, **overrides)`: `Settings` with small test limits.
+- `new_key(settings, name=None)`: a fresh API key (of a new account, or of account `name`);
+  `bearer(token)`: its `Authorization` header.
+- `png(width, height, seed)`: PNG bytes; `submit(client, auth, images, params, styles, headers)`: POST a job.
+- `TERMINAL`: the statuses a job ends in; `wait_status(client, auth, job_id, statuses, timeout)`:
+  poll a job until its status is one of `statuses`.
+- `read_events(response, until)`: the (event, data) pairs of a streamed text/event-stream response.
+- `PROBLEM`, `assert_problem(response, status, field=None)`: an RFC 9457 problem+json answer.
+- `WorkerProcess(settings, log_path, args)`: a real Celery worker process in its own process group.
+- `OPERATOR_PASSWORD`, `make_operator(settings)`: an admin dashboard operator; returns its name.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import redis
+from PIL import Image
+
+from api.stack import free_port
+from shared import keys
+from shared.config import Settings
+from shared.operators import create_operator
+from shared.services import Services
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_SERVER = os.environ.get("ATELIER_TEST_REDIS_SERVER", "/usr/bin/redis-server")
+TERMINAL = {"succeeded", "failed", "canceled"}
+PROBLEM = "application/problem+json"
+OPERATOR_PASSWORD = "correct horse battery"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
+    """Poll until `predicate()` is truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---- Redis ------------------------------------------------------------------------------------
+
+class RedisServer:
+    """A throwaway redis-server that keeps nothing on disk; `faults.stop_redis` and
+    `faults.start_redis` use stop() and start() to simulate outages."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        wait_for(lambda: _pings(client), timeout=10, what="redis-server to start")
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+# ---- settings, keys, operators ----------------------------------------------------------------
+
+def make_settings(database_url: str, redis_url: str, storage_dir: Path, **overrides) -> Settings:
+    values = dict(database_url=database_url, redis_url=redis_url, storage_dir=storage_dir, device="cpu",
+                  max_size=128, max_iterations=1000, max_upload_bytes=512 * 1024, max_pixels=1_000_000,
+                  max_active_jobs=8, lease_seconds=3.0, progress_seconds=0.2, checkpoint_seconds=0.3,
+                  sse_keepalive_seconds=1.0, enqueue_grace_seconds=0.0)
+    return Settings(**(values | overrides))
+
+
+def new_key(settings: Settings, name: str | None = None) -> str:
+    services = Services(settings)
+    with services.db.session() as session:
+        token = keys.create_key(session, name or f"test-{uuid.uuid4().hex[:8]}")
+    services.db.dispose()
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def make_operator(settings: Settings) -> str:
+    """A new admin operator with `OPERATOR_PASSWORD`; returns its name."""
+    name = f"op-{uuid.uuid4().hex[:8]}"
+    services = Services(settings)
+    with services.db.session() as session:
+        create_operator(session, name, OPERATOR_PASSWORD)
+    services.db.dispose()
+    return name
+
+
+# ---- images and jobs --------------------------------------------------------------------------
+
+def png(width: int, height: int, seed: int) -> bytes:
+    image = Image.new("RGB", (width, height))
+    image.putdata([((x * 7 + seed * 31) % 256, (y * 11 + seed * 17) % 256, ((x ^ y) * 13 + seed) % 256)
+                   for y in range(height) for x in range(width)])
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def submit(client, auth: dict, images: dict, params: dict | None = None, styles: tuple[str, ...] = ("style",),
+           headers: dict | None = None):
+    data = {"content": (io.BytesIO(images["content"]), "content.png"),
+            "style": [(io.BytesIO(images[s]), f"{s}.png") for s in styles]}
+    if params is not None:
+        data["params"] = json.dumps(params)
+    return client.post("/v1/jobs", data=data, headers=auth | (headers or {}), content_type="multipart/form-data")
+
+
+def wait_status(client, auth: dict, job_id: str, statuses: set[str], timeout: float = 90.0) -> dict:
+    def current():
+        job = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
+        return job if job["status"] in statuses else None
+    return wait_for(current, timeout=timeout, interval=0.1, what=f"job {job_id} to reach {statuses}")
+
+
+def read_events(response, until: float = 90.0) -> list[tuple[str, dict]]:
+    """Parse a text/event-stream body as it streams, up to its end."""
+    events, buffer, deadline = [], "", time.monotonic() + until
+    for chunk in response.response:
+        buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            lines = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+            if lines:
+                events.append((lines["event"], json.loads(lines["data"])))
+        assert time.monotonic() < deadline, "event stream did not end"
+    return events
+
+
+def assert_problem(response, status: int, field: str | None = None) -> dict:
+    """The response is an RFC 9457 problem with this status (naming `field`, if given); returns its body."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == PROBLEM
+    body = response.get_json()
+    assert body["status"] == status and body["title"]
+    if field is not None:
+        assert field in [e["field"] for e in body["errors"]], body
+        assert field in body["detail"]
+    return body
+
+
+# ---- workers ----------------------------------------------------------------------------------
+
+class WorkerProcess:
+    """`celery -A worker.celery_app worker -Q gpu` as in production (prefork, one child), in its own
+    process group so a test can kill it like a crashed machine (`faults.kill_worker`). `args`
+    replaces `-Q gpu`, e.g. to also consume `maintenance` and run the periodic sweeps (`--beat`)."""
+
+    def __init__(self, settings: Settings, log_path: Path, args: tuple[str, ...] = ("-Q", "gpu")) -> None:
+        self.settings, self.log_path = settings, log_path
+        # one intra-op thread: tiny test images gain nothing from more, and the suite shares the CPU
+        env = os.environ | settings.to_env() | {"OMP_NUM_THREADS": "1"}
+        self.log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", *args, "--concurrency", "1",
+             "--loglevel", "INFO", "-n", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-mingle", "--without-gossip"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: b" ready." in log_path.read_bytes() or self.process.poll() is not None,
+                 timeout=90, interval=0.2, what="the celery worker to start")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"celery worker exited:\n{log_path.read_text()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (parent and pool child): nothing gets to clean up."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
