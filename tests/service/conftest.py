@@ -172,8 +172,8 @@ def operator(settings) -> str:
 def spawn_worker(tmp_path_factory) -> Iterator[Callable[..., WorkerProcess]]:
     workers: list[WorkerProcess] = []
 
-    def spawn(settings: Settings, args: tuple[str, ...] = ("-Q", "gpu")) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path_factory.mktemp("worker") / "worker.log", args)
+    def spawn(settings: Settings, args: tuple[str, ...] = ("-Q", "gpu"), app: str = "worker.celery_app") -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path_factory.mktemp("worker") / "worker.log", args, app)
         workers.append(worker)
         return worker
 
@@ -188,8 +188,8 @@ def workers(spawn_worker):
     jobs (or, with beat, run the sweep over the database) of later tests."""
     started = []
 
-    def spawn(settings, args=("-Q", "gpu")):
-        started.append(spawn_worker(settings, args))
+    def spawn(settings, args=("-Q", "gpu"), app="worker.celery_app"):
+        started.append(spawn_worker(settings, args, app))
         return started[-1]
     yield spawn
     for worker in started:

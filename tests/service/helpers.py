@@ -184,15 +184,17 @@ def assert_problem(response, status: int, field: str | None = None) -> dict:
 class WorkerProcess:
     """`celery -A worker.celery_app worker -Q gpu` as in production (prefork, one child), in its own
     process group so a test can kill it like a crashed machine (`faults.kill_worker`). `args`
-    replaces `-Q gpu`, e.g. to also consume `maintenance` and run the periodic sweeps (`--beat`)."""
+    replaces `-Q gpu`, e.g. to also consume `maintenance` and run the periodic sweeps (`--beat`);
+    `app` is the Celery app module (`worker.maintenance_app`: the torch-free maintenance worker)."""
 
-    def __init__(self, settings: Settings, log_path: Path, args: tuple[str, ...] = ("-Q", "gpu")) -> None:
+    def __init__(self, settings: Settings, log_path: Path, args: tuple[str, ...] = ("-Q", "gpu"),
+                 app: str = "worker.celery_app") -> None:
         self.settings, self.log_path = settings, log_path
         # one intra-op thread: tiny test images gain nothing from more, and the suite shares the CPU
         env = os.environ | settings.to_env() | {"OMP_NUM_THREADS": "1"}
         self.log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", *args, "--concurrency", "1",
+            [sys.executable, "-m", "celery", "-A", app, "worker", *args, "--concurrency", "1",
              "--loglevel", "INFO", "-n", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-mingle", "--without-gossip"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: b" ready." in log_path.read_bytes() or self.process.poll() is not None,
