@@ -26,7 +26,7 @@ from shared.models import Job, JobStatus, Snapshot
 from shared.params import ParamError
 from shared.schemas import engine_params, job_path
 from shared.services import Services
-from shared.storage import StorageKeyError
+from shared.storage import StorageError, StorageKeyError
 from shared.webhooks import outbox
 from worker import shutdown
 from worker.engine import Iterate, Result, stylize
@@ -113,6 +113,8 @@ class JobRun:
             images = self.files.inputs(digests, self.settings.max_pixels)
         except (StorageKeyError, ImageError) as exc:
             raise JobFailed(ErrorCode.INPUT_MISSING, f"an input image is missing or unreadable: {exc}") from None
+        except StorageError as exc:
+            raise JobFailed(ErrorCode.STORAGE_ERROR, f"the input images could not be read from storage: {exc}") from None
         checkpoint = None if checkpoint_key is None else self.files.load_checkpoint(checkpoint_key)
         if checkpoint is not None:
             self.resumed_from = int(checkpoint["iteration"])
@@ -150,7 +152,7 @@ class JobRun:
     def _snapshot(self, it: Iterate) -> None:
         try:
             key, digest = self.files.put_snapshot(it.image(), it.iteration)
-        except OSError as exc:
+        except StorageError as exc:
             log.warning("job %s: snapshot at iteration %d skipped: storage error: %s", self.job_id, it.iteration, exc)
             return
 
@@ -176,7 +178,7 @@ class JobRun:
         """Store the checkpoint and point the job at it; False (logged) if storage failed."""
         try:
             self.files.put_checkpoint(checkpoint)
-        except OSError as exc:
+        except StorageError as exc:
             log.warning("job %s: checkpoint at iteration %d not saved: storage error: %s",
                         self.job_id, checkpoint["iteration"], exc)
             return False
@@ -198,7 +200,7 @@ class JobRun:
     def _succeed(self, result: Result) -> None:
         try:
             key, digest = self.files.put_result(result.image)
-        except OSError as exc:
+        except StorageError as exc:
             log.error("job %s: the result could not be stored: %s", self.job_id, exc)
             self._end(JobStatus.FAILED, progress=self.progress, error_code=ErrorCode.STORAGE_ERROR,
                       error_message=f"the result could not be written to storage: {exc}")

@@ -9,6 +9,10 @@
 - `worker_settings`, `worker` (session): a Celery worker process on Redis database 0;
   `live_app`, `live_client` talk to it. `spawn_worker(settings)` starts more (and cleans up).
 - `images`: tiny PNG bytes (`content`, `style`, `style2`); `submit(client, auth, ...)` posts a job.
+- `s3_server` (session): a standalone S3-compatible server (moto's `moto_server`) on a free port,
+  its bucket made, `AWS_*` set so boto3 (here and in every process started after) finds it;
+  `stop()`/`start()` for outage tests (it keeps nothing: `start()` makes the bucket again).
+- `postgres_url`: a fresh PostgreSQL database for one test (skipped without ATELIER_TEST_POSTGRES_URL).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -111,10 +116,93 @@ def redis_server(make_redis) -> RedisServer:
     return make_redis()
 
 
+class S3Server:
+    """`moto_server` on loopback: a real HTTP server speaking the S3 API, in memory."""
+
+    BUCKET = "atelier-test"
+
+    def __init__(self, log_path: Path) -> None:
+        self.port, self.log_path = free_port(), log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """How boto3 finds it: the usual AWS_* variables (two tries, so an outage is noticed fast)."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}
+
+    def client(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                            region_name="us-east-1")
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                                             str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+        client = self.client()
+        wait_for(lambda: _answers(client), timeout=30, what="moto_server to start")
+        client.create_bucket(Bucket=self.BUCKET)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.BUCKET, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def _answers(client) -> bool:
+    try:
+        client.list_buckets()
+        return True
+    except Exception:  # botocore's connection errors while the server starts
+        return False
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    server.start()
+    saved = {name: os.environ.get(name) for name in server.env()}
+    os.environ.update(server.env())
+    yield server
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
+
+
 def _backends() -> list:
     postgres = pytest.mark.skipif(not os.environ.get("ATELIER_TEST_POSTGRES_URL"),
                                   reason="ATELIER_TEST_POSTGRES_URL is not set")
     return ["sqlite", pytest.param("postgresql", marks=postgres)]
+
+
+@contextmanager
+def fresh_postgres() -> Iterator[str]:
+    """A new, migrated database on ATELIER_TEST_POSTGRES_URL's server, dropped afterwards."""
+    admin_url = normalize_url(os.environ["ATELIER_TEST_POSTGRES_URL"])
+    name = f"atelier_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session", params=_backends())
@@ -124,17 +212,16 @@ def database_url(request, tmp_path_factory) -> Iterator[str]:
         upgrade(url)
         yield url
         return
-    admin_url = normalize_url(os.environ["ATELIER_TEST_POSTGRES_URL"])
-    name = f"atelier_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    if not os.environ.get("ATELIER_TEST_POSTGRES_URL"):
+        pytest.skip("ATELIER_TEST_POSTGRES_URL is not set (machines that share nothing share a database server)")
+    with fresh_postgres() as url:
+        yield url
 
 
 def make_settings(database_url: str, redis_url: str, storage_dir: Path, **overrides) -> Settings:
@@ -219,15 +306,16 @@ class WorkerProcess:
     process group so a test can kill it like a crashed machine. `args` replaces `-Q gpu`, e.g. to
     also consume `maintenance` and run the periodic sweeps (`--beat`)."""
 
-    def __init__(self, settings: Settings, log_path: Path, args: tuple[str, ...] = ("-Q", "gpu")) -> None:
+    def __init__(self, settings: Settings, log_path: Path, args: tuple[str, ...] = ("-Q", "gpu"),
+                 cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
         self.settings, self.log_path = settings, log_path
         # one intra-op thread: tiny test images gain nothing from more, and the suite shares the CPU
-        env = os.environ | settings.to_env() | {"OMP_NUM_THREADS": "1"}
+        env = os.environ | settings.to_env() | {"OMP_NUM_THREADS": "1"} | (env or {})
         self.log = open(log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", *args, "--concurrency", "1",
              "--loglevel", "INFO", "-n", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: b" ready." in log_path.read_bytes() or self.process.poll() is not None,
                  timeout=90, interval=0.2, what="the celery worker to start")
         if self.process.poll() is not None:
@@ -256,8 +344,8 @@ class WorkerProcess:
 def spawn_worker(tmp_path_factory) -> Iterator[Callable[..., WorkerProcess]]:
     workers: list[WorkerProcess] = []
 
-    def spawn(settings: Settings, args: tuple[str, ...] = ("-Q", "gpu")) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path_factory.mktemp("worker") / "worker.log", args)
+    def spawn(settings: Settings, args: tuple[str, ...] = ("-Q", "gpu"), **options) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path_factory.mktemp("worker") / "worker.log", args, **options)
         workers.append(worker)
         return worker
 
@@ -309,8 +397,8 @@ def workers(spawn_worker):
     jobs (or, with beat, run the sweep over the database) of later tests."""
     started = []
 
-    def spawn(settings, args=("-Q", "gpu")):
-        started.append(spawn_worker(settings, args))
+    def spawn(settings, args=("-Q", "gpu"), **options):
+        started.append(spawn_worker(settings, args, **options))
         return started[-1]
     yield spawn
     for worker in started:

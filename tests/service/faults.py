@@ -2,7 +2,8 @@
 
 Every fault is real: a signal to a real Celery worker process, a real redis-server stopped and
 started on the same port, the real SQLite database taken out from under its connections, a real
-storage directory replaced by a file so that writes under it fail (as root, too).
+storage directory replaced by a file so that writes under it fail (as root, too), the S3 server
+stopped (every request to the bucket fails to connect) and started again.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from tests.service.conftest import RedisServer, WorkerProcess
+from tests.service.conftest import RedisServer, S3Server, WorkerProcess
 
 
 # ---- workers ----------------------------------------------------------------------------------
@@ -106,3 +107,13 @@ def break_storage(directory: Path) -> None:
 def repair_storage(directory: Path) -> None:
     if directory.is_file():
         directory.unlink()
+
+
+def stop_s3(server: S3Server) -> None:
+    """Take the object store away: every request to it fails to connect. It keeps nothing."""
+    server.stop()
+
+
+def start_s3(server: S3Server) -> None:
+    """Bring the object store back on the same port, its bucket made again, empty."""
+    server.start()
