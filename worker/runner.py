@@ -31,7 +31,9 @@ from shared.webhooks import outbox
 from worker import shutdown
 from worker.engine import Iterate, Result, stylize
 from worker.job_files import JobFiles
+from worker.job_metrics import JobMeter
 from worker.lease import Lease
+from worker.presence import node_name
 from worker.progress import progress_of
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,9 @@ class JobRun:
         self.params: dict = {}
         self.progress: dict | None = None
         self.files: JobFiles | None = None
+        self.meter = JobMeter(node_name())
+        self.started_at = None
+        self.outcome: tuple[JobStatus, str | None] | None = None  # how this delivery ended the job, if it did
         self._last_progress = self._last_checkpoint = time.monotonic()
 
     # ---- the whole delivery -----------------------------------------------------------------
@@ -75,6 +80,8 @@ class JobRun:
             job = session.scalars(select(Job).where(Job.id == self.job_id)).one()
             self.params, attempts, checkpoint_key = job.params, job.attempts, job.checkpoint_key
             digests = [i.sha256 for i in job.inputs]
+            self.started_at = job.started_at
+            self.meter.claimed(job.created_at, job.started_at, first_start=attempts == 1 and job.progress is None)
         self.files = JobFiles(self.services.storage, self.job_id, self.params["output_format"])
         log.info("job %s: claimed by %s (attempt %d)", self.job_id, self.lease.owner, attempts)
         self._announce()
@@ -103,6 +110,7 @@ class JobRun:
         with self.services.db.session() as session:
             if fail_exhausted(session, self.job_id, self.settings.max_attempts):
                 log.warning("job %s: failed after %d attempts", self.job_id, self.settings.max_attempts)
+                self.outcome = (JobStatus.FAILED, ErrorCode.ATTEMPTS_EXHAUSTED)
                 self._announce()
                 return
             status = session.scalar(select(Job.status).where(Job.id == self.job_id))
@@ -145,6 +153,7 @@ class JobRun:
             self._last_checkpoint = now
         if now - self._last_progress >= self.settings.progress_seconds or it.iteration == it.total:
             self.lease.renew(self.progress)
+            self.meter.progressed(it.iteration, it.iterations_per_second, self.resumed_from)
             events.publish(self.services.redis, self.job_id, "progress", self.progress)
             self._last_progress = now
         return self.lease.lost or self.lease.cancel_requested
@@ -211,11 +220,14 @@ class JobRun:
                           result_width=result.image.width, result_height=result.image.height,
                           result_quality=result.quality, checkpoint_key=None)
         self.files.delete(self.files.checkpoint_key if ended else key)
+        self.meter.peak_memory(result.device, result.peak_memory_mb)
         log.info("job %s: succeeded in %.1fs on %s", self.job_id, result.seconds, result.device)
 
     def _end(self, status: JobStatus, **values: object) -> bool:
         ended = self.lease.finish(status, **values)
+        self.meter.ended(status.value, self.started_at if ended else None)
         if ended:
+            self.outcome = (status, values.get("error_code"))
             self._announce()
         else:
             log.warning("job %s: lost the lease before recording %s", self.job_id, status.value)
