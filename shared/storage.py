@@ -55,7 +55,7 @@ def open_storage(settings: "Settings") -> Storage:
 
         return S3Storage(parts.netloc, parts.path.strip("/"))
     if parts.scheme == "file":
-        return LocalStorage(parts.path)
+        return LocalStorage(parts.netloc + parts.path)
     if parts.scheme == "":
         return LocalStorage(url)
     raise ValueError(f"ATELIER_STORAGE_URL={url!r}: expected s3://bucket/prefix, file:///path or a path")
