@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -72,6 +73,7 @@ def run(settings: Settings, device: str, queues: str) -> int:
         print(f"atelier worker: error: {exc}", file=sys.stderr)
         return 2
     children = worker_children(gpus, queues)
+    own_directory = metrics.multiprocess_dir() is None
     directory = metrics.multiprocess_dir() or str(metrics.fresh_dir(Path(tempfile.mkdtemp(prefix="atelier-metrics-"))))
     env = os.environ | settings.to_env() | {metrics.MULTIPROC_ENV: directory}
     os.environ[metrics.MULTIPROC_ENV] = directory  # this process serves what its children write
@@ -90,3 +92,5 @@ def run(settings: Settings, device: str, queues: str) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        if own_directory:
+            shutil.rmtree(directory, ignore_errors=True)
