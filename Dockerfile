@@ -24,6 +24,6 @@ RUN pip install --no-deps -e . && mkdir -p /data/storage && chown -R atelier /da
 
 USER atelier
 ENV ATELIER_STORAGE_DIR=/data/storage ATELIER_PORT=8000
-EXPOSE 8000
+EXPOSE 8000 9808
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", "--threads", "8", \
      "--timeout", "120", "api:create_app()"]
