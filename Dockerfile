@@ -24,5 +24,5 @@ RUN pip install --no-deps -e . && mkdir -p /data/storage && chown -R atelier /da
 
 USER atelier
 ENV ATELIER_STORAGE_DIR=/data/storage ATELIER_PORT=8000
-EXPOSE 8000
+EXPOSE 8000 9808
 CMD ["atelier", "serve", "--bind", "0.0.0.0:8000"]

@@ -19,8 +19,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["atelier"] = services
     app.extensions["celery"] = create_celery(settings)
 
-    from api import admin, docs, errors, events, files, health, job_routes, webhooks
+    from api import admin, docs, errors, events, files, health, job_routes, metrics, webhooks
     errors.register(app)
+    metrics.init_app(app)
     for module in (health, docs, job_routes, files, events, webhooks):
         app.register_blueprint(module.bp)
     from api import limits

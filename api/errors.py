@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 
 from shared.db import UNAVAILABLE, is_unavailable
 from shared.schemas import FieldError, Problem
+from shared.storage import StorageError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -70,6 +71,12 @@ def register(app: Flask) -> None:
 
     for error in UNAVAILABLE:
         app.register_error_handler(error, _database_unavailable)
+
+    @app.errorhandler(StorageError)
+    def _storage_unavailable(exc: StorageError) -> Response:
+        log.warning("storage unavailable on %s %s: %s", request.method, request.path, exc)
+        return problem_response(Problem(title="Service Unavailable", status=503,
+                                        detail="image storage is unavailable; retry shortly"), {"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -1,4 +1,10 @@
-"""Result and snapshot images: immutable once written, so strong ETags and long private caching."""
+"""Result and snapshot images: immutable once written, so strong ETags and long private caching.
+
+Streamed by the API, or (`ATELIER_STORAGE_REDIRECT_SECONDS` > 0 on a storage that can sign
+URLs) answered with a `302` to a presigned URL of the object. Either way the API answers
+`If-None-Match` itself with `304` and sends the image's ETag (its sha256); the redirect is cached
+for at most half the URL's life, the object behind it for a year (S3 sends our Cache-Control).
+"""
 from __future__ import annotations
 
 from flask import Blueprint, Response, request
@@ -41,12 +47,20 @@ def snapshot(job_id: str, iteration: int) -> Response:
 
 
 def image_response(key: str, digest: str, output_format: str) -> Response:
-    """An immutable stored image, with a strong ETag (its sha256) for conditional requests."""
-    try:
-        data = services().storage.get(key)
-    except StorageKeyError:
-        raise ProblemError(404, "Not Found", "the image is no longer stored") from None
-    response = Response(data, mimetype=OUTPUT_FORMATS[output_format])
+    """An immutable stored image, with a strong ETag (its sha256) for conditional requests. A
+    client that has it gets `304` without the object being read or a URL signed."""
+    storage, seconds = services().storage, services().settings.storage_redirect_seconds
+    mimetype = OUTPUT_FORMATS[output_format]
+    fresh = request.if_none_match.contains(digest)
+    url = storage.presigned_url(key, seconds, mimetype, CACHE_CONTROL) if seconds > 0 and not fresh else None
+    if url is not None:
+        response = Response(status=302, headers={"Location": url,
+                                                 "Cache-Control": f"private, max-age={seconds // 2}"})
+    else:
+        try:
+            response = Response(b"" if fresh else storage.get(key), status=304 if fresh else 200, mimetype=mimetype)
+        except StorageKeyError:
+            raise ProblemError(404, "Not Found", "the image is no longer stored") from None
+        response.headers["Cache-Control"] = CACHE_CONTROL
     response.set_etag(digest)
-    response.headers["Cache-Control"] = CACHE_CONTROL
     return response.make_conditional(request)

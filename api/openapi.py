@@ -38,6 +38,9 @@ def _job(status: str, description: str) -> dict[str, Any]:
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+REDIRECT = {"description": "With ATELIER_STORAGE_REDIRECT_SECONDS on object storage: the image is at `Location`, a "
+                           "presigned URL valid that long (same ETag; 304 still answered here)",
+            "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}}}
 # one event of the stream, as Server-Sent Events parse it (keep-alive comments are not events)
 SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
     "event": {"type": "string", "enum": ["status", "progress", "snapshot", "error"]},
@@ -119,14 +122,14 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             "/v1/jobs/{job_id}/result": {
                 "parameters": [JOB_ID],
                 "get": {"summary": "The result image", "operationId": "getResult",
-                        "responses": {"200": images["Result"], "304": {"description": "Not modified"},
-                                      **_problems(401, 404)}},
+                        "responses": {"200": images["Result"], "302": REDIRECT, "304": {"description": "Not modified"},
+                                      **_problems(401, 404, 503)}},
             },
             "/v1/jobs/{job_id}/snapshots/{iteration}": {
                 "parameters": [JOB_ID, {"name": "iteration", "in": "path", "required": True, "schema": {"type": "integer"}}],
                 "get": {"summary": "An intermediate image", "operationId": "getSnapshot",
-                        "responses": {"200": images["Snapshot"], "304": {"description": "Not modified"},
-                                      **_problems(401, 404)}},
+                        "responses": {"200": images["Snapshot"], "302": REDIRECT, "304": {"description": "Not modified"},
+                                      **_problems(401, 404, 503)}},
             },
             "/v1/jobs/{job_id}/events": {
                 "parameters": [JOB_ID],

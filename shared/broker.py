@@ -12,7 +12,7 @@ import logging
 from celery import Celery
 from kombu import Queue
 from kombu.exceptions import OperationalError
-from redis import RedisError
+from redis import Redis, RedisError
 
 from shared import lifecycle
 from shared.config import Settings
@@ -53,10 +53,23 @@ def create_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
                        "sweep-webhooks": {"task": SWEEP_WEBHOOKS, "schedule": settings.sweep_seconds,
                                           "options": {"expires": settings.sweep_seconds}}},
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        worker_send_task_events=True,         # Flower and `celery events` see every task (-E by default)
+        task_send_sent_event=True,            # ...from the moment it is sent
     )
     app.conf.atelier_settings = settings
     return app
+
+
+def queue_depths(client: Redis) -> dict[str, int | None]:
+    """Messages waiting in each Celery queue (a Redis list per queue with the Redis transport);
+    None for a queue that could not be read."""
+    depths: dict[str, int | None] = {}
+    for queue in (GPU_QUEUE, MAINTENANCE_QUEUE):
+        try:
+            depths[queue] = client.llen(queue)
+        except (RedisError, OSError):
+            depths[queue] = None
+    return depths
 
 
 def enqueue(celery: Celery, db: Database, job_id: str) -> bool:

@@ -18,6 +18,8 @@ class Settings:
     database_url: str = "sqlite:///var/atelier.db"
     redis_url: str | None = None            # None: `atelier run` starts an embedded Redis
     storage_dir: Path = Path("var/storage")
+    storage_url: str | None = None          # s3://bucket/prefix (endpoint, credentials: boto3's AWS_* ways), file:///path; unset: storage_dir
+    storage_redirect_seconds: int = 0       # >0: results and snapshots answer 302 to a presigned URL valid this long (S3 only)
     port: int = 8000
     device: str = "auto"                    # the engine's device on workers: auto | cpu | cuda[:N]
     # operator limits on what a job may ask for
@@ -47,6 +49,9 @@ class Settings:
     # the admin dashboard
     secret_key: str | None = None           # signs session cookies; `atelier run` keeps one in var/secret_key
     admin_signin_limit: str = "5 per minute"  # failed sign-ins per client address and operator name
+    # metrics (shared.metrics): /metrics answers an admin session or `Authorization: Bearer <metrics_token>`
+    metrics_token: str | None = None
+    worker_metrics_port: int = 9808         # `atelier worker` serves its workers' metrics here (0: not at all)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":

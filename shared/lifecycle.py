@@ -7,6 +7,7 @@ delivery, a second worker or a racing API request can never run or finish a job 
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.models import ACTIVE, InputRole, Job, JobInput, JobStatus, LossPoint, utcnow
-from shared.storage import Storage, input_key, job_prefix
+from shared.storage import Storage, StorageError, input_key, job_prefix
 
+log = logging.getLogger(__name__)
 Q, R = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 
 
@@ -189,6 +191,10 @@ def delete(session: Session, storage: Storage, job_id: str) -> None:
     session.execute(sql_delete(Job).where(Job.id == job_id))
     session.commit()
     still_used = set(session.scalars(select(JobInput.sha256).where(JobInput.sha256.in_(digests))))
-    storage.delete_prefix(job_prefix(job_id))
-    for digest in digests - still_used:
-        storage.delete(input_key(digest))
+    try:
+        storage.delete_prefix(job_prefix(job_id))
+        for digest in digests - still_used:
+            storage.delete(input_key(digest))
+    except StorageError as exc:  # the job is gone; say exactly what is left to remove by hand
+        log.error("job %s deleted, but its files under %s (and unshared inputs %s) could not be removed: %s",
+                  job_id, job_prefix(job_id), sorted(digests - still_used), exc)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared.config import Settings
 from shared.db import Database
-from shared.storage import LocalStorage, Storage
+from shared.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class Services:
 
     @cached_property
     def storage(self) -> Storage:
-        return LocalStorage(self.settings.storage_dir)
+        return open_storage(self.settings)
 
     @cached_property
     def redis(self) -> redis.Redis:

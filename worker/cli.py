@@ -1,4 +1,5 @@
-"""`atelier stylize`: the engine from the command line, with a progress bar on stderr."""
+"""`atelier stylize` (the engine from the command line, with a progress bar on stderr) and
+`atelier worker` (this machine's GPU workers, `worker.fleet`)."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--snapshot-dir", type=Path, metavar="DIR", help="where snapshots go")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     p.set_defaults(func=run)
+    w = subparsers.add_parser("worker", help="run this machine's GPU workers: one per visible GPU, or one on the CPU",
+                              description="One Celery worker process per visible GPU (each pinned to its device), "
+                                          "or one CPU worker; restarted if they die; Ctrl-C or SIGTERM stops them, "
+                                          "handing running jobs back. Settings: ATELIER_* and AWS_* variables.")
+    w.add_argument("--device", help="auto (default: ATELIER_DEVICE), cpu, cuda (every visible GPU) or cuda:N")
+    w.add_argument("--queues", default="gpu", help="Celery queues to consume (default: gpu)")
+    w.set_defaults(func=run_workers)
+
+
+def run_workers(args: argparse.Namespace) -> int:
+    from shared.config import Settings
+    from worker import fleet
+
+    settings = Settings.from_env()
+    return fleet.run(settings, args.device or settings.device, args.queues)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from shared.images import open_image
-from shared.storage import Storage, StorageKeyError, checkpoint_key, input_key, result_key, sha256, snapshot_key
+from shared.storage import Storage, StorageError, StorageKeyError, checkpoint_key, input_key, result_key, sha256, snapshot_key
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,11 @@ class JobFiles:
         self.checkpoint_key = checkpoint_key(job_id)
 
     def inputs(self, digests: list[str], max_pixels: int) -> list[Image.Image]:
-        """The job's images, content first; raises StorageKeyError or ImageError."""
+        """The job's images, content first; raises StorageKeyError, StorageError or ImageError."""
         return [open_image(self.storage.get(input_key(d)), max_pixels=max_pixels) for d in digests]
 
     def put_snapshot(self, image: Image.Image, iteration: int) -> tuple[str, str]:
-        """Store a snapshot; returns its key and sha256. Raises OSError on a storage failure."""
+        """Store a snapshot; returns its key and sha256. Raises StorageError on a storage failure."""
         return self._put(snapshot_key(self.job_id, iteration, self.output_format), image)
 
     def put_result(self, image: Image.Image) -> tuple[str, str]:
@@ -55,9 +55,13 @@ class JobFiles:
         """The checkpoint under `key`, or None (logged) if it is missing or unreadable."""
         try:
             return torch.load(io.BytesIO(self.storage.get(key)), weights_only=True)
-        except (StorageKeyError, RuntimeError, EOFError, OSError) as exc:
+        except (StorageKeyError, StorageError, RuntimeError, EOFError, OSError) as exc:
             log.warning("job %s: checkpoint unusable (%s); starting over", self.job_id, exc)
             return None
 
     def delete(self, key: str) -> None:
-        self.storage.delete(key)
+        """Remove what we no longer need (a used-up checkpoint, an orphaned image); best effort."""
+        try:
+            self.storage.delete(key)
+        except StorageError as exc:
+            log.warning("job %s: %s left behind: storage error: %s", self.job_id, key, exc)

@@ -1,15 +1,17 @@
 """Each GPU worker's pool child reports the device it runs jobs on (`shared.devices`), for the
-dashboard's System page."""
+dashboard's System page and the device memory metric; and leaves the live metrics when it exits."""
 from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import redis
 import torch
 from celery import current_app
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
 
+from shared import metrics
 from shared.devices import report_device
 from shared.services import Services
 from worker.engine import DeviceError, resolve_device
@@ -31,6 +33,11 @@ def describe(device: str) -> dict[str, object]:
     return {"device": resolved, "name": props.name, "memory_bytes": props.total_memory}
 
 
+def node_name() -> str:
+    """This worker's Celery node name (`gpu0@host`), the `worker` label of its metrics."""
+    return _node.get("name") or socket.gethostname()
+
+
 @celeryd_after_setup.connect
 def _remember_node(sender: str, **_kwargs) -> None:
     _node["name"] = sender
@@ -42,9 +49,17 @@ def _report_device(**_kwargs) -> None:
         return
     settings = current_app.conf.atelier_settings
     services = Services(settings)
+    description = describe(settings.device)
+    if description["memory_bytes"] is not None:
+        metrics.DEVICE_MEMORY.labels(_node["name"], description["device"], "total").set(description["memory_bytes"])
     try:
-        report_device(services.redis, _node["name"], describe(settings.device))
+        report_device(services.redis, _node["name"], description)
     except redis.RedisError as exc:
         log.warning("could not report this worker's device: %s", exc)
     finally:
         services.redis.close()
+
+
+@worker_process_shutdown.connect
+def _leave_metrics(**_kwargs) -> None:
+    metrics.process_exited(os.getpid())

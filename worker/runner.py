@@ -26,12 +26,14 @@ from shared.models import Job, JobStatus, Snapshot
 from shared.params import ParamError
 from shared.schemas import engine_params, job_path
 from shared.services import Services
-from shared.storage import StorageKeyError
+from shared.storage import StorageError, StorageKeyError
 from shared.webhooks import outbox
 from worker import shutdown
 from worker.engine import Iterate, Result, stylize
 from worker.job_files import JobFiles
+from worker.job_metrics import JobMeter
 from worker.lease import Lease
+from worker.presence import node_name
 from worker.progress import progress_of
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,9 @@ class JobRun:
         self.params: dict = {}
         self.progress: dict | None = None
         self.files: JobFiles | None = None
+        self.meter = JobMeter(node_name())
+        self.started_at = None
+        self.outcome: tuple[JobStatus, str | None] | None = None  # how this delivery ended the job, if it did
         self._last_progress = self._last_checkpoint = time.monotonic()
 
     # ---- the whole delivery -----------------------------------------------------------------
@@ -75,6 +80,8 @@ class JobRun:
             job = session.scalars(select(Job).where(Job.id == self.job_id)).one()
             self.params, attempts, checkpoint_key = job.params, job.attempts, job.checkpoint_key
             digests = [i.sha256 for i in job.inputs]
+            self.started_at = job.started_at
+            self.meter.claimed(job.created_at, job.started_at, first_start=attempts == 1 and job.progress is None)
         self.files = JobFiles(self.services.storage, self.job_id, self.params["output_format"])
         log.info("job %s: claimed by %s (attempt %d)", self.job_id, self.lease.owner, attempts)
         self._announce()
@@ -103,6 +110,7 @@ class JobRun:
         with self.services.db.session() as session:
             if fail_exhausted(session, self.job_id, self.settings.max_attempts):
                 log.warning("job %s: failed after %d attempts", self.job_id, self.settings.max_attempts)
+                self.outcome = (JobStatus.FAILED, ErrorCode.ATTEMPTS_EXHAUSTED)
                 self._announce()
                 return
             status = session.scalar(select(Job.status).where(Job.id == self.job_id))
@@ -113,6 +121,8 @@ class JobRun:
             images = self.files.inputs(digests, self.settings.max_pixels)
         except (StorageKeyError, ImageError) as exc:
             raise JobFailed(ErrorCode.INPUT_MISSING, f"an input image is missing or unreadable: {exc}") from None
+        except StorageError as exc:
+            raise JobFailed(ErrorCode.STORAGE_ERROR, f"the input images could not be read from storage: {exc}") from None
         checkpoint = None if checkpoint_key is None else self.files.load_checkpoint(checkpoint_key)
         if checkpoint is not None:
             self.resumed_from = int(checkpoint["iteration"])
@@ -143,6 +153,7 @@ class JobRun:
             self._last_checkpoint = now
         if now - self._last_progress >= self.settings.progress_seconds or it.iteration == it.total:
             self.lease.renew(self.progress)
+            self.meter.progressed(it.iteration, it.iterations_per_second, self.resumed_from)
             events.publish(self.services.redis, self.job_id, "progress", self.progress)
             self._last_progress = now
         return self.lease.lost or self.lease.cancel_requested
@@ -150,7 +161,7 @@ class JobRun:
     def _snapshot(self, it: Iterate) -> None:
         try:
             key, digest = self.files.put_snapshot(it.image(), it.iteration)
-        except OSError as exc:
+        except StorageError as exc:
             log.warning("job %s: snapshot at iteration %d skipped: storage error: %s", self.job_id, it.iteration, exc)
             return
 
@@ -176,7 +187,7 @@ class JobRun:
         """Store the checkpoint and point the job at it; False (logged) if storage failed."""
         try:
             self.files.put_checkpoint(checkpoint)
-        except OSError as exc:
+        except StorageError as exc:
             log.warning("job %s: checkpoint at iteration %d not saved: storage error: %s",
                         self.job_id, checkpoint["iteration"], exc)
             return False
@@ -198,7 +209,7 @@ class JobRun:
     def _succeed(self, result: Result) -> None:
         try:
             key, digest = self.files.put_result(result.image)
-        except OSError as exc:
+        except StorageError as exc:
             log.error("job %s: the result could not be stored: %s", self.job_id, exc)
             self._end(JobStatus.FAILED, progress=self.progress, error_code=ErrorCode.STORAGE_ERROR,
                       error_message=f"the result could not be written to storage: {exc}")
@@ -209,11 +220,14 @@ class JobRun:
                           result_width=result.image.width, result_height=result.image.height,
                           result_quality=result.quality, checkpoint_key=None)
         self.files.delete(self.files.checkpoint_key if ended else key)
+        self.meter.peak_memory(result.device, result.peak_memory_mb)
         log.info("job %s: succeeded in %.1fs on %s", self.job_id, result.seconds, result.device)
 
     def _end(self, status: JobStatus, **values: object) -> bool:
         ended = self.lease.finish(status, **values)
+        self.meter.ended(status.value, self.started_at if ended else None)
         if ended:
+            self.outcome = (status, values.get("error_code"))
             self._announce()
         else:
             log.warning("job %s: lost the lease before recording %s", self.job_id, status.value)

@@ -13,22 +13,11 @@ from api import services
 from api.admin.blueprint import bp
 from api.admin.stats import all_windows
 from shared.models import Job
-from shared.broker import GPU_QUEUE, MAINTENANCE_QUEUE, RUN_JOB
+from shared.broker import RUN_JOB, queue_depths
 from shared.devices import read_devices
 
 log = logging.getLogger(__name__)
 INSPECT_TIMEOUT = 1.0  # seconds to wait for workers' replies; a busy worker still answers (its main process does)
-
-
-def _queues() -> dict[str, int | None]:
-    """Messages waiting in each Celery queue (a Redis list per queue with the Redis transport)."""
-    depths: dict[str, int | None] = {}
-    for queue in (GPU_QUEUE, MAINTENANCE_QUEUE):
-        try:
-            depths[queue] = services().redis.llen(queue)
-        except (RedisError, OSError):
-            depths[queue] = None
-    return depths
 
 
 def _workers() -> list[dict[str, Any]]:
@@ -52,5 +41,5 @@ def system() -> str:
     with services().db.session() as db:
         windows = all_windows(db)
         by_status = dict(db.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-    return render_template("admin/system.html", ready=services().readiness(), queues=_queues(), workers=_workers(),
+    return render_template("admin/system.html", ready=services().readiness(), queues=queue_depths(services().redis), workers=_workers(),
                            windows=windows, by_status=by_status)

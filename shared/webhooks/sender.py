@@ -27,6 +27,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
+from shared import metrics
 from shared.config import Settings
 from shared.models import Job, WebhookAttempt, WebhookEvent, WebhookStatus, utcnow
 from shared.services import Services
@@ -163,6 +164,8 @@ def _record(session: Session, event_id: str, number: int, url: str, started_at: 
         event.next_attempt_at = utcnow() + timedelta(seconds=delay)
     next_at = event.next_attempt_at
     session.commit()
+    metrics.WEBHOOK_DELIVERIES.labels("delivered" if outcome.delivered else
+                                      "retrying" if next_at is not None else "failed").inc()
     return next_at
 
 

@@ -7,6 +7,10 @@ faults.py.
 - `database_url` (session, parametrised): a migrated SQLite file, and a fresh PostgreSQL
   database when ATELIER_TEST_POSTGRES_URL is set. Every test using it runs on both.
   `storage_dir` (session): the storage directory next to it.
+- `postgres_url`: a fresh PostgreSQL database for one test (skipped without ATELIER_TEST_POSTGRES_URL).
+- `s3_server` (session): a standalone S3-compatible server (moto's `moto_server`, an `S3Server`) on
+  a free port with its bucket made, and `AWS_*` set so boto3 (here and in every process started
+  after) finds it.
 - `private_database`: a migrated SQLite database of the test's own, in a directory of its own.
 - `settings`: small limits, Redis database 1, where no worker listens, so jobs stay queued.
 - `make_app`: `make_app(settings)` is a Flask app in testing mode; every app it made has its
@@ -17,8 +21,9 @@ faults.py.
   account's key and its Authorization header.
 - `worker_settings`, `worker` (session): a Celery worker process on Redis database 0;
   `live_app`, `live_client`, `live_auth` talk to it.
-- `spawn_worker` (session): `spawn_worker(settings, args)` starts a `WorkerProcess`, stopped at
-  the end of the session; `workers`: the same, stopped at the end of the test.
+- `spawn_worker` (session): `spawn_worker(settings, args, **options)` starts a `WorkerProcess`
+  (options: `app`, `cwd`, `env`), stopped at the end of the session; `workers`: the same, stopped
+  at the end of the test.
 - `images` (session): tiny PNG bytes (`content`, `style`, `style2`).
 - `operator`: the name of a new admin operator on `settings` (password `OPERATOR_PASSWORD`).
 - `receiver`: a webhook `Receiver` on loopback, stopped at the end of the test.
@@ -26,18 +31,16 @@ faults.py.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from api import create_app
 from shared.config import Settings
-from shared.db import normalize_url
 from shared.migrate import upgrade
-from tests.service.helpers import RedisServer, WorkerProcess, bearer, make_operator, make_settings, new_key, png
+from tests.service.helpers import (RedisServer, S3Server, WorkerProcess, bearer, fresh_postgres, make_operator,
+                                   make_settings, new_key, png)
 from tests.service.webhook_receiver import Receiver
 
 
@@ -76,17 +79,31 @@ def database_url(request, tmp_path_factory) -> Iterator[str]:
         upgrade(url)
         yield url
         return
-    admin_url = normalize_url(os.environ["ATELIER_TEST_POSTGRES_URL"])
-    name = f"atelier_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    if not os.environ.get("ATELIER_TEST_POSTGRES_URL"):
+        pytest.skip("ATELIER_TEST_POSTGRES_URL is not set (machines that share nothing share a database server)")
+    with fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    server.start()
+    saved = {name: os.environ.get(name) for name in server.env()}
+    os.environ.update(server.env())
+    yield server
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -172,8 +189,8 @@ def operator(settings) -> str:
 def spawn_worker(tmp_path_factory) -> Iterator[Callable[..., WorkerProcess]]:
     workers: list[WorkerProcess] = []
 
-    def spawn(settings: Settings, args: tuple[str, ...] = ("-Q", "gpu"), app: str = "worker.celery_app") -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path_factory.mktemp("worker") / "worker.log", args, app)
+    def spawn(settings: Settings, args: tuple[str, ...] = ("-Q", "gpu"), **options) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path_factory.mktemp("worker") / "worker.log", args, **options)
         workers.append(worker)
         return worker
 
@@ -188,8 +205,8 @@ def workers(spawn_worker):
     jobs (or, with beat, run the sweep over the database) of later tests."""
     started = []
 
-    def spawn(settings, args=("-Q", "gpu"), app="worker.celery_app"):
-        started.append(spawn_worker(settings, args, app))
+    def spawn(settings, args=("-Q", "gpu"), **options):
+        started.append(spawn_worker(settings, args, **options))
         return started[-1]
     yield spawn
     for worker in started:

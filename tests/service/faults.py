@@ -4,13 +4,15 @@ every scenario injects its fault through one of these.
 Every fault is real: a signal to a real Celery worker process (or to any process, by its pid), a
 real redis-server stopped and started on the same port, the real SQLite database taken out from
 under its connections, a real storage directory replaced by a file so that writes under it fail
-(as root, too), a real webhook receiver taken off its port.
+(as root, too), a real webhook receiver taken off its port, the S3 server stopped (every request
+to the bucket fails to connect) and started again.
 
 - workers and processes: `kill_worker`, `terminate_worker`, `wait_exited`, `kill_process`
 - Redis: `stop_redis`, `start_redis`
 - the database: `DatabaseOutage`, `cut_database`, `restore_database`
 - storage: `break_storage`, `repair_storage`
 - webhook receivers: `stop_receiver`, `start_receiver`
+- object storage: `stop_s3`, `start_s3`
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from tests.service.helpers import RedisServer, WorkerProcess
+from tests.service.helpers import RedisServer, S3Server, WorkerProcess
 from tests.service.webhook_receiver import Receiver
 
 
@@ -51,10 +53,13 @@ def wait_exited(worker: WorkerProcess, timeout: float = 120.0) -> int:
         raise AssertionError(f"the worker did not exit within {timeout}s:\n{worker.output()[-3000:]}") from None
 
 
-def kill_process(pid: int) -> None:
-    """SIGKILL one process by its pid (say, a child that `atelier run` supervises): it dies at once,
-    nothing cleans up."""
-    os.kill(pid, signal.SIGKILL)
+def kill_process(pid: int, group: bool = False) -> None:
+    """SIGKILL one process by its pid (say, a child that `atelier run` supervises), or with `group`
+    its whole process group (a Celery worker and its pool): it dies at once, nothing cleans up."""
+    if group:
+        os.killpg(pid, signal.SIGKILL)
+    else:
+        os.kill(pid, signal.SIGKILL)
 
 
 # ---- Redis ------------------------------------------------------------------------------------
@@ -133,3 +138,15 @@ def stop_receiver(receiver: Receiver) -> None:
 def start_receiver(receiver: Receiver) -> None:
     """Bring the receiver back on the same port, keeping what it had received."""
     receiver.start()
+
+
+# ---- object storage ---------------------------------------------------------------------------
+
+def stop_s3(server: S3Server) -> None:
+    """Take the object store away: every request to it fails to connect. It keeps nothing."""
+    server.stop()
+
+
+def start_s3(server: S3Server) -> None:
+    """Bring the object store back on the same port, its bucket made again, empty."""
+    server.start()

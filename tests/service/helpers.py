@@ -6,6 +6,8 @@ or from one another.
   `api.stack`: import it from there.)
 - `wait_for(predicate, timeout, interval, what)`: poll until `predicate()` is truthy.
 - `RedisServer(directory)`: a throwaway redis-server on a free port: `url(db)`, `start()`, `stop()`.
+- `S3Server(log_path)`: `moto_server` on a free port: `endpoint`, `env()`, `client()`, `keys(prefix)`,
+  `start()`, `stop()`; `fresh_postgres()`: a context manager giving a new migrated PostgreSQL database.
 - `make_settings(database_url, redis_url, storage_dir, **overrides)`: `Settings` with small test limits.
 - `new_key(settings, name=None)`: a fresh API key (of a new account, or of account `name`);
   `bearer(token)`: its `Authorization` header.
@@ -27,15 +29,19 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import redis
 from PIL import Image
+from sqlalchemy import create_engine, text
 
 from api.stack import free_port
 from shared import keys
 from shared.config import Settings
+from shared.db import normalize_url
+from shared.migrate import upgrade
 from shared.operators import create_operator
 from shared.services import Services
 
@@ -95,6 +101,75 @@ def _pings(client: redis.Redis) -> bool:
 
 
 # ---- settings, keys, operators ----------------------------------------------------------------
+
+class S3Server:
+    """`moto_server` on loopback: a real HTTP server speaking the S3 API, in memory; `stop()` and
+    `start()` simulate an outage (it keeps nothing: `start()` makes the bucket again)."""
+
+    BUCKET = "atelier-test"
+
+    def __init__(self, log_path: Path) -> None:
+        self.port, self.log_path = free_port(), log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """How boto3 finds it: the usual AWS_* variables (two tries, so an outage is noticed fast)."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}
+
+    def client(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                            region_name="us-east-1")
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                                             str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+        client = self.client()
+        wait_for(lambda: _answers(client), timeout=30, what="moto_server to start")
+        client.create_bucket(Bucket=self.BUCKET)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.BUCKET, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def _answers(client) -> bool:
+    try:
+        client.list_buckets()
+        return True
+    except Exception:  # botocore's connection errors while the server starts
+        return False
+
+
+@contextmanager
+def fresh_postgres() -> Iterator[str]:
+    """A new, migrated database on ATELIER_TEST_POSTGRES_URL's server, dropped afterwards."""
+    admin_url = normalize_url(os.environ["ATELIER_TEST_POSTGRES_URL"])
+    name = f"atelier_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
 
 def make_settings(database_url: str, redis_url: str, storage_dir: Path, **overrides) -> Settings:
     values = dict(database_url=database_url, redis_url=redis_url, storage_dir=storage_dir, device="cpu",
@@ -185,18 +260,19 @@ class WorkerProcess:
     """`celery -A worker.celery_app worker -Q gpu` as in production (prefork, one child), in its own
     process group so a test can kill it like a crashed machine (`faults.kill_worker`). `args`
     replaces `-Q gpu`, e.g. to also consume `maintenance` and run the periodic sweeps (`--beat`);
-    `app` is the Celery app module (`worker.maintenance_app`: the torch-free maintenance worker)."""
+    `app` is the Celery app module (`worker.maintenance_app`: the torch-free maintenance worker);
+    `cwd` and `env` (added to the settings' variables) place it, e.g. in an empty directory of its own."""
 
     def __init__(self, settings: Settings, log_path: Path, args: tuple[str, ...] = ("-Q", "gpu"),
-                 app: str = "worker.celery_app") -> None:
+                 app: str = "worker.celery_app", cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
         self.settings, self.log_path = settings, log_path
         # one intra-op thread: tiny test images gain nothing from more, and the suite shares the CPU
-        env = os.environ | settings.to_env() | {"OMP_NUM_THREADS": "1"}
+        env = os.environ | settings.to_env() | {"OMP_NUM_THREADS": "1"} | (env or {})
         self.log = open(log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", app, "worker", *args, "--concurrency", "1",
              "--loglevel", "INFO", "-n", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: b" ready." in log_path.read_bytes() or self.process.poll() is not None,
                  timeout=90, interval=0.2, what="the celery worker to start")
         if self.process.poll() is not None:

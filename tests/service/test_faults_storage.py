@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.broker import GPU_QUEUE, RUN_JOB, create_celery
-from shared.storage import LocalStorage
+from shared.storage import LocalStorage, StorageError
 from tests.service import faults
 from tests.service.helpers import TERMINAL, submit, wait_status
 
@@ -60,13 +60,13 @@ def test_a_failed_write_leaves_the_old_object_whole_and_no_partial_file(tmp_path
     storage = LocalStorage(tmp_path)
     storage.put("jobs/x/result.png", b"the old image")
     target = tmp_path / "jobs" / "x" / "result.png"
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError):
         storage.put("jobs/x/result.png/inner", b"cannot: the parent is a file")
     # the rename is what publishes a write: make it fail after the data was written
     target_dir = tmp_path / "jobs" / "y" / "result.png"
     target_dir.mkdir(parents=True)
     (target_dir / "keep").write_bytes(b"x")
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError):
         storage.put("jobs/y/result.png", b"new bytes that never become visible")
     assert storage.get("jobs/x/result.png") == b"the old image" and target.read_bytes() == b"the old image"
     assert no_temp_files(tmp_path)

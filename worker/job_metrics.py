@@ -1,0 +1,35 @@
+"""What one run of a job adds to the worker's Prometheus metrics (`shared.metrics`): queue wait
+at its first claim, iterations and iterations per second as progress is written, run time by
+outcome at the end, and the device memory it peaked at."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from shared import metrics
+from shared.models import utcnow
+
+
+class JobMeter:
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        self._counted: int | None = None  # iterations already added to the counter
+
+    def claimed(self, created_at: datetime, started_at: datetime, first_start: bool) -> None:
+        """Queue wait is observed once per job: at the claim that starts it (not at a resume)."""
+        if first_start:
+            metrics.JOB_QUEUE_WAIT_SECONDS.observe(max(0.0, (started_at - created_at).total_seconds()))
+
+    def progressed(self, iteration: int, per_second: float, resumed_from: int | None) -> None:
+        if self._counted is None:
+            self._counted = resumed_from or 0
+        metrics.ITERATIONS.labels(self.worker).inc(max(0, iteration - self._counted))
+        self._counted = max(self._counted, iteration)
+        metrics.ITERATIONS_PER_SECOND.labels(self.worker).set(per_second)
+
+    def ended(self, status: str, started_at: datetime | None) -> None:
+        metrics.ITERATIONS_PER_SECOND.labels(self.worker).set(0)
+        if started_at is not None:
+            metrics.JOB_RUN_SECONDS.labels(status).observe(max(0.0, (utcnow() - started_at).total_seconds()))
+
+    def peak_memory(self, device: str, megabytes: float) -> None:
+        metrics.DEVICE_MEMORY.labels(self.worker, device, "peak").set(megabytes * 2**20)
