@@ -26,4 +26,4 @@ USER atelier
 ENV ATELIER_STORAGE_DIR=/data/storage ATELIER_PORT=8000
 EXPOSE 8000
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", "--threads", "8", \
-     "--timeout", "120", "api:create_app()"]
+     "--timeout", "120", "api.app:create_app()"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, render_template
 
-from api import services
+from api.app import services
 from api.openapi import build_spec
 
 bp = Blueprint("docs", __name__, template_folder="templates")

@@ -11,7 +11,7 @@ from typing import Iterator
 import redis
 from flask import Blueprint, Response, stream_with_context
 
-from api import services
+from api.app import services
 from api.auth import require_key
 from api.errors import ProblemError
 from api.job_routes import load_job

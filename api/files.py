@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 from sqlalchemy import select
 
-from api import services
+from api.app import services
 from api.auth import require_key
 from api.errors import ProblemError
 from api.job_routes import load_job

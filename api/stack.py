@@ -55,7 +55,7 @@ def free_port() -> int:
 def gunicorn_command(bind: str, workers: int = 2, threads: int = 8) -> list[str]:
     """The API under gunicorn, as `atelier run` (and the benchmarks and tests that mimic it) start it."""
     return [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--worker-class", "gthread",
-            "--threads", str(threads), "--timeout", "120", "api:create_app()"]
+            "--threads", str(threads), "--timeout", "120", "api.app:create_app()"]
 
 
 class Stack:

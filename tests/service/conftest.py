@@ -29,7 +29,7 @@ import redis
 from PIL import Image
 from sqlalchemy import create_engine, text
 
-from api import create_app
+from api.app import create_app
 from shared import keys
 from shared.config import Settings
 from shared.db import normalize_url

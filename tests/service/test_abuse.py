@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import redis
 
-from api import create_app
+from api.app import create_app
 from tests.service.conftest import new_key, submit
 from tests.service.test_errors import assert_problem
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import select
 
-from api import create_app
+from api.app import create_app
 from shared.models import Job, LossPoint, Operator, WebhookEvent, WebhookStatus
 from shared.operators import create_operator
 from shared.services import Services

@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
-from api import create_app
+from api.app import create_app
 from tests.service.conftest import free_port, new_key, submit, wait_for, wait_status
 from tests.service.test_admin import PASSWORD, make_operator
 

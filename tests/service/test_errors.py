@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
-from api import create_app
+from api.app import create_app
 from tests.service.conftest import submit
 
 PROBLEM = "application/problem+json"

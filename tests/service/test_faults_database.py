@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import select
 
-from api import create_app
+from api.app import create_app
 from shared.models import Job, LossPoint
 from shared.services import Services
 from tests.service import faults

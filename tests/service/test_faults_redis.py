@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from api import create_app
+from api.app import create_app
 from shared.migrate import upgrade
 from shared.models import Job
 from shared.services import Services

@@ -20,7 +20,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                status_code_conformance)
 
-from api import create_app
+from api.app import create_app
 from tests.service.conftest import new_key
 
 FUZZ_EXAMPLES = int(os.environ.get("ATELIER_FUZZ_EXAMPLES", "15"))

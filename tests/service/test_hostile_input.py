@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from api import create_app
+from api.app import create_app
 from shared.models import JobInput
 from tests.service.conftest import png, submit, wait_status
 from tests.service.test_errors import PROBLEM
@@ -426,7 +426,7 @@ def test_very_long_headers_under_gunicorn(settings, api_key, tmp_path):
     log = open(tmp_path / "gunicorn.log", "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
-         "--threads", "2", "api:create_app()"], cwd=ROOT, env=os.environ | settings.to_env(), stdout=log,
+         "--threads", "2", "api.app:create_app()"], cwd=ROOT, env=os.environ | settings.to_env(), stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True)
 
     def get(path: str, headers: dict) -> tuple[int, str, bytes]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from openapi_spec_validator import validate
 
-from api import create_app
+from api.app import create_app
 from shared import keys
 from shared.services import Services
 from tests.service.conftest import ROOT, free_port, wait_for

@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import update
 
-from api import create_app
+from api.app import create_app
 from shared import lifecycle
 from shared.models import Base, Job, utcnow
 from shared.services import Services

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import MetaData, select, update
 
-from api import create_app
+from api.app import create_app
 from shared.models import ApiKey, Job, Snapshot, utcnow
 from shared.storage import sha256
 from tests.service.conftest import new_key, submit
