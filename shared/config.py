@@ -18,6 +18,7 @@ class Settings:
     database_url: str = "sqlite:///var/atelier.db"
     redis_url: str | None = None            # None: `atelier run` starts an embedded Redis
     storage_dir: Path = Path("var/storage")
+    host: str = "127.0.0.1"                 # the address `atelier run` serves the API on; 0.0.0.0 exposes it
     port: int = 8000
     device: str = "auto"                    # the engine's device on workers: auto | cpu | cuda[:N]
     # operator limits on what a job may ask for

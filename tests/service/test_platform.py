@@ -17,6 +17,7 @@ from openapi_spec_validator import validate
 
 from api.app import create_app
 from shared import keys
+from shared.config import Settings
 from shared.services import Services
 from tests.service.conftest import ROOT, free_port, wait_for
 
@@ -124,6 +125,32 @@ def multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on `port` (from /proc/net/tcp and tcp6)."""
+    import ipaddress
+
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, local_port = local.split(":")
+            if state == "0A" and int(local_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                little = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # per 32-bit word
+                found.add(str(ipaddress.ip_address(little)))
+    return found
+
+
+def test_the_banner_says_who_can_reach_the_api():
+    from api.stack import banner
+
+    exposed = banner(replace(Settings(), host="0.0.0.0", port=8123))
+    assert "listening on every network interface (0.0.0.0:8123)" in exposed and "TLS" in exposed
+    assert "http://127.0.0.1:8123/docs" in exposed
+    assert "this machine only" in banner(Settings(host="127.0.0.1"))
+    assert "this machine only" in banner(Settings(host="::1")) and "http://[::1]:8000/v1/jobs" in banner(Settings(host="::1"))
+
+
 def test_atelier_run_serves_a_job_restarts_a_dead_child_and_stops_cleanly(tmp_path, images):
     port = free_port()
     env = os.environ | {"ATELIER_PORT": str(port), "ATELIER_DATABASE_URL": f"sqlite:///{tmp_path / 'var/atelier.db'}",
@@ -139,6 +166,9 @@ def test_atelier_run_serves_a_job_restarts_a_dead_child_and_stops_cleanly(tmp_pa
         wait_for(lambda: http(f"{base}/readyz")[0] == 200, timeout=90, interval=0.5, what="atelier run to be ready")
         output = log_path.read_text()
         assert f"{base}/docs" in output and "redis://127.0.0.1:" in output  # printed URLs, embedded Redis
+        # safe by default: the API listens on loopback only, and says so
+        assert listening_addresses(port) == {"127.0.0.1"}
+        assert "listening on this machine only (ATELIER_HOST=0.0.0.0 exposes it to the network)" in output
 
         created = subprocess.run([sys.executable, "-m", "shared.cli", "keys", "create", "me"], cwd=tmp_path, env=env,
                                  capture_output=True, text=True, timeout=60)
