@@ -7,7 +7,7 @@ from sqlalchemy import select
 from api.app import services
 from api.auth import require_key
 from api.errors import ProblemError
-from api.job_routes import load_job
+from api.lookup import load_job
 from shared.models import Snapshot
 from shared.schemas import OUTPUT_FORMATS
 from shared.storage import StorageKeyError

@@ -33,8 +33,18 @@ def _problems(*codes: int) -> dict[str, Any]:
             for c in codes}
 
 
-def _job(status: str, description: str) -> dict[str, Any]:
-    return {status: {"description": description, "content": {"application/json": {"schema": _ref("JobOut")}}}}
+def _job(status: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {status: {"description": description, "content": {"application/json": {"schema": _ref("JobOut")}},
+                     **({"headers": headers} if headers else {})}}
+
+
+def _header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+SUBMITTED = {"Location": _header("The job's URL"),
+             "Idempotent-Replayed": _header("`true` when an earlier request with this `Idempotency-Key` made the job"),
+             "Preference-Applied": _header("`wait=N`: the request waited up to N seconds for the job to end")}
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -74,7 +84,13 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                     "summary": "Submit a job", "operationId": "submitJob",
                     "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                                     "description": "The same key and body return the same job, never a second one.",
-                                    "schema": {"type": "string", "maxLength": 255}}],
+                                    "schema": {"type": "string", "maxLength": 255}},
+                                   {"name": "Prefer", "in": "header", "required": False,
+                                    "description": "`wait=N` (RFC 7240): hold the request up to N seconds (at most "
+                                                   f"{settings.max_prefer_wait_seconds}; bare `wait`: that many) and "
+                                                   "answer `201` with the job if it ends by then, else `202` as usual. "
+                                                   "Other preferences are ignored.",
+                                    "schema": {"type": "string", "examples": ["wait=30"]}}],
                     "requestBody": {"required": True, "content": {"multipart/form-data": {
                         "schema": {"type": "object", "required": ["content", "style"], "properties": {
                             "content": {"type": "string", "contentMediaType": "application/octet-stream"},
@@ -87,7 +103,10 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                             "webhook_events": {"type": "string", "description": "Comma-separated, some of "
                                                + ", ".join(EVENT_TYPES) + "; default: the terminal ones"}}},
                         "encoding": {"params": {"contentType": "application/json"}}}}},
-                    "responses": {**_job("202", "Accepted and queued; `Location` is the job's URL"),
+                    "responses": {**_job("201", "With `Prefer: wait`: the job ended within the wait (its `status` "
+                                                "says how)", SUBMITTED),
+                                  **_job("202", "Accepted and queued (or, with `Prefer: wait`, still running when "
+                                                "the wait ran out); `Location` is the job's URL", SUBMITTED),
                                   **_problems(400, 401, 413, 415, 422, 429)},
                 },
                 "get": {

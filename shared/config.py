@@ -30,6 +30,7 @@ class Settings:
     max_active_jobs: int = 20               # queued + running per account, else 429
     max_active_jobs_per_key: int = 10       # queued + running submitted with one API key, else 429
     submit_rate_limit: str = "60/minute"    # submissions per API key (Flask-Limiter syntax, counted in Redis)
+    max_prefer_wait_seconds: int = 60       # longest `Prefer: wait=N` a submission may hold its request; 0: never
     # worker reliability
     max_attempts: int = 3                   # claims per job before it is failed
     lease_seconds: float = 60.0             # a running job whose lease is not renewed in this time is re-run

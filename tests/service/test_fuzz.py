@@ -29,8 +29,9 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 @pytest.fixture
 def fuzz_app(settings):
-    # limits out of the way, so the fuzzer reaches the handlers (429 itself is covered by test_abuse)
-    app = create_app(replace(settings, submit_rate_limit="100000/minute", max_active_jobs=10**6,
+    # limits out of the way, so the fuzzer reaches the handlers (429 itself is covered by test_abuse);
+    # a `Prefer: wait` holds a request at most a moment (no worker ends these jobs)
+    app = create_app(replace(settings, submit_rate_limit="100000/minute", max_active_jobs=10**6, max_prefer_wait_seconds=1,
                              max_active_jobs_per_key=10**6))
     app.config["TESTING"] = True
     yield app
