@@ -17,6 +17,7 @@ require_key(bp)
 
 CACHE_CONTROL = "private, max-age=31536000, immutable"
 MAX_ITERATION = 2**31 - 1
+GENERIC = "application/octet-stream"
 
 
 @bp.get("/<job_id>/result")
@@ -46,7 +47,12 @@ def image_response(key: str, digest: str, output_format: str) -> Response:
         data = services().storage.get(key)
     except StorageKeyError:
         raise ProblemError(404, "Not Found", "the image is no longer stored") from None
-    response = Response(data, mimetype=OUTPUT_FORMATS[output_format])
+    response = Response(data, mimetype=_media_type(OUTPUT_FORMATS[output_format]))
     response.set_etag(digest)
     response.headers["Cache-Control"] = CACHE_CONTROL
     return response.make_conditional(request)
+
+
+def _media_type(image_type: str) -> str:
+    """The image's own type, unless `Accept` prefers the generic one (as some generated clients ask)."""
+    return request.accept_mimetypes.best_match([image_type, GENERIC], default=image_type)

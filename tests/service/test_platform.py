@@ -70,12 +70,35 @@ def test_openapi_is_valid_3_1_and_carries_the_limits(client, settings):
                                   "/v1/jobs/{job_id}/snapshots/{iteration}", "/v1/jobs/{job_id}/events", "/healthz", "/readyz"}
 
 
+def test_openapi_declares_files_images_and_prefer_as_generators_read_them(client, settings):
+    submit = client.get("/v1/openapi.json").get_json()["paths"]["/v1/jobs"]["post"]
+    form = submit["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["properties"]["content"]["format"] == form["properties"]["style"]["items"]["format"] == "binary"
+    assert form["additionalProperties"] is False
+    prefer = next(p for p in submit["parameters"] if p["name"] == "Prefer")
+    assert prefer["in"] == "header" and f"at most {settings.max_prefer_wait_seconds}" in prefer["description"]
+    assert {"201", "202"} <= set(submit["responses"])
+    assert "Preference-Applied" in submit["responses"]["201"]["headers"]
+    result = client.get("/v1/openapi.json").get_json()["paths"]["/v1/jobs/{job_id}/result"]["get"]["responses"]["200"]
+    assert set(result["content"]) == {"image/png", "image/jpeg", "image/webp", "application/octet-stream"}
+    assert result["content"]["application/octet-stream"]["schema"] == {"type": "string", "format": "binary"}
+
+
 def test_docs_page_is_self_contained(client):
     response = client.get("/docs")
     html = response.get_data(as_text=True)
     assert response.status_code == 200 and response.mimetype == "text/html"
     assert "snapshot_every" in html and "/v1/jobs/{job_id}/cancel" in html
     assert not re.search(r"""(src|href)=["']https?://""", html)  # nothing fetched from elsewhere
+    assert "`" not in html  # the descriptions' Markdown code spans are rendered...
+    assert "<code>Location</code> is the job&#39;s URL" in html and "Header <code>Prefer</code>" in html
+
+
+def test_docs_code_spans_escape_before_they_mark_up():
+    from api.docs import code_spans
+
+    assert code_spans("`a<b>` & <script>`x`") == "<code>a&lt;b&gt;</code> &amp; &lt;script&gt;<code>x</code>"
+    assert code_spans(None) == "" and code_spans("one ` tick") == "one ` tick"
 
 
 def atelier(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
