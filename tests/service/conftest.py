@@ -323,3 +323,27 @@ def private_database(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'db' / 'atelier.db'}"
     upgrade(url)
     return url
+
+
+# ---- the whole stack, as `atelier run` starts it ------------------------------------------------
+
+@pytest.fixture(scope="session")
+def live_stack(database_url, make_redis, tmp_path_factory):
+    """`atelier run` on this backend (tests/service/live_stack.py), shared by the tests of the client
+    library, the CLI and generated clients. Small limits; 3 submissions per 2 s per key, so a
+    test can meet a 429 quickly."""
+    from tests.service.live_stack import LiveStack, fresh_database
+
+    directory = tmp_path_factory.mktemp("stack")
+    with fresh_database(database_url, directory) as url:
+        stack = LiveStack(directory, url, make_redis(), ATELIER_MAX_SIZE="256", ATELIER_MAX_ITERATIONS="1000",
+                          ATELIER_PROGRESS_SECONDS="0.2", ATELIER_SSE_KEEPALIVE_SECONDS="1",
+                          ATELIER_SUBMIT_RATE_LIMIT="3 per 2 seconds")
+        yield stack
+        stack.stop()
+
+
+@pytest.fixture
+def stack_key(live_stack) -> str:
+    """A key of a new account on `live_stack`."""
+    return new_key(live_stack.settings)
