@@ -196,7 +196,7 @@ class Client:
                 asked = retry_after(response.headers)
                 if asked is not None and asked > self.max_retry_wait:
                     raise from_response(response)
-                delay = _backoff(attempt) if asked is None else asked
+                delay = max(asked or 0.0, _backoff(attempt))  # rate limiters round Retry-After down, even to 0
                 why = f"{response.status_code} {response.reason_phrase}"
             attempt += 1
             log.warning("%s %s: %s; retry %d of %d in %.1f s", method, path, why, attempt, self.max_retries, delay)
