@@ -27,18 +27,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def create_key(args: argparse.Namespace) -> int:
+    """A key in an already migrated database (`make run`, `atelier run` and `atelier migrate` migrate
+    it): not loading Alembic keeps this command quick."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
     from shared import keys
     from shared.db import Database
-    from shared.migrate import upgrade
     from shared.webhooks import signing
 
     settings = Settings.from_env()
-    upgrade(settings.database_url)
     db = Database(settings.database_url)
-    with db.session() as session:
-        token = keys.create_key(session, args.name)
-        secret = signing.current(session, keys.live_key(session, token).id).secret
-    db.dispose()
+    try:
+        with db.session() as session:
+            token = keys.create_key(session, args.name)
+            secret = signing.current(session, keys.live_key(session, token).id).secret
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        print(f"atelier keys create: error: {reason} in {where}; if its schema is missing or old, "
+              "`atelier migrate` brings it up to date", file=sys.stderr)
+        return 2
+    finally:
+        db.dispose()
     print(f"Webhook signing secret of this key (also at GET /v1/webhooks/secret):\n{secret}")
     print(f"API key for account {args.name!r}; it is shown only this once:")
     print(token)

@@ -120,6 +120,14 @@ def test_keys_create_prints_the_key_last_and_stores_only_its_hash(settings):
     services.db.dispose()
 
 
+def test_keys_create_on_an_unmigrated_database_says_to_migrate(tmp_path):
+    result = atelier("keys", "create", "early", env={"ATELIER_DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"atelier keys create: error: no such table: accounts in sqlite:///{tmp_path / 'new.db'}; if its schema is "
+        "missing or old, `atelier migrate` brings it up to date"]
+
+
 def test_migrate_is_idempotent(settings):
     for _ in range(2):
         result = atelier("migrate", env=settings.to_env())
