@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Sequence
 
@@ -118,9 +119,8 @@ class Client:
     def wait(self, job: JobRef, timeout: float | None = None) -> Job:
         """The job once it has ended (succeeded, failed or canceled: check `status`). `WaitTimeout`
         after `timeout` seconds; the job goes on regardless."""
-        for event in self.events(job, timeout):
-            pass
-        return event.job  # the last event is the status that ended it
+        (last,) = deque(self.events(job, timeout), maxlen=1)  # the status that ended it
+        return last.job
 
     def events(self, job: JobRef, timeout: float | None = None) -> Iterator[Event]:
         """The job's events as they happen, the last one the `status` that ends it. They come from
