@@ -168,8 +168,9 @@ def _save(client: "Client", job: "Job", output: Path, snapshots: Path | None) ->
                          f"name the output {_suffix(job.params['output_format'])}")
     client.download_result(job, output)
     result = job.result
-    print(f"{output}: {result['width']}x{result['height']}, {job.params['iterations']} iterations; "
-          f"quality {result['quality']}", file=sys.stderr)
+    quality = ", ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in (result["quality"] or {}).items())
+    print(f"{output}: {result['width']}x{result['height']}, {job.params['iterations']} iterations"
+          + (f"; {quality}" if quality else ""), file=sys.stderr)
     return 0
 
 

@@ -19,7 +19,6 @@ import math
 import mimetypes
 import os
 import queue
-import tempfile
 import threading
 import time
 import uuid
@@ -292,10 +291,15 @@ def _file(source: ImageSource) -> tuple[str, bytes, str]:
 
 
 def _save(data: bytes, path: Path) -> Path:
-    """Write `data` to a temporary file beside `path`, then rename it into place: never a partial file."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
+    """Write `data` to a new file beside `path` (its mode from the umask, as any file the user
+    makes), then rename it into place: never a partial file."""
+    part = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with open(part, "xb") as file:
+            file.write(data)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
     return path
 
 

@@ -4,6 +4,7 @@ two); a broken event stream resumed by polling; a server that is down."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 
@@ -40,10 +41,18 @@ def test_submit_follow_and_download(client, images, tmp_path):
 
     out = client.download_result(done, tmp_path / "out.png")
     assert Image.open(out).size == (done.result["width"], done.result["height"]) == (256, 192)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()  # a file like any other the user makes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]  # no temporary file left behind
     snapshots = client.download_snapshots(job.id, tmp_path / "snaps")
     assert [p.name for p in snapshots] == ["000002.png", "000004.png"]
     assert all(Image.open(p).format == "PNG" for p in snapshots)
     assert client.wait(job.id).data == client.get(job).data  # an ended job: at once
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_errors_are_typed_and_carry_the_problem(client, live_stack, images):
