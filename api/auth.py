@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g, request
 
-from api import services
+from api.app import services
 from api.errors import ProblemError
 from shared.keys import live_key
 

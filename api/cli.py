@@ -23,25 +23,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     operator.set_defaults(func=create_operator)
     subparsers.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=migrate)
     serve = subparsers.add_parser("serve", help="run the API under gunicorn (what `atelier run` starts)")
-    serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT to listen on (default: %(default)s)")
+    serve.add_argument("--bind", help="HOST:PORT to listen on (default: ATELIER_HOST:ATELIER_PORT, 127.0.0.1:8000)")
     serve.set_defaults(func=serve_api)
     subparsers.add_parser("run", help="run API, worker, sweep (and Redis if ATELIER_REDIS_URL is unset) until Ctrl-C"
                           ).set_defaults(func=run)
 
 
 def create_key(args: argparse.Namespace) -> int:
+    """A key in an already migrated database (`make run`, `atelier run` and `atelier migrate` migrate
+    it): not loading Alembic keeps this command quick."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
     from shared import keys
     from shared.db import Database
-    from shared.migrate import upgrade
     from shared.webhooks import signing
 
     settings = Settings.from_env()
-    upgrade(settings.database_url)
     db = Database(settings.database_url)
-    with db.session() as session:
-        token = keys.create_key(session, args.name)
-        secret = signing.current(session, keys.live_key(session, token).id).secret
-    db.dispose()
+    try:
+        with db.session() as session:
+            token = keys.create_key(session, args.name)
+            secret = signing.current(session, keys.live_key(session, token).id).secret
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        print(f"atelier keys create: error: {reason} in {where}; if its schema is missing or old, "
+              "`atelier migrate` brings it up to date", file=sys.stderr)
+        return 2
+    finally:
+        db.dispose()
     print(f"Webhook signing secret of this key (also at GET /v1/webhooks/secret):\n{secret}")
     print(f"API key for account {args.name!r}; it is shown only this once:")
     print(token)
@@ -81,9 +92,10 @@ def migrate(args: argparse.Namespace) -> int:
 def serve_api(args: argparse.Namespace) -> int:
     import os
 
-    from api.stack import gunicorn_command
+    from api.stack import gunicorn_command, host_port
 
-    command = gunicorn_command(args.bind)
+    settings = Settings.from_env()
+    command = gunicorn_command(args.bind or host_port(settings.host, settings.port))
     os.execv(command[0], command)
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 from sqlalchemy import select
 
-from api import services
+from api.app import services
 from api.auth import require_key
 from api.errors import ProblemError
-from api.job_routes import load_job
+from api.lookup import load_job
 from shared.models import Snapshot
 from shared.schemas import OUTPUT_FORMATS
 from shared.storage import StorageKeyError
@@ -23,6 +23,7 @@ require_key(bp)
 
 CACHE_CONTROL = "private, max-age=31536000, immutable"
 MAX_ITERATION = 2**31 - 1
+GENERIC = "application/octet-stream"
 
 
 @bp.get("/<job_id>/result")
@@ -50,7 +51,7 @@ def image_response(key: str, digest: str, output_format: str) -> Response:
     """An immutable stored image, with a strong ETag (its sha256) for conditional requests. A
     client that has it gets `304` without the object being read or a URL signed."""
     storage, seconds = services().storage, services().settings.storage_redirect_seconds
-    mimetype = OUTPUT_FORMATS[output_format]
+    mimetype = _media_type(OUTPUT_FORMATS[output_format])
     fresh = request.if_none_match.contains(digest)
     url = storage.presigned_url(key, seconds, mimetype, CACHE_CONTROL) if seconds > 0 and not fresh else None
     if url is not None:
@@ -64,3 +65,8 @@ def image_response(key: str, digest: str, output_format: str) -> Response:
         response.headers["Cache-Control"] = CACHE_CONTROL
     response.set_etag(digest)
     return response.make_conditional(request)
+
+
+def _media_type(image_type: str) -> str:
+    """The image's own type, unless `Accept` prefers the generic one (as some generated clients ask)."""
+    return request.accept_mimetypes.best_match([image_type, GENERIC], default=image_type)

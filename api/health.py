@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from api import services
+from api.app import services
 from api.errors import ProblemError
 
 bp = Blueprint("health", __name__)

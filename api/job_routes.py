@@ -5,18 +5,19 @@ import base64
 import binascii
 import json
 import logging
-import uuid
 from datetime import datetime
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, joinedload, selectinload
+from sqlalchemy.orm import Session, selectinload
 
-from api import services
+from api import events
+from api.app import services
 from api.auth import account_id, api_key_id, require_key
 from api.errors import ProblemError, invalid
-from api.submission import Submission, idempotency_key, parse
+from api.lookup import load_job
+from api.submission import Submission, idempotency_key, parse, prefer_wait
 from shared import announce, lifecycle
 from shared.broker import enqueue
 from shared.models import InputRole, Job, JobStatus
@@ -30,24 +31,6 @@ require_key(bp)
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
 
-def load_job(session: Session, job_id: str) -> Job:
-    """The caller's job or 404: another account's job does not exist as far as they can tell."""
-    if not _is_job_id(job_id):  # no query for what cannot be an id (NUL bytes break PostgreSQL text)
-        raise ProblemError(404, "Not Found", f"no job {job_id[:100]!r}")
-    job = session.scalars(select(Job).where(Job.id == job_id, Job.account_id == account_id())
-                          .options(joinedload(Job.snapshots))).unique().first()  # one query, snapshots joined
-    if job is None:
-        raise ProblemError(404, "Not Found", f"no job {job_id}")
-    return job
-
-
-def _is_job_id(job_id: str) -> bool:
-    try:
-        return str(uuid.UUID(job_id)) == job_id
-    except ValueError:
-        return False
-
-
 def job_response(job: Job, status: int) -> Response:
     response = jsonify(job_out(job).model_dump(mode="json"))
     response.status_code = status
@@ -56,26 +39,39 @@ def job_response(job: Job, status: int) -> Response:
 
 @bp.post("")
 def submit() -> Response:
+    """202 with the queued job; with `Prefer: wait=N`, 201 once it has ended if it does within N
+    seconds (the job was created and is complete, as Replicate answers), else 202 as usual."""
     svc = services()
     celery = current_app.extensions["celery"]
     key = idempotency_key(request)
+    wait = prefer_wait(request, svc.settings)
     submission = parse(request, svc.settings)
     with svc.db.session() as session:
-        if key is not None and (existing := _replay(session, key, submission)) is not None:
-            return existing
-        job = _create(session, key, submission)
-        try:
-            session.commit()
-        except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-            session.rollback()
-            if key is not None and (existing := _replay(session, key, submission)) is not None:
-                return existing
-            raise
+        job = _replay(session, key, submission)
+        replayed = job is not None
+        if not replayed:
+            job = _create(session, key, submission)
+            try:
+                session.commit()
+            except IntegrityError:  # a concurrent request with the same Idempotency-Key won
+                session.rollback()
+                if (job := _replay(session, key, submission)) is None:
+                    raise
+                replayed = True
         job = load_job(session, job.id)
-    announce.status_changed(svc, celery, job)
-    enqueue(celery, svc.db, job.id)
-    response = job_response(job, 202)
+    if not replayed:
+        announce.status_changed(svc, celery, job)
+        enqueue(celery, svc.db, job.id)
+    if wait is not None:
+        events.wait_for_end(job.id, wait)
+        with svc.db.session() as session:
+            job = load_job(session, job.id)
+    response = job_response(job, 201 if wait is not None and job.state.terminal else 202)
     response.headers["Location"] = job_path(job.id)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    if wait is not None:
+        response.headers["Preference-Applied"] = f"wait={wait}"
     return response
 
 
@@ -97,17 +93,14 @@ def _create(session: Session, key: str | None, submission: Submission) -> Job:
     return job
 
 
-def _replay(session: Session, key: str, submission: Submission) -> Response | None:
-    job = session.scalar(select(Job).where(Job.account_id == account_id(), Job.idempotency_key == key)
-                         .options(selectinload(Job.snapshots)))
-    if job is None:
+def _replay(session: Session, key: str | None, submission: Submission) -> Job | None:
+    """The job an earlier request with this Idempotency-Key made (422 if its body differed)."""
+    if key is None:
         return None
-    if job.request_hash != submission.request_hash:
+    job = session.scalar(select(Job).where(Job.account_id == account_id(), Job.idempotency_key == key))
+    if job is not None and job.request_hash != submission.request_hash:
         raise invalid("Idempotency-Key", "was already used for a different request")
-    response = job_response(job, 202)
-    response.headers["Location"] = job_path(job.id)
-    response.headers["Idempotent-Replayed"] = "true"
-    return response
+    return job
 
 
 @bp.get("")

@@ -16,7 +16,7 @@ from redis import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from api import services
+from api.app import services
 from api.errors import ProblemError
 from shared import metrics
 from shared.broker import queue_depths

@@ -29,12 +29,25 @@ def _problems(*codes: int) -> dict[str, Any]:
             429: "Too many submissions (ATELIER_SUBMIT_RATE_LIMIT) or active jobs for this key or account", 503: "A dependency is down"}
     retry = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 0}}}
     return {str(c): {"description": text[c], "content": {"application/problem+json": {"schema": _ref("Problem")}},
-                     **({"headers": retry} if c == 429 else {})}
+                     **({"headers": retry} if c in (429, 503) else {})}
             for c in codes}
 
 
-def _job(status: str, description: str) -> dict[str, Any]:
-    return {status: {"description": description, "content": {"application/json": {"schema": _ref("JobOut")}}}}
+def _job(status: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {status: {"description": description, "content": {"application/json": {"schema": _ref("JobOut")}},
+                     **({"headers": headers} if headers else {})}}
+
+
+def _header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+# a file part, as generators understand one: `format: binary` (OpenAPI 3.0's spelling, still read by most
+# generators) next to 3.1's `contentMediaType`
+IMAGE_FILE = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+SUBMITTED = {"Location": _header("The job's URL"),
+             "Idempotent-Replayed": _header("`true` when an earlier request with this `Idempotency-Key` made the job"),
+             "Preference-Applied": _header("`wait=N`: the request waited up to N seconds for the job to end")}
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -60,7 +73,11 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     params["size"]["maximum"] = settings.max_size
     params["size"]["default"] = min(params["size"]["default"], settings.max_size)
     params["iterations"]["anyOf"][0]["maximum"] = settings.max_iterations
-    images = {name: {"description": f"`{name}` image", "content": {mime: {} for mime in OUTPUT_FORMATS.values()}}
+    binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    images = {name: {"description": f"The {name.lower()} image, in the job's `output_format` "
+                                    "(as `application/octet-stream` when that is all `Accept` asks for)",
+                     "content": {**{mime: {"schema": {"type": "string", "contentMediaType": mime}}
+                                    for mime in OUTPUT_FORMATS.values()}, **binary}}
               for name in ("Result", "Snapshot")}
     cached = {"ETag": {"schema": {"type": "string"}}, "Cache-Control": {"schema": {"type": "string"}}}
     for response in images.values():
@@ -77,12 +94,20 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                     "summary": "Submit a job", "operationId": "submitJob",
                     "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                                     "description": "The same key and body return the same job, never a second one.",
-                                    "schema": {"type": "string", "maxLength": 255}}],
+                                    "schema": {"type": "string", "maxLength": 255}},
+                                   {"name": "Prefer", "in": "header", "required": False,
+                                    "description": "`wait=N` (RFC 7240): hold the request up to N seconds (at most "
+                                                   f"{settings.max_prefer_wait_seconds}; bare `wait`: that many) and "
+                                                   "answer `201` with the job if it ends by then, else `202` as usual. "
+                                                   "Other preferences are ignored.",
+                                    "schema": {"type": "string", "examples": ["wait=30"]}}],
                     "requestBody": {"required": True, "content": {"multipart/form-data": {
-                        "schema": {"type": "object", "required": ["content", "style"], "properties": {
-                            "content": {"type": "string", "contentMediaType": "application/octet-stream"},
+                        "schema": {"type": "object", "required": ["content", "style"], "additionalProperties": False,
+                                   "properties": {
+                            "content": IMAGE_FILE | {"description": "The content image (PNG, JPEG, WebP, GIF, BMP or TIFF)"},
                             "style": {"type": "array", "minItems": 1, "maxItems": settings.max_styles,
-                                      "items": {"type": "string", "contentMediaType": "application/octet-stream"}},
+                                      "description": "One or more style images, blended by `params.style_weights`",
+                                      "items": IMAGE_FILE},
                             "params": _ref("JobParams"),
                             "webhook_url": {"type": "string", "format": "uri",
                                             "description": "POST this job's events here (http(s), public addresses only); "
@@ -90,7 +115,10 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                             "webhook_events": {"type": "string", "description": "Comma-separated, some of "
                                                + ", ".join(EVENT_TYPES) + "; default: the terminal ones"}}},
                         "encoding": {"params": {"contentType": "application/json"}}}}},
-                    "responses": {**_job("202", "Accepted and queued; `Location` is the job's URL"),
+                    "responses": {**_job("201", "With `Prefer: wait`: the job ended within the wait (its `status` "
+                                                "says how)", SUBMITTED),
+                                  **_job("202", "Accepted and queued (or, with `Prefer: wait`, still running when "
+                                                "the wait ran out); `Location` is the job's URL", SUBMITTED),
                                   **_problems(400, 401, 413, 415, 422, 429)},
                 },
                 "get": {

@@ -3,10 +3,12 @@ ATELIER_REDIS_URL), the API under gunicorn, one GPU worker and the maintenance w
 periodic sweep (Celery beat).
 
 Every child writes its Prometheus metrics to one multiprocess directory (`var/metrics`, emptied
-at start; `PROMETHEUS_MULTIPROC_DIR`), so the API's `/metrics` shows the workers' too.
+at start; `PROMETHEUS_MULTIPROC_DIR`), so the API's `/metrics` shows the workers' too. The API
+listens on ATELIER_HOST (127.0.0.1: this machine only) unless told otherwise.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -44,8 +46,37 @@ def gunicorn_command(bind: str, workers: int = 2, threads: int = 8) -> list[str]
     """The API under gunicorn, as `atelier run` (and the benchmarks and tests that mimic it) start it.
     `api.gunicorn_hooks` tells prometheus_client when a gunicorn worker dies."""
     return [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--worker-class", "gthread",
-            "--threads", str(threads), "--timeout", "120", "--config", "python:api.gunicorn_hooks", "api:create_app()"]
+            "--threads", str(threads), "--timeout", "120", "--config", "python:api.gunicorn_hooks", "api.app:create_app()"]
 
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 address in brackets, as gunicorn's --bind and URLs write it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def banner(settings: Settings) -> str:
+    """What `atelier run` prints: its URLs, and who can reach them."""
+    everywhere = settings.host in ("0.0.0.0", "::")
+    base = f"http://{host_port('127.0.0.1' if everywhere else settings.host, settings.port)}"
+    if _loopback(settings.host):
+        reach = "listening on this machine only (ATELIER_HOST=0.0.0.0 exposes it to the network)"
+    else:
+        where = "every network interface" if everywhere else settings.host
+        reach = (f"listening on {where} ({host_port(settings.host, settings.port)}): other machines can reach the "
+                 "API and /admin;\n  put TLS in front (a reverse proxy) before anyone signs in to /admin")
+    return (f"Atelier is running:\n  API     {base}/v1/jobs\n  docs    {base}/docs\n  health  {base}/readyz\n"
+            f"  metrics {base}/metrics (an admin session or ATELIER_METRICS_TOKEN)\n"
+            f"  redis   {settings.redis_url}\n  db      {settings.database_url}\n"
+            f"  admin   {base}/admin (create an operator with `atelier admin create NAME --password-stdin`)\n  {reach}\n"
+            f"Create a key with `atelier keys create NAME`, then: ATELIER_URL={base} ATELIER_KEY=<the key> "
+            "atelier submit CONTENT STYLE -o OUT\nCtrl-C stops everything.")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
 
 
 class Stack:
@@ -72,19 +103,11 @@ class Stack:
         celery = [python, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO"]
         maintenance = [python, "-m", "celery", "-A", "worker.maintenance_app", "worker", "--loglevel", "INFO"]
         children += [
-            Child("api", gunicorn_command(f"0.0.0.0:{self.settings.port}")),
+            Child("api", gunicorn_command(host_port(self.settings.host, self.settings.port))),
             Child("worker", [*celery, "-Q", "gpu", "--concurrency", "1", "-n", "gpu@%h"]),
             Child("maintenance", [*maintenance, "-Q", "maintenance", "--pool", "threads", "--concurrency", "8",
                                   "-n", "maintenance@%h", "--beat", "--schedule", str(VAR / "celerybeat-schedule")]),
         ]
         shared_metrics = metrics.multiprocess_dir() or str(metrics.fresh_dir(VAR / "metrics"))
         env = os.environ | self.settings.to_env() | {metrics.MULTIPROC_ENV: shared_metrics}
-        return Supervisor(children, env).run(started=self._banner)
-
-    def _banner(self) -> None:
-        base = f"http://127.0.0.1:{self.settings.port}"
-        print(f"Atelier is running:\n  API     {base}/v1/jobs\n  docs    {base}/docs\n  health  {base}/readyz\n"
-              f"  metrics {base}/metrics (an admin session or ATELIER_METRICS_TOKEN)\n"
-              f"  redis   {self.settings.redis_url}\n  db      {self.settings.database_url}\n"
-              f"  admin   {base}/admin (create an operator with `atelier admin create NAME --password-stdin`)\n"
-              "Create a key with `atelier keys create NAME`. Ctrl-C stops everything.", flush=True)
+        return Supervisor(children, env).run(started=lambda: print(banner(self.settings), flush=True))

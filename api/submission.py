@@ -78,6 +78,26 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
+def prefer_wait(request: Request, settings: Settings) -> int | None:
+    """The seconds a `Prefer: wait=N` (RFC 7240; bare `wait`: the longest allowed) asks the submission
+    to hold its request for the job to end, capped at ATELIER_MAX_PREFER_WAIT_SECONDS; None when
+    not asked or waiting is off. Other preferences are ignored, as RFC 7240 asks; a repeated
+    `wait` counts once (the first)."""
+    for header in request.headers.getlist("Prefer"):
+        for preference in header.split(","):
+            token, _, value = preference.split(";", 1)[0].partition("=")
+            if token.strip().lower() != "wait":
+                continue
+            value = value.strip().strip('"')
+            if value and not (value.isascii() and value.isdigit() and len(value) <= 10):
+                raise invalid("Prefer", f"wait must be a whole number of seconds, e.g. wait=30, not {value[:20]!r}",
+                              status=400)
+            if settings.max_prefer_wait_seconds <= 0:
+                return None
+            return min(int(value), settings.max_prefer_wait_seconds) if value else settings.max_prefer_wait_seconds
+    return None
+
+
 def _read_image(field: str, upload: FileStorage, settings: Settings) -> Upload:
     data = upload.read()
     if not data:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify
 from flask.blueprints import BlueprintSetupState
 
-from api import services
+from api.app import services
 from api.auth import account_id, api_key_id, require_key
 from api.errors import ProblemError
-from api.job_routes import load_job
+from api.lookup import load_job
 from shared.webhooks import history, sender, signing, targets
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import event, update  # noqa: E402
 
-from api import create_app  # noqa: E402
+from api.app import create_app  # noqa: E402
 from api.stack import free_port  # noqa: E402
 from shared import keys, lifecycle  # noqa: E402
 from shared.broker import GPU_QUEUE  # noqa: E402

@@ -20,6 +20,7 @@ class Settings:
     storage_dir: Path = Path("var/storage")
     storage_url: str | None = None          # s3://bucket/prefix (endpoint, credentials: boto3's AWS_* ways), file:///path; unset: storage_dir
     storage_redirect_seconds: int = 0       # >0: results and snapshots answer 302 to a presigned URL valid this long (S3 only)
+    host: str = "127.0.0.1"                 # the address `atelier run` serves the API on; 0.0.0.0 exposes it
     port: int = 8000
     device: str = "auto"                    # the engine's device on workers: auto | cpu | cuda[:N]
     # operator limits on what a job may ask for
@@ -31,6 +32,7 @@ class Settings:
     max_active_jobs: int = 20               # queued + running per account, else 429
     max_active_jobs_per_key: int = 10       # queued + running submitted with one API key, else 429
     submit_rate_limit: str = "60/minute"    # submissions per API key (Flask-Limiter syntax, counted in Redis)
+    max_prefer_wait_seconds: int = 60       # longest `Prefer: wait=N` a submission may hold its request; 0: never
     # worker reliability
     max_attempts: int = 3                   # claims per job before it is failed
     lease_seconds: float = 60.0             # a running job whose lease is not renewed in this time is re-run

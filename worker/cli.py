@@ -23,9 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output image; the format follows the extension")
     add_param_flags(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--snapshot-every", type=int, metavar="N", help="save the image every N iterations")
-    p.add_argument("--snapshot-dir", type=Path, metavar="DIR", help="where snapshots go")
-    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+    p.add_argument("--snapshot-every", type=int, metavar="N", help="save the image every N iterations, into "
+                                                                   "--snapshot-dir (default: no snapshots)")
+    p.add_argument("--snapshot-dir", type=Path, metavar="DIR", help="where snapshots go (default: none)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout "
+                                                       "(default: a one-line summary on stderr)")
     p.set_defaults(func=run)
     w = subparsers.add_parser("worker", help="run this machine's GPU workers: one per visible GPU, or one on the CPU",
                               description="One Celery worker process per visible GPU (each pinned to its device), "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 from flask_limiter.util import get_remote_address
 
-from api import services
+from api.app import services
 from api.admin.security import protect, sign_in
 from shared.operators import authenticate
 

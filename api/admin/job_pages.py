@@ -9,7 +9,7 @@ from flask import Response, abort, current_app, flash, jsonify, redirect, render
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from api import services
+from api.app import services
 from api.admin.blueprint import bp
 from api.admin.views import job_row, job_state
 from api.files import image_response

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Response, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select, update
 
-from api import services
+from api.app import services
 from api.admin.blueprint import bp
 from shared import keys as api_keys
 from shared.models import Account, ApiKey, Job, utcnow

@@ -12,7 +12,7 @@ import secrets
 from flask import Blueprint, Response, abort, g, jsonify, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
 
-from api import services
+from api.app import services
 from shared.models import Operator
 
 CSRF_FIELD = "csrf_token"

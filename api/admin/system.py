@@ -9,7 +9,7 @@ from kombu.exceptions import OperationalError
 from redis import RedisError
 from sqlalchemy import func, select
 
-from api import services
+from api.app import services
 from api.admin.blueprint import bp
 from api.admin.stats import all_windows
 from shared.models import Job

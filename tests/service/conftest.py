@@ -27,6 +27,8 @@ faults.py.
 - `images` (session): tiny PNG bytes (`content`, `style`, `style2`).
 - `operator`: the name of a new admin operator on `settings` (password `OPERATOR_PASSWORD`).
 - `receiver`: a webhook `Receiver` on loopback, stopped at the end of the test.
+- `live_stack` (session): `atelier run` itself on this backend (tests/service/live_stack.py), for
+  the client library, the CLI and generated clients; `stack_key`: a new account's key on it.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from api import create_app
+from api.app import create_app
 from shared.config import Settings
 from shared.migrate import upgrade
 from tests.service.helpers import (RedisServer, S3Server, WorkerProcess, bearer, fresh_postgres, make_operator,
@@ -247,3 +249,27 @@ def receiver() -> Iterator[Receiver]:
     receiver = Receiver()
     yield receiver
     receiver.stop()
+
+
+# ---- the whole stack, as `atelier run` starts it ------------------------------------------------
+
+@pytest.fixture(scope="session")
+def live_stack(database_url, make_redis, tmp_path_factory):
+    """`atelier run` on this backend (tests/service/live_stack.py), shared by the tests of the client
+    library, the CLI and generated clients. Small limits; 3 submissions per 2 s per key, so a
+    test can meet a 429 quickly."""
+    from tests.service.live_stack import LiveStack, fresh_database
+
+    directory = tmp_path_factory.mktemp("stack")
+    with fresh_database(database_url, directory) as url:
+        stack = LiveStack(directory, url, make_redis(), ATELIER_MAX_SIZE="256", ATELIER_MAX_ITERATIONS="1000",
+                          ATELIER_PROGRESS_SECONDS="0.2", ATELIER_SSE_KEEPALIVE_SECONDS="1",
+                          ATELIER_SUBMIT_RATE_LIMIT="3 per 2 seconds")
+        yield stack
+        stack.stop()
+
+
+@pytest.fixture
+def stack_key(live_stack) -> str:
+    """A key of a new account on `live_stack`."""
+    return new_key(live_stack.settings)

@@ -5,7 +5,8 @@ Every fault is real: a signal to a real Celery worker process (or to any process
 real redis-server stopped and started on the same port, the real SQLite database taken out from
 under its connections, a real storage directory replaced by a file so that writes under it fail
 (as root, too), a real webhook receiver taken off its port, the S3 server stopped (every request
-to the bucket fails to connect) and started again.
+to the bucket fails to connect) and started again, a real TCP connection closed after the server
+answered but before the answer arrived.
 
 - workers and processes: `kill_worker`, `terminate_worker`, `wait_exited`, `kill_process`
 - Redis: `stop_redis`, `start_redis`
@@ -13,13 +14,16 @@ to the bucket fails to connect) and started again.
 - storage: `break_storage`, `repair_storage`
 - webhook receivers: `stop_receiver`, `start_receiver`
 - object storage: `stop_s3`, `start_s3`
+- the network: `lose_responses` (a `LossyProxy`)
 """
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -150,3 +154,68 @@ def stop_s3(server: S3Server) -> None:
 def start_s3(server: S3Server) -> None:
     """Bring the object store back on the same port, its bucket made again, empty."""
     server.start()
+
+
+# ---- the network ------------------------------------------------------------------------------
+
+class LossyProxy:
+    """A TCP proxy on 127.0.0.1:`port` in front of 127.0.0.1:`target`. The first `losses`
+    connections carry the request to the server and let it answer, but are closed before the
+    answer reaches the client: a response lost on the way (a flaky network, a proxy's timeout).
+    Later connections pass everything both ways."""
+
+    def __init__(self, target: int, losses: int) -> None:
+        self.target, self.losses, self.lost = target, losses, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            with self.lock:
+                lose = self.lost < self.losses
+                self.lost += lose
+            threading.Thread(target=self._relay, args=(client, lose), daemon=True).start()
+
+    def _relay(self, client: socket.socket, lose: bool) -> None:
+        server = socket.create_connection(("127.0.0.1", self.target))
+        threading.Thread(target=_pipe, args=(client, server), daemon=True).start()
+        if lose:
+            server.recv(1)  # the server has answered: the job exists; its answer goes nowhere
+            for s in (client, server):
+                _hang_up(s)
+        else:
+            _pipe(server, client)
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (source, sink):
+            _hang_up(s)
+
+
+def _hang_up(connection: socket.socket) -> None:
+    """Close both ways at once (a bare close() would wait for a reader blocked in another thread)."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    connection.close()
+
+
+def lose_responses(target_port: int, count: int = 1) -> LossyProxy:
+    """A proxy to `target_port` that loses the answers to its first `count` connections."""
+    return LossyProxy(target_port, count)

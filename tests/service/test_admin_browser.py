@@ -18,7 +18,6 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
-from api import create_app
 from api.stack import free_port
 from tests.service.helpers import OPERATOR_PASSWORD, bearer, make_operator, new_key, submit, wait_for, wait_status
 
@@ -38,16 +37,15 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def server(worker, worker_settings) -> Iterator[tuple[str, object]]:
+def server(worker, worker_settings, make_app) -> Iterator[tuple[str, object]]:
     """The API app on a free port in a server thread; yields its base URL and the app."""
-    app = create_app(replace(worker_settings, secret_key=uuid.uuid4().hex))
+    app = make_app(replace(worker_settings, secret_key=uuid.uuid4().hex))
     httpd = make_server("127.0.0.1", free_port(), app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_port}", app
     httpd.shutdown()
     thread.join(10)
-    app.extensions["atelier"].db.dispose()
 
 
 @pytest.fixture

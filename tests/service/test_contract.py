@@ -94,7 +94,7 @@ def test_the_api_process_never_imports_torch(settings, tmp_path, images):
         (tmp_path / f"{name}.png").write_bytes(images[name])
     script = f"""
 import io, json, sys
-from api import create_app
+from api.app import create_app
 from shared import keys
 from shared.config import Settings
 app = create_app(Settings.from_env())

@@ -13,7 +13,6 @@ import json
 import os
 import struct
 import subprocess
-import sys
 import zlib
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable
@@ -22,7 +21,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from api.stack import free_port
+from api.stack import free_port, gunicorn_command
 from shared.models import JobInput
 from tests.service.helpers import PROBLEM, ROOT, TERMINAL, bearer, submit, wait_for, wait_status
 
@@ -420,10 +419,9 @@ def test_very_long_headers_under_gunicorn(settings, api_key, tmp_path):
     service stays healthy. Below that limit the app answers (401 problem for a long bogus key)."""
     port = free_port()
     log = open(tmp_path / "gunicorn.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
-         "--threads", "2", "api:create_app()"], cwd=ROOT, env=os.environ | settings.to_env(), stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(gunicorn_command(f"127.0.0.1:{port}", workers=1, threads=2), cwd=ROOT,
+                              env=os.environ | settings.to_env(), stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
 
     def get(path: str, headers: dict) -> tuple[int, str, bytes]:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from shared.params import Params, plan
@@ -26,6 +27,17 @@ def test_submit_answers_202_with_the_job_and_location(client, auth, images):
 def test_engine_default_iterations_are_filled_in(client, auth, images):
     job = submit(client, auth, images, {"size": 64}).get_json()
     assert job["params"]["iterations"] == sum(stage.iterations for stage in plan(Params(size=64)))
+
+
+def test_every_automatic_choice_is_resolved_in_the_effective_params(settings, auth, images, make_app):
+    """What a job reports is what runs: at 256 px the schedule is two scales of 150 + 43 iterations,
+    two styles blend equally, every style layer weighs the same; none of it comes back null."""
+    client = make_app(replace(settings, max_size=256)).test_client()
+    params = submit(client, auth, images, {"size": 256}, styles=("style", "style")).get_json()["params"]
+    assert [stage.iterations for stage in plan(Params(size=256))] == [150, 43]
+    assert params["scales"] == 2 and params["iterations"] == 193
+    assert params["style_weights"] == [1.0, 1.0] and params["style_layer_weights"] == [1.0] * 5
+    assert None not in params.values()
 
 
 def test_inputs_are_stored_once_by_content(client, auth, images, settings):

@@ -84,7 +84,7 @@ def test_a_gunicorn_api_and_a_worker_report_into_one_scrape(make_redis, private_
     settings = replace(make_settings(private_database, make_redis().url(0), tmp_path / "storage"),
                        metrics_token=TOKEN, webhook_allow_networks="127.0.0.0/8", webhook_retry_schedule="1,1")
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    worker = workers(settings, ("-Q", "gpu,maintenance"), env=env)
+    workers(settings, ("-Q", "gpu,maintenance"), env=env)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with open(tmp_path / "gunicorn.log", "wb") as log:

@@ -17,6 +17,7 @@ from openapi_spec_validator import validate
 
 from api.stack import free_port
 from shared import keys
+from shared.config import Settings
 from shared.services import Services
 from tests.service import faults
 from tests.service.helpers import ROOT, bearer, submit, wait_for
@@ -69,12 +70,35 @@ def test_openapi_is_valid_3_1_and_carries_the_limits(client, settings):
                                   "/v1/jobs/{job_id}/snapshots/{iteration}", "/v1/jobs/{job_id}/events", "/healthz", "/readyz"}
 
 
+def test_openapi_declares_files_images_and_prefer_as_generators_read_them(client, settings):
+    submit = client.get("/v1/openapi.json").get_json()["paths"]["/v1/jobs"]["post"]
+    form = submit["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["properties"]["content"]["format"] == form["properties"]["style"]["items"]["format"] == "binary"
+    assert form["additionalProperties"] is False
+    prefer = next(p for p in submit["parameters"] if p["name"] == "Prefer")
+    assert prefer["in"] == "header" and f"at most {settings.max_prefer_wait_seconds}" in prefer["description"]
+    assert {"201", "202"} <= set(submit["responses"])
+    assert "Preference-Applied" in submit["responses"]["201"]["headers"]
+    result = client.get("/v1/openapi.json").get_json()["paths"]["/v1/jobs/{job_id}/result"]["get"]["responses"]["200"]
+    assert set(result["content"]) == {"image/png", "image/jpeg", "image/webp", "application/octet-stream"}
+    assert result["content"]["application/octet-stream"]["schema"] == {"type": "string", "format": "binary"}
+
+
 def test_docs_page_is_self_contained(client):
     response = client.get("/docs")
     html = response.get_data(as_text=True)
     assert response.status_code == 200 and response.mimetype == "text/html"
     assert "snapshot_every" in html and "/v1/jobs/{job_id}/cancel" in html
     assert not re.search(r"""(src|href)=["']https?://""", html)  # nothing fetched from elsewhere
+    assert "`" not in html  # the descriptions' Markdown code spans are rendered...
+    assert "<code>Location</code> is the job&#39;s URL" in html and "Header <code>Prefer</code>" in html
+
+
+def test_docs_code_spans_escape_before_they_mark_up():
+    from api.docs import code_spans
+
+    assert code_spans("`a<b>` & <script>`x`") == "<code>a&lt;b&gt;</code> &amp; &lt;script&gt;<code>x</code>"
+    assert code_spans(None) == "" and code_spans("one ` tick") == "one ` tick"
 
 
 def atelier(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -94,6 +118,14 @@ def test_keys_create_prints_the_key_last_and_stores_only_its_hash(settings):
         stored = session.execute(keys.select(keys.ApiKey.key_hash)).scalars().all()
     assert token not in stored and keys.hash_key(token) in stored
     services.db.dispose()
+
+
+def test_keys_create_on_an_unmigrated_database_says_to_migrate(tmp_path):
+    result = atelier("keys", "create", "early", env={"ATELIER_DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"atelier keys create: error: no such table: accounts in sqlite:///{tmp_path / 'new.db'}; if its schema is "
+        "missing or old, `atelier migrate` brings it up to date"]
 
 
 def test_migrate_is_idempotent(settings):
@@ -124,6 +156,32 @@ def multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on `port` (from /proc/net/tcp and tcp6)."""
+    import ipaddress
+
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, local_port = local.split(":")
+            if state == "0A" and int(local_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                little = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # per 32-bit word
+                found.add(str(ipaddress.ip_address(little)))
+    return found
+
+
+def test_the_banner_says_who_can_reach_the_api():
+    from api.stack import banner
+
+    exposed = banner(replace(Settings(), host="0.0.0.0", port=8123))
+    assert "listening on every network interface (0.0.0.0:8123)" in exposed and "TLS" in exposed
+    assert "http://127.0.0.1:8123/docs" in exposed
+    assert "this machine only" in banner(Settings(host="127.0.0.1"))
+    assert "this machine only" in banner(Settings(host="::1")) and "http://[::1]:8000/v1/jobs" in banner(Settings(host="::1"))
+
+
 def test_atelier_run_serves_a_job_restarts_a_dead_child_and_stops_cleanly(tmp_path, images):
     port = free_port()
     env = os.environ | {"ATELIER_PORT": str(port), "ATELIER_DATABASE_URL": f"sqlite:///{tmp_path / 'var/atelier.db'}",
@@ -139,6 +197,9 @@ def test_atelier_run_serves_a_job_restarts_a_dead_child_and_stops_cleanly(tmp_pa
         wait_for(lambda: http(f"{base}/readyz")[0] == 200, timeout=90, interval=0.5, what="atelier run to be ready")
         output = log_path.read_text()
         assert f"{base}/docs" in output and "redis://127.0.0.1:" in output  # printed URLs, embedded Redis
+        # safe by default: the API listens on loopback only, and says so
+        assert listening_addresses(port) == {"127.0.0.1"}
+        assert "listening on this machine only (ATELIER_HOST=0.0.0.0 exposes it to the network)" in output
 
         created = subprocess.run([sys.executable, "-m", "shared.cli", "keys", "create", "me"], cwd=tmp_path, env=env,
                                  capture_output=True, text=True, timeout=60)

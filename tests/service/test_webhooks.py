@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select, update
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from api import create_app
+from api.app import create_app
 from shared import keys
 from shared.broker import create_celery
 from shared.models import Job, Snapshot, WebhookEvent, utcnow

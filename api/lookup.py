@@ -1,0 +1,29 @@
+"""`load_job`: the caller's job by id, or 404, for every route under `/v1/jobs/{id}`."""
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, joinedload
+
+from api.auth import account_id
+from api.errors import ProblemError
+from shared.models import Job
+
+
+def load_job(session: Session, job_id: str) -> Job:
+    """The caller's job or 404: another account's job does not exist as far as they can tell."""
+    if not _is_job_id(job_id):  # no query for what cannot be an id (NUL bytes break PostgreSQL text)
+        raise ProblemError(404, "Not Found", f"no job {job_id[:100]!r}")
+    job = session.scalars(select(Job).where(Job.id == job_id, Job.account_id == account_id())
+                          .options(joinedload(Job.snapshots))).unique().first()  # one query, snapshots joined
+    if job is None:
+        raise ProblemError(404, "Not Found", f"no job {job_id}")
+    return job
+
+
+def _is_job_id(job_id: str) -> bool:
+    try:
+        return str(uuid.UUID(job_id)) == job_id
+    except ValueError:
+        return False
