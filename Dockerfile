@@ -25,5 +25,5 @@ RUN pip install --no-deps -e . && mkdir -p /data/storage && chown -R atelier /da
 USER atelier
 ENV ATELIER_STORAGE_DIR=/data/storage ATELIER_PORT=8000
 EXPOSE 8000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", "--threads", "8", \
-     "--timeout", "120", "api:create_app()"]
+# the API under gunicorn with gevent workers (api/gunicorn_conf.py: the same as `atelier run`)
+CMD ["gunicorn", "-c", "api/gunicorn_conf.py", "--bind", "0.0.0.0:8000"]
