@@ -418,16 +418,15 @@ def test_very_long_headers_under_gunicorn(settings, api_key, tmp_path):
     import http.client
     import os
     import subprocess
-    import sys
 
+    from api.stack import gunicorn_command
     from tests.service.conftest import ROOT, free_port, wait_for
 
     port = free_port()
     log = open(tmp_path / "gunicorn.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
-         "--threads", "2", "api:create_app()"], cwd=ROOT, env=os.environ | settings.to_env(), stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(gunicorn_command(f"127.0.0.1:{port}", workers=1), cwd=ROOT,
+                              env=os.environ | settings.to_env(), stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
 
     def get(path: str, headers: dict) -> tuple[int, str, bytes]:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
