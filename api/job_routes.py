@@ -21,7 +21,7 @@ from shared import announce, lifecycle
 from shared.broker import enqueue
 from shared.models import InputRole, Job, JobStatus
 from shared.schemas import JobList, job_out, job_path
-from shared.storage import put_input, sha256
+from shared.storage import sha256
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -84,17 +84,15 @@ def _create(session: Session, key: str | None, submission: Submission) -> Job:
     svc = services()
     uploads = [(InputRole.CONTENT, submission.content), *((InputRole.STYLE, s) for s in submission.styles)]
     try:
-        job = lifecycle.create(
-            session, svc.settings, account_id=account_id(), api_key_id=api_key_id(), params=submission.params,
-            inputs=[lifecycle.NewInput(role, sha256(u.data), u.filename) for role, u in uploads],
+        return lifecycle.create(
+            session, svc.settings, svc.storage, account_id=account_id(), api_key_id=api_key_id(),
+            params=submission.params,
+            inputs=[lifecycle.NewInput(role, sha256(u.data), u.filename, len(u.data), u.data) for role, u in uploads],
             request_hash=submission.request_hash, idempotency_key=key,
             webhook_url=submission.webhook_url, webhook_events=submission.webhook_events)
     except lifecycle.TooManyActive as exc:
         raise ProblemError(429, "Too Many Requests", f"{exc}. Retry after one of them ends",
                            headers={"Retry-After": "30"}) from None
-    for _, upload in uploads:
-        put_input(svc.storage, upload.data)
-    return job
 
 
 def _replay(session: Session, key: str, submission: Submission) -> Response | None:
