@@ -8,6 +8,6 @@ from worker.context import current_services
 from worker.runner import JobRun
 
 
-@shared_task(name=RUN_JOB, ignore_result=True)
-def run_job(job_id: str) -> None:
-    JobRun(current_services(), current_app, job_id).execute()
+@shared_task(name=RUN_JOB, ignore_result=True, bind=True)
+def run_job(self, job_id: str) -> None:
+    JobRun(current_services(), current_app, job_id, worker=self.request.hostname).execute()
