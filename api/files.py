@@ -8,7 +8,7 @@ from api import services
 from api.auth import require_key
 from api.errors import ProblemError
 from api.job_routes import load_job
-from shared.models import Snapshot
+from shared.models import Job, Snapshot
 from shared.schemas import OUTPUT_FORMATS
 from shared.storage import StorageKeyError
 
@@ -19,10 +19,17 @@ CACHE_CONTROL = "private, max-age=31536000, immutable"
 MAX_ITERATION = 2**31 - 1
 
 
+def _gone_unless_kept(job: Job) -> None:
+    if job.data_removed_at is not None:
+        raise ProblemError(410, "Gone", f"job {job.id}'s files were removed on {job.data_removed_at:%Y-%m-%d} under "
+                                        "the retention policy; the job itself is kept")
+
+
 @bp.get("/<job_id>/result")
 def result(job_id: str) -> Response:
     with services().db.session() as session:
         job = load_job(session, job_id)
+    _gone_unless_kept(job)
     if job.result_key is None or job.result_sha256 is None:
         raise ProblemError(404, "Not Found", f"job {job_id} has no result (status {job.status})")
     return image_response(job.result_key, job.result_sha256, job.params["output_format"])
@@ -32,6 +39,7 @@ def result(job_id: str) -> Response:
 def snapshot(job_id: str, iteration: int) -> Response:
     with services().db.session() as session:
         job = load_job(session, job_id)
+        _gone_unless_kept(job)
         if iteration > MAX_ITERATION:  # beyond any stored iteration, and beyond what SQLite can bind
             raise ProblemError(404, "Not Found", f"job {job_id} has no snapshot at iteration {iteration}")
         snap = session.scalar(select(Snapshot).where(Snapshot.job_id == job.id, Snapshot.iteration == iteration))

@@ -223,9 +223,10 @@ def delete(session: Session, storage: Storage, job_id: str) -> None:
 
 
 def delete_unused_inputs(session: Session, storage: Storage, digests: set[str]) -> None:
-    """Remove from storage those of `digests` that no job (in this transaction's view) still uses.
-    Under their input locks (`input_lock`), so no submission in flight starts to use one meanwhile;
-    the caller commits after."""
-    still_used = set(session.scalars(select(JobInput.sha256).where(JobInput.sha256.in_(digests))))
+    """Remove from storage those of `digests` that no job with its files (in this transaction's
+    view) still uses. Under their input locks (`input_lock`), so no submission in flight starts to
+    use one meanwhile; the caller commits after."""
+    still_used = set(session.scalars(select(JobInput.sha256).join(Job, Job.id == JobInput.job_id)
+                                     .where(JobInput.sha256.in_(digests), Job.data_removed_at.is_(None))))
     for digest in digests - still_used:
         storage.delete(input_key(digest))

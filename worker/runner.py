@@ -155,13 +155,14 @@ class JobRun:
 
     def _snapshot(self, it: Iterate) -> None:
         try:
-            key, digest = self.files.put_snapshot(it.image(), it.iteration)
+            stored = self.files.put_snapshot(it.image(), it.iteration)
         except OSError as exc:
             log.warning("job %s: snapshot at iteration %d skipped: storage error: %s", self.job_id, it.iteration, exc)
             return
 
         def record() -> dict:
-            snapshot = Snapshot(job_id=self.job_id, iteration=it.iteration, key=key, sha256=digest)
+            snapshot = Snapshot(job_id=self.job_id, iteration=it.iteration, key=stored.key, sha256=stored.sha256,
+                                size_bytes=stored.size)
             with self.services.db.session() as session:
                 # a resumed attempt may redo an iteration: the newer image replaces the older
                 session.execute(delete(Snapshot).where(Snapshot.job_id == self.job_id, Snapshot.iteration == it.iteration))
@@ -172,7 +173,7 @@ class JobRun:
         try:
             created = self.lease.retrying(record, "snapshot")
         except IntegrityError:  # the job row is gone: deleted while running
-            self.files.delete(key)
+            self.files.delete(stored.key)
             self.lease.lose("deleted")
             return
         events.publish(self.services.redis, self.job_id, "snapshot", created)
@@ -181,7 +182,7 @@ class JobRun:
     def _checkpoint(self, checkpoint: dict) -> bool:
         """Store the checkpoint and point the job at it; False (logged) if storage failed."""
         try:
-            self.files.put_checkpoint(checkpoint)
+            size = self.files.put_checkpoint(checkpoint)
         except OSError as exc:
             log.warning("job %s: checkpoint at iteration %d not saved: storage error: %s",
                         self.job_id, checkpoint["iteration"], exc)
@@ -190,7 +191,7 @@ class JobRun:
         def record() -> bool:
             with self.services.db.session() as session:
                 saved = session.execute(update(Job).where(Job.id == self.job_id, Job.lease_owner == self.lease.owner)
-                                        .values(checkpoint_key=self.files.checkpoint_key)
+                                        .values(checkpoint_key=self.files.checkpoint_key, checkpoint_bytes=size)
                                         .execution_options(synchronize_session=False)).rowcount
                 session.commit()
                 return not saved and session.get(Job, self.job_id) is None
@@ -203,7 +204,7 @@ class JobRun:
 
     def _succeed(self, result: Result) -> None:
         try:
-            key, digest = self.files.put_result(result.image)
+            stored = self.files.put_result(result.image)
         except OSError as exc:
             log.error("job %s: the result could not be stored: %s", self.job_id, exc)
             self._end(JobStatus.FAILED, progress=self.progress, error_code=ErrorCode.STORAGE_ERROR,
@@ -211,10 +212,11 @@ class JobRun:
             return
         progress = (self.progress or {}) | {"iteration": result.iterations, "total": result.total, "percent": 100.0,
                                             "eta_seconds": 0.0, "losses": result.losses}
-        ended = self._end(JobStatus.SUCCEEDED, progress=progress, result_key=key, result_sha256=digest,
-                          result_width=result.image.width, result_height=result.image.height,
-                          result_quality=result.quality, checkpoint_key=None)
-        self.files.delete(self.files.checkpoint_key if ended else key)
+        ended = self._end(JobStatus.SUCCEEDED, progress=progress, result_key=stored.key, result_sha256=stored.sha256,
+                          result_bytes=stored.size, result_width=result.image.width,
+                          result_height=result.image.height, result_quality=result.quality, checkpoint_key=None,
+                          checkpoint_bytes=None)
+        self.files.delete(self.files.checkpoint_key if ended else stored.key)
         log.info("job %s: succeeded in %.1fs on %s", self.job_id, result.seconds, result.device)
 
     def _end(self, status: JobStatus, **values: object) -> bool:
