@@ -19,7 +19,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["atelier"] = services
     app.extensions["celery"] = create_celery(settings)
 
-    from api import admin, docs, errors, events, files, health, job_routes, webhooks
+    from api import admin, docs, errors, events, files, health, job_routes, transport, webhooks
+    transport.init_app(app, settings)
     errors.register(app)
     for module in (health, docs, job_routes, files, events, webhooks):
         app.register_blueprint(module.bp)

@@ -130,6 +130,41 @@ def test_failed_sign_ins_are_rate_limited_per_address_and_name(settings, operato
     app.extensions["atelier"].db.dispose()
 
 
+@pytest.mark.parametrize(("behind_https", "secure_cookies", "secure"),
+                         [(False, None, False), (True, None, True), (True, False, False), (False, True, True)],
+                         ids=["plain", "behind-https", "behind-https-cookies-not-secure", "secure-cookies"])
+def test_behind_https_the_session_cookie_is_secure_and_hsts_is_sent(settings, operator, behind_https, secure_cookies,
+                                                                      secure):
+    app = create_app(replace(settings, behind_https=behind_https, secure_cookies=secure_cookies))
+    client = app.test_client()
+    proxy = {"X-Forwarded-Proto": "https"} if behind_https else {}
+    page = client.get("/admin/sign-in", headers=proxy)
+    [cookie] = page.headers.getlist("Set-Cookie")
+    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+    assert attributes >= {"httponly", "samesite"} and ("secure" in attributes) == secure, cookie
+    for response in (page, client.get("/healthz", headers=proxy)):
+        assert (response.headers.get("Strict-Transport-Security") == "max-age=31536000") == secure
+    assert sign_in(client, operator).status_code == 303 and client.get("/admin/", headers=proxy).status_code == 200
+    app.extensions["atelier"].db.dispose()
+
+
+@pytest.mark.parametrize("behind_https", [False, True], ids=["direct", "behind-https"])
+def test_behind_https_sign_ins_are_limited_per_forwarded_client_address(settings, operator, behind_https):
+    """Behind the proxy every request comes from the proxy's address: the one hop of
+    X-Forwarded-For it adds names the client. Without ATELIER_BEHIND_HTTPS the header is not
+    trusted (anyone could send one to dodge the limit)."""
+    app = create_app(replace(settings, admin_signin_limit="2 per minute", behind_https=behind_https))
+    client = app.test_client()
+
+    def attempt(address: str) -> int:
+        token = csrf(client)
+        return client.post("/admin/sign-in", headers={"X-Forwarded-For": address, "X-Forwarded-Proto": "https"},
+                           data={"name": operator, "password": "wrong password!", "csrf_token": token}).status_code
+    assert [attempt("203.0.113.1") for _ in range(3)] == [401, 401, 429]
+    assert attempt("203.0.113.2") == (401 if behind_https else 429)
+    app.extensions["atelier"].db.dispose()
+
+
 def test_sign_in_and_pages_work_while_redis_is_down(make_redis, settings, operator):
     server = make_redis()
     app = create_app(replace(settings, redis_url=server.url(0)))
