@@ -8,8 +8,8 @@ import logging
 import uuid
 from datetime import datetime
 
-from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import and_, or_, select
+from flask import Blueprint, Response, current_app, request
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -30,12 +30,16 @@ require_key(bp)
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
 
+# every poll runs this: built once, so its SQL and cache key are too; one query, snapshots joined
+LOAD_JOB = select(Job).where(Job.id == bindparam("job_id"), Job.account_id == bindparam("account_id")) \
+    .options(joinedload(Job.snapshots))
+
+
 def load_job(session: Session, job_id: str) -> Job:
     """The caller's job or 404: another account's job does not exist as far as they can tell."""
     if not _is_job_id(job_id):  # no query for what cannot be an id (NUL bytes break PostgreSQL text)
         raise ProblemError(404, "Not Found", f"no job {job_id[:100]!r}")
-    job = session.scalars(select(Job).where(Job.id == job_id, Job.account_id == account_id())
-                          .options(joinedload(Job.snapshots))).unique().first()  # one query, snapshots joined
+    job = session.scalars(LOAD_JOB, {"job_id": job_id, "account_id": account_id()}).unique().first()
     if job is None:
         raise ProblemError(404, "Not Found", f"no job {job_id}")
     return job
@@ -49,9 +53,7 @@ def _is_job_id(job_id: str) -> bool:
 
 
 def job_response(job: Job, status: int) -> Response:
-    response = jsonify(job_out(job).model_dump(mode="json"))
-    response.status_code = status
-    return response
+    return Response(job_out(job).model_dump_json(), status=status, mimetype="application/json")
 
 
 @bp.post("")
@@ -72,8 +74,7 @@ def submit() -> Response:
                 return existing
             raise
         job = load_job(session, job.id)
-    announce.status_changed(svc, celery, job)
-    enqueue(celery, svc.db, job.id)
+    enqueue(celery, svc.db, job.id)  # a new job has no viewers and no webhook event yet: nothing to announce
     response = job_response(job, 202)
     response.headers["Location"] = job_path(job.id)
     return response
@@ -125,7 +126,8 @@ def list_jobs() -> Response:
         rows = list(session.scalars(query))
     page = rows[:limit]
     next_cursor = _encode_cursor(page[-1]) if len(rows) > limit else None
-    return jsonify(JobList(data=[job_out(j) for j in page], next_cursor=next_cursor).model_dump(mode="json"))
+    return Response(JobList(data=[job_out(j) for j in page], next_cursor=next_cursor).model_dump_json(),
+                    mimetype="application/json")
 
 
 def _limit(raw: str | None) -> int:

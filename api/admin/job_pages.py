@@ -167,7 +167,6 @@ def retry(job_id: str) -> Response:
             flash(f"Not retried: {exc}.")
             return redirect(url_for("admin.job", job_id=job_id), 303)
         db.commit()
-        announce.status_changed(svc, celery, _load(db, new.id))
     enqueue(celery, svc.db, new.id)
     flash(f"Retrying job {job_id} as this new job.")
     return redirect(url_for("admin.job", job_id=new.id), 303)
