@@ -68,7 +68,8 @@ def multipart(seed: int) -> tuple[bytes, str]:
 class Stack:
     """Redis, gunicorn (the API) and a Celery worker in a temporary directory, all on loopback."""
 
-    def __init__(self, workdir: Path, with_worker: bool, api_workers: int | None = None) -> None:
+    def __init__(self, workdir: Path, with_worker: bool, api_workers: int | None = None,
+                 database_url: str | None = None) -> None:
         from shared.config import Settings
         from shared.migrate import upgrade
 
@@ -81,7 +82,7 @@ class Stack:
         self._start("redis", [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", str(workdir)])
         # limits out of the way: this measures the API, not the abuse limits
-        self.settings = Settings(database_url=f"sqlite:///{workdir / 'atelier.db'}",
+        self.settings = Settings(database_url=database_url or f"sqlite:///{workdir / 'atelier.db'}",
                                  redis_url=f"redis://127.0.0.1:{redis_port}/0", storage_dir=workdir / "storage",
                                  port=self.port, device="cpu", submit_rate_limit="100000/minute",
                                  max_active_jobs=10**6, max_active_jobs_per_key=10**6, secret_key=uuid.uuid4().hex)
@@ -134,6 +135,27 @@ class Stack:
                 process.wait()
         for log in self.logs:
             log.close()
+
+
+class ScratchDatabase:
+    """A fresh PostgreSQL database for one run, dropped afterwards."""
+
+    def __init__(self, server_url: str) -> None:
+        from sqlalchemy import create_engine, text
+        from shared.db import normalize_url
+
+        self.admin = create_engine(normalize_url(server_url), isolation_level="AUTOCOMMIT")
+        self.name = f"atelier_load_{uuid.uuid4().hex[:10]}"
+        with self.admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{self.name}"'))
+        self.url = normalize_url(server_url).set(database=self.name).render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        from sqlalchemy import text
+
+        with self.admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self.admin.dispose()
 
 
 def children(pid: int) -> list[int]:
@@ -297,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", action="append", help="API key(s) for --url; the clients share them round-robin")
     parser.add_argument("--no-worker", action="store_true", help="start no Celery worker (jobs stay queued)")
     parser.add_argument("--api-workers", type=int, help="gunicorn worker processes (default: api/gunicorn_conf.py's)")
+    parser.add_argument("--postgres", metavar="URL", help="run on a scratch database made (and dropped) on this "
+                                                          "PostgreSQL server instead of SQLite")
     parser.add_argument("--streams", type=int, metavar="N",
                         help="streams mode (bench/streams.py): hold N event streams open for --duration seconds")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -304,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.streams:
         return streams_mode(args)
 
-    stack, workdir = None, None
+    stack, workdir, scratch = None, None, None
     if args.url:
         target = urlsplit(args.url)
         if target.hostname not in ("127.0.0.1", "localhost", "::1"):
@@ -314,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         host, port, keys = target.hostname, target.port or 80, args.key
     else:
         workdir = Path(tempfile.mkdtemp(prefix="atelier-load-"))
-        stack = Stack(workdir, with_worker=not args.no_worker, api_workers=args.api_workers)
+        scratch = ScratchDatabase(args.postgres) if args.postgres else None
+        stack = Stack(workdir, with_worker=not args.no_worker, api_workers=args.api_workers,
+                      database_url=scratch.url if scratch else None)
         host, port, keys = "127.0.0.1", stack.port, stack.keys(args.clients)
     try:
         load_before = os.getloadavg()
@@ -352,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         if stack is not None:
             stack.stop()
             shutil.rmtree(workdir, ignore_errors=True)
+        if scratch is not None:
+            scratch.drop()
     if args.json:
         print(json.dumps(report))
     else:
@@ -381,7 +409,8 @@ def server_description(args) -> str:
     command = " ".join(gunicorn_command("127.0.0.1", args.api_workers)[1:])
     extra = os.environ.get("GUNICORN_CMD_ARGS")
     return command + (f" (GUNICORN_CMD_ARGS={extra!r})" if extra else "") + \
-        (", no worker" if args.no_worker or args.streams else ", 1 celery worker")
+        (", no worker" if args.no_worker or args.streams else ", 1 celery worker") + \
+        (", PostgreSQL" if args.postgres else ", SQLite")
 
 
 def streams_mode(args) -> int:
@@ -389,12 +418,15 @@ def streams_mode(args) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="atelier-streams-"))
     load_before = os.getloadavg()
-    stack = Stack(workdir, with_worker=False, api_workers=args.api_workers)
+    scratch = ScratchDatabase(args.postgres) if args.postgres else None
+    stack = Stack(workdir, with_worker=False, api_workers=args.api_workers, database_url=scratch.url if scratch else None)
     try:
         report = streams.run(stack, args, summary, cpu_shares, multipart)
     finally:
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+        if scratch is not None:
+            scratch.drop()
     report |= {"load_average_before": [round(x, 2) for x in load_before],
                "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
                "server": server_description(args)}
