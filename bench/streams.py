@@ -1,21 +1,21 @@
-"""The streams mode of `bench/load.py`: how many open event streams the API holds, and what each
-one costs it.
+"""Open event streams for `bench/load.py --streams N`: how many the API holds, what each costs it,
+and how polls and submissions fare while they are open.
 
-It submits one job (with no worker it stays queued, so its streams stay open), opens `--streams`
-`GET /v1/jobs/{id}/events` streams to it in batches, each read until its first event, then for
-`--duration` seconds publishes a `progress` event on the job's channel every second (what a
-running job's worker does, without the engine's CPU on this machine) while it reads every stream
-and probes `/healthz` and `GET /v1/jobs/{id}` ten times a second from another connection.
+The streams follow one job that the benchmark holds `running` itself (created and claimed through
+`shared.lifecycle`, never sent to the broker, so no worker runs it and its streams stay open).
+They are opened in batches, each read until its first event; then, while the load runs (or, with
+`--clients 0`, while a probe polls `/healthz` and the job ten times a second), one thread
+publishes a `progress` event on the job's channel every second, as a running job's worker does,
+and reads every stream: a single-threaded selector loop, whatever their number.
 
-Reports the streams held open (and any refused), the API processes' resident memory before and
-after opening them (per stream), their CPU during the window (in all and per stream), the
-events each stream received out of those published, the probes' latency, and the load
-generator's own CPU: every stream is one socket of this single-threaded selector loop.
+Reported: the streams held (and any refused), the API processes' resident memory before and
+after opening them, the events each stream received out of those published, and the probe's
+latencies; `bench/load.py` adds the CPU of every part over the window (per stream, when no
+clients ran beside them).
 """
 from __future__ import annotations
 
 import http.client
-import json
 import selectors
 import socket
 import statistics
@@ -68,97 +68,119 @@ class Stream:
         return True
 
 
-def probe(port: int, path: str, auth: dict, until: float, latencies: dict[str, list[float]]) -> None:
-    while time.monotonic() < until:
-        for route, headers in (("/healthz", {}), (path, auth)):
-            began = time.perf_counter()
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            try:
-                connection.request("GET", route, headers=headers)
-                status = connection.getresponse().status
-                latencies["healthz" if route == "/healthz" else "poll"].append(
-                    time.perf_counter() - began if status == 200 else float("inf"))
-            except OSError:
-                latencies["healthz" if route == "/healthz" else "poll"].append(float("inf"))
-            finally:
-                connection.close()
-        time.sleep(0.1)
+class Streams:
+    def __init__(self, stack, count: int, image: bytes) -> None:
+        from shared import lifecycle
+        from shared.keys import live_key
+        from shared.models import InputRole
+        from shared.services import Services
+        from shared.storage import sha256
 
+        self.stack, self.count = stack, count
+        self.token = stack.keys(1)[0]
+        self.services = Services(stack.settings)
+        with self.services.db.session() as session:
+            account = live_key(session, self.token).account_id
+            job = lifecycle.create(session, stack.settings, self.services.storage, account_id=account, api_key_id=None,
+                                   params={"size": 32}, request_hash="bench",
+                                   inputs=[lifecycle.NewInput(role, sha256(image), None, len(image), image)
+                                           for role in (InputRole.CONTENT, InputRole.STYLE)])
+            session.commit()
+            self.job_id = job.id
+            assert lifecycle.claim(session, job.id, "bench", lease_seconds=86400, max_attempts=1)
+        self.path = f"/v1/jobs/{self.job_id}"
+        self.opened: list[Stream] = []
+        self.refused: list[str] = []
+        self.published = self.closed = 0
+        self.latencies: dict[str, list[float]] = {"healthz": [], "poll": []}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
 
-def run(stack, args, summary, cpu_shares, multipart) -> dict:
-    """`stack`: bench/load.py's Stack (no worker); the other three are its helpers."""
-    from shared import events
-    from shared.services import Services
+    def open(self) -> None:
+        api = self.stack.api_pids()
+        self.rss_before = sum(map(rss_bytes, api))
+        began = time.monotonic()
+        for start in range(0, self.count, BATCH):
+            batch = []
+            for _ in range(min(BATCH, self.count - start)):
+                try:
+                    batch.append(Stream(self.stack.port, f"{self.path}/events", self.token))
+                except OSError as exc:
+                    self.refused.append(repr(exc)[:200])
+            for stream in batch:
+                try:
+                    stream.first_event()
+                    self.opened.append(stream)
+                except (OSError, ConnectionError) as exc:
+                    self.refused.append(repr(exc)[:200])
+                    stream.sock.close()
+        self.opening_s = time.monotonic() - began
+        time.sleep(2)  # let the servers settle before measuring memory
+        self.rss_after = sum(map(rss_bytes, api))
 
-    token = stack.keys(1)[0]
-    auth = {"Authorization": f"Bearer {token}"}
-    body, content_type = multipart(1)
-    connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
-    connection.request("POST", "/v1/jobs", body=body, headers=auth | {"Content-Type": content_type})
-    job_id = json.loads(connection.getresponse().read())["id"]
-    connection.close()
-    path = f"/v1/jobs/{job_id}"
-    api = stack.api_pids()
-    rss_before = sum(map(rss_bytes, api))
+    def start(self, probe: bool) -> None:
+        self._threads.append(threading.Thread(target=self._relay, daemon=True))
+        if probe:
+            self._threads.append(threading.Thread(target=self._probe, daemon=True))
+        for thread in self._threads:
+            thread.start()
 
-    opened, refused, began_opening = [], [], time.monotonic()
-    for start in range(0, args.streams, BATCH):
-        batch = []
-        for _ in range(min(BATCH, args.streams - start)):
-            try:
-                batch.append(Stream(stack.port, f"{path}/events", token))
-            except OSError as exc:
-                refused.append(repr(exc))
-        for stream in batch:
-            try:
-                stream.first_event()
-                opened.append(stream)
-            except (OSError, ConnectionError) as exc:
-                refused.append(repr(exc)[:200])
-                stream.sock.close()
-    opening_s = time.monotonic() - began_opening
-    time.sleep(2)  # let the servers settle before measuring memory
-    rss_after = sum(map(rss_bytes, api))
+    def _relay(self) -> None:
+        from shared import events
 
-    selector = selectors.DefaultSelector()
-    for stream in opened:
-        selector.register(stream.sock, selectors.EVENT_READ, stream)
-    publisher = Services(stack.settings).redis
-    latencies: dict[str, list[float]] = {"healthz": [], "poll": []}
-    cpu_before, window_began = stack.cpu_seconds(), time.monotonic()
-    until = window_began + args.duration
-    prober = threading.Thread(target=probe, args=(stack.port, path, auth, until, latencies), daemon=True)
-    prober.start()
-    published, next_publish, closed = 0, window_began, 0
-    while (now := time.monotonic()) < until:
-        if now >= next_publish:
-            events.publish(publisher, job_id, "progress", PROGRESS | {"iteration": published})
-            published, next_publish = published + 1, next_publish + 1.0
-        for key, _ in selector.select(timeout=max(0.0, min(next_publish, until) - time.monotonic())):
-            if not key.data.read():
-                selector.unregister(key.fileobj)
-                closed += 1
-    time.sleep(1.0)  # the last event's delivery
-    for key, _ in selector.select(timeout=0.5):
-        key.data.read()
-    prober.join()
-    window = time.monotonic() - window_began
-    cpu_after = stack.cpu_seconds()
-    for stream in opened:
-        stream.sock.close()
+        selector = selectors.DefaultSelector()
+        for stream in self.opened:
+            selector.register(stream.sock, selectors.EVENT_READ, stream)
+        publisher, next_publish = self.services.redis, time.monotonic()
+        while not self._stop.is_set():
+            if time.monotonic() >= next_publish:
+                events.publish(publisher, self.job_id, "progress", PROGRESS | {"iteration": self.published})
+                self.published, next_publish = self.published + 1, next_publish + 1.0
+            for key, _ in selector.select(timeout=max(0.0, min(0.2, next_publish - time.monotonic()))):
+                if not key.data.read():
+                    selector.unregister(key.fileobj)
+                    self.closed += 1
+        deadline = time.monotonic() + 1.5  # the last event's delivery
+        while time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.1):
+                key.data.read()
 
-    received = [s.progress for s in opened]
-    shares = cpu_shares(cpu_before, cpu_after, window)
-    return {
-        "streams_asked": args.streams, "streams_open": len(opened), "refused": len(refused),
-        "refused_examples": refused[:3], "closed_early": closed, "api_processes": len(api),
-        "opening_s": round(opening_s, 1), "window_s": round(window, 1), "events_published": published,
-        "events_received_per_stream": {"min": min(received, default=0), "median": statistics.median(received or [0])},
-        "api_rss_mib": {"before": round(rss_before / 2**20, 1), "after": round(rss_after / 2**20, 1)},
-        "api_kib_per_stream": round((rss_after - rss_before) / 1024 / max(1, len(opened)), 1),
-        "cpu_percent_of_one_core": shares,
-        "api_cpu_us_per_stream_per_s": round(1e4 * shares["api"] / max(1, len(opened)), 1),
-        "healthz": summary([x for x in latencies["healthz"] if x != float("inf")]),
-        "poll": summary([x for x in latencies["poll"] if x != float("inf")]),
-        "probe_failures": sum(x == float("inf") for v in latencies.values() for x in v),
-    }
+    def _probe(self) -> None:
+        auth = {"Authorization": f"Bearer {self.token}"}
+        while not self._stop.is_set():
+            for name, route, headers in (("healthz", "/healthz", {}), ("poll", self.path, auth)):
+                began = time.perf_counter()
+                connection = http.client.HTTPConnection("127.0.0.1", self.stack.port, timeout=30)
+                try:
+                    connection.request("GET", route, headers=headers)
+                    ok = connection.getresponse().status == 200
+                except OSError:
+                    ok = False
+                finally:
+                    connection.close()
+                self.latencies[name].append(time.perf_counter() - began if ok else float("inf"))
+            time.sleep(0.1)
+
+    def stop(self, summary) -> dict:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        for stream in self.opened:
+            stream.sock.close()
+        received = [s.progress for s in self.opened]
+        report = {
+            "streams_asked": self.count, "streams_open": len(self.opened), "refused": len(self.refused),
+            "refused_examples": self.refused[:3], "closed_early": self.closed,
+            "api_processes": len(self.stack.api_pids()), "opening_s": round(self.opening_s, 1),
+            "events_published": self.published,
+            "events_received_per_stream": {"min": min(received, default=0),
+                                           "median": statistics.median(received or [0])},
+            "api_rss_mib": {"before": round(self.rss_before / 2**20, 1), "after": round(self.rss_after / 2**20, 1)},
+            "api_kib_per_stream": round((self.rss_after - self.rss_before) / 1024 / max(1, len(self.opened)), 1),
+        }
+        if self.latencies["poll"]:
+            report |= {name: summary([x for x in values if x != float("inf")])
+                       for name, values in self.latencies.items()}
+            report["probe_failures"] = sum(x == float("inf") for v in self.latencies.values() for x in v)
+        self.services.db.dispose()
+        return report
