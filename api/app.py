@@ -20,7 +20,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["atelier"] = services
     app.extensions["celery"] = create_celery(settings)
 
-    from api import admin, docs, errors, events, files, health, job_routes, metrics, webhooks
+    from api import admin, docs, errors, events, files, health, job_routes, metrics, transport, webhooks
+    transport.init_app(app, settings)
     errors.register(app)
     metrics.init_app(app)
     for module in (health, docs, job_routes, files, events, webhooks):

@@ -1,8 +1,10 @@
 """`GET /v1/jobs/{id}/events`: Server-Sent Events relayed from the job's Redis channel; and
-`wait_for_end`, which holds a `Prefer: wait` submission on the same channel.
+`wait_for_end`, which holds a `Prefer: wait` submission on the same events.
 
-We subscribe before reading the job, so nothing published in between is lost; the first
-event is always the job's current `status`, and the stream ends after a terminal status.
+We subscribe (in this process's `shared.event_hub`) before reading the job, so nothing published
+in between is lost; the first event is always the job's current `status`, and the stream ends
+after a terminal status. An open stream or wait holds no database connection or Redis connection
+of its own: under gunicorn's gevent worker it is a greenlet waiting on its queue.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from api.app import services
 from api.auth import require_key
 from api.errors import ProblemError
 from api.lookup import load_job
-from shared import events
+from shared.event_hub import Interrupted, Subscription
+from shared.events import Event
 from shared.models import JobStatus
 from shared.schemas import job_out
 
@@ -33,76 +36,69 @@ def stream(job_id: str) -> Response:
     with svc.db.session() as session:
         load_job(session, job_id)  # 404 before subscribing
     try:
-        pubsub = _subscribe(job_id)
+        subscription = svc.event_hub.subscribe(job_id)
     except redis.RedisError:
         raise ProblemError(503, "Service Unavailable", "live events are unavailable (Redis unreachable)",
                            headers={"Retry-After": "5"}) from None
-    with svc.db.session() as session:
-        current = job_out(load_job(session, job_id)).model_dump(mode="json")
+    try:
+        with svc.db.session() as session:
+            current = job_out(load_job(session, job_id)).model_dump(mode="json")
+    except BaseException:
+        subscription.close()
+        raise
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return Response(stream_with_context(_relay(pubsub, current, svc.settings.sse_keepalive_seconds)),
-                    mimetype="text/event-stream", headers=headers)
+    response = Response(stream_with_context(_relay(subscription, current, svc.settings.sse_keepalive_seconds)),
+                        mimetype="text/event-stream", headers=headers)
+    response.call_on_close(subscription.close)  # also when the client left before the stream began
+    return response
 
 
 def wait_for_end(job_id: str, seconds: float) -> None:
-    """Return once the caller's job has ended, or after `seconds`: a terminal `status` event on the
-    job's channel wakes it, so it costs no database polling. It holds the request's server thread
-    and a Redis connection meanwhile (hence ATELIER_MAX_PREFER_WAIT_SECONDS). Without Redis it
-    returns at once; the caller reads the job either way."""
+    """Return once the caller's job has ended, or after `seconds`: a terminal `status` event wakes
+    it, so it costs no database polling (a greenlet under the gevent worker; hence also
+    ATELIER_MAX_PREFER_WAIT_SECONDS). Without Redis it returns at once; the caller reads the job
+    either way."""
     try:
-        pubsub = _subscribe(job_id)
+        subscription = services().event_hub.subscribe(job_id)
     except redis.RedisError as exc:
         log.warning("job %s: not waiting for it to end (Redis unreachable: %s)", job_id, exc)
         return
-    try:
+    with subscription:
         with services().db.session() as session:
             if load_job(session, job_id).state.terminal:
                 return
         deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            message = pubsub.get_message(timeout=left)
-            if message is not None and _ends(json.loads(message["data"])):
-                return
-    except redis.RedisError as exc:
-        log.warning("job %s: stopped waiting for it to end (Redis: %s)", job_id, exc)
-    finally:
-        pubsub.close()
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                event = subscription.get(timeout=left)
+                if event is not None and _ends(event):
+                    return
+        except Interrupted as exc:
+            log.warning("job %s: stopped waiting for it to end (%s)", job_id, exc)
 
 
-def _subscribe(job_id: str) -> redis.client.PubSub:
-    """A subscription to the job's channel (raises RedisError if Redis is unreachable)."""
-    pubsub = services().redis.pubsub(ignore_subscribe_messages=True)
-    try:
-        pubsub.subscribe(events.channel(job_id))
-    except redis.RedisError:
-        pubsub.close()
-        raise
-    return pubsub
+def _ends(event: Event) -> bool:
+    return event.kind == "status" and JobStatus(event.data["status"]).terminal
 
 
-def _ends(payload: dict) -> bool:
-    return payload["event"] == "status" and JobStatus(payload["data"]["status"]).terminal
-
-
-def _relay(pubsub: redis.client.PubSub, current: dict, keepalive: float) -> Iterator[str]:
-    try:
-        yield _sse("status", current)
+def _relay(subscription: Subscription, current: dict, keepalive: float) -> Iterator[str]:
+    with subscription:
+        yield _sse("status", json.dumps(current))
         if JobStatus(current["status"]).terminal:
             return
         while True:
-            message = pubsub.get_message(timeout=keepalive)
-            if message is None:
+            try:
+                event = subscription.get(timeout=keepalive)
+            except Interrupted:
+                yield _sse("error", json.dumps({"detail": "live events interrupted; reconnect or poll the job"}))
+                return
+            if event is None:
                 yield ": keep-alive\n\n"
                 continue
-            payload = json.loads(message["data"])
-            yield _sse(payload["event"], payload["data"])
-            if _ends(payload):
+            yield _sse(event.kind, event.data_json)
+            if _ends(event):
                 return
-    except redis.RedisError:
-        yield _sse("error", {"detail": "live events interrupted; reconnect or poll the job"})
-    finally:
-        pubsub.close()
 
 
-def _sse(event: str, data: object) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+def _sse(event: str, data_json: str) -> str:
+    return f"event: {event}\ndata: {data_json}\n\n"

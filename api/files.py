@@ -14,7 +14,7 @@ from api.app import services
 from api.auth import require_key
 from api.errors import ProblemError
 from api.lookup import load_job
-from shared.models import Snapshot
+from shared.models import Job, Snapshot
 from shared.schemas import OUTPUT_FORMATS
 from shared.storage import StorageKeyError
 
@@ -26,10 +26,17 @@ MAX_ITERATION = 2**31 - 1
 GENERIC = "application/octet-stream"
 
 
+def _gone_unless_kept(job: Job) -> None:
+    if job.data_removed_at is not None:
+        raise ProblemError(410, "Gone", f"job {job.id}'s files were removed on {job.data_removed_at:%Y-%m-%d} under "
+                                        "the retention policy; the job itself is kept")
+
+
 @bp.get("/<job_id>/result")
 def result(job_id: str) -> Response:
     with services().db.session() as session:
         job = load_job(session, job_id)
+    _gone_unless_kept(job)
     if job.result_key is None or job.result_sha256 is None:
         raise ProblemError(404, "Not Found", f"job {job_id} has no result (status {job.status})")
     return image_response(job.result_key, job.result_sha256, job.params["output_format"])
@@ -39,6 +46,7 @@ def result(job_id: str) -> Response:
 def snapshot(job_id: str, iteration: int) -> Response:
     with services().db.session() as session:
         job = load_job(session, job_id)
+        _gone_unless_kept(job)
         if iteration > MAX_ITERATION:  # beyond any stored iteration, and beyond what SQLite can bind
             raise ProblemError(404, "Not Found", f"job {job_id} has no snapshot at iteration {iteration}")
         snap = session.scalar(select(Snapshot).where(Snapshot.job_id == job.id, Snapshot.iteration == iteration))

@@ -7,7 +7,7 @@ import json
 import logging
 from datetime import datetime
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, request
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
@@ -22,7 +22,7 @@ from shared import announce, lifecycle
 from shared.broker import enqueue
 from shared.models import InputRole, Job, JobStatus
 from shared.schemas import JobList, job_out, job_path
-from shared.storage import put_input, sha256
+from shared.storage import sha256
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -32,9 +32,7 @@ DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
 
 def job_response(job: Job, status: int) -> Response:
-    response = jsonify(job_out(job).model_dump(mode="json"))
-    response.status_code = status
-    return response
+    return Response(job_out(job).model_dump_json(), status=status, mimetype="application/json")
 
 
 @bp.post("")
@@ -60,8 +58,7 @@ def submit() -> Response:
                 replayed = True
         job = load_job(session, job.id)
     if not replayed:
-        announce.status_changed(svc, celery, job)
-        enqueue(celery, svc.db, job.id)
+        enqueue(celery, svc.db, job.id)  # a new job has no viewers and no webhook event yet: nothing to announce
     if wait is not None:
         events.wait_for_end(job.id, wait)
         with svc.db.session() as session:
@@ -80,17 +77,15 @@ def _create(session: Session, key: str | None, submission: Submission) -> Job:
     svc = services()
     uploads = [(InputRole.CONTENT, submission.content), *((InputRole.STYLE, s) for s in submission.styles)]
     try:
-        job = lifecycle.create(
-            session, svc.settings, account_id=account_id(), api_key_id=api_key_id(), params=submission.params,
-            inputs=[lifecycle.NewInput(role, sha256(u.data), u.filename) for role, u in uploads],
+        return lifecycle.create(
+            session, svc.settings, svc.storage, account_id=account_id(), api_key_id=api_key_id(),
+            params=submission.params,
+            inputs=[lifecycle.NewInput(role, sha256(u.data), u.filename, len(u.data), u.data) for role, u in uploads],
             request_hash=submission.request_hash, idempotency_key=key,
             webhook_url=submission.webhook_url, webhook_events=submission.webhook_events)
     except lifecycle.TooManyActive as exc:
         raise ProblemError(429, "Too Many Requests", f"{exc}. Retry after one of them ends",
                            headers={"Retry-After": "30"}) from None
-    for _, upload in uploads:
-        put_input(svc.storage, upload.data)
-    return job
 
 
 def _replay(session: Session, key: str | None, submission: Submission) -> Job | None:
@@ -120,7 +115,8 @@ def list_jobs() -> Response:
         rows = list(session.scalars(query))
     page = rows[:limit]
     next_cursor = _encode_cursor(page[-1]) if len(rows) > limit else None
-    return jsonify(JobList(data=[job_out(j) for j in page], next_cursor=next_cursor).model_dump(mode="json"))
+    return Response(JobList(data=[job_out(j) for j in page], next_cursor=next_cursor).model_dump_json(),
+                    mimetype="application/json")
 
 
 def _limit(raw: str | None) -> int:

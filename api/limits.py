@@ -32,6 +32,8 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
                "storage_options": {"socket_connect_timeout": 2, "socket_timeout": 2}} if settings.redis_url else {}
     limiter = Limiter(_key, app=app, key_prefix="atelier-api", strategy="moving-window", headers_enabled=True,
                       retry_after="delta-seconds", swallow_errors=True, **storage)
+    # the limits are on POSTs only: polls and pages skip the limiter's per-request lookups
+    limiter.request_filter(lambda: request.method in ("GET", "HEAD", "OPTIONS"))
     # wrap this app's view only (not the module's function): each app has its own limiter and storage
     view = app.view_functions[SUBMIT_ENDPOINT]
     app.view_functions[SUBMIT_ENDPOINT] = limiter.limit(

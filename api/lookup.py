@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, joinedload
 
 from api.auth import account_id
@@ -11,12 +11,16 @@ from api.errors import ProblemError
 from shared.models import Job
 
 
+# every poll runs this: built once, so its SQL and cache key are too; one query, snapshots joined
+LOAD_JOB = select(Job).where(Job.id == bindparam("job_id"), Job.account_id == bindparam("account_id")) \
+    .options(joinedload(Job.snapshots))
+
+
 def load_job(session: Session, job_id: str) -> Job:
     """The caller's job or 404: another account's job does not exist as far as they can tell."""
     if not _is_job_id(job_id):  # no query for what cannot be an id (NUL bytes break PostgreSQL text)
         raise ProblemError(404, "Not Found", f"no job {job_id[:100]!r}")
-    job = session.scalars(select(Job).where(Job.id == job_id, Job.account_id == account_id())
-                          .options(joinedload(Job.snapshots))).unique().first()  # one query, snapshots joined
+    job = session.scalars(LOAD_JOB, {"job_id": job_id, "account_id": account_id()}).unique().first()
     if job is None:
         raise ProblemError(404, "Not Found", f"no job {job_id}")
     return job

@@ -24,7 +24,8 @@ def _ref(name: str) -> dict[str, str]:
 
 def _problems(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request (names the field)", 401: "Missing or unknown API key", 404: "No such job (or delivery) for this key",
-            409: "The job already ended (or a delivery attempt is under way)", 413: "Request body over the upload limit", 415: "Not multipart/form-data",
+            409: "The job already ended (or a delivery attempt is under way)",
+            410: "The job's files were removed under the retention policy (`data_removed`)", 413: "Request body over the upload limit", 415: "Not multipart/form-data",
             422: "Invalid field (named in `errors`)",
             429: "Too many submissions (ATELIER_SUBMIT_RATE_LIMIT) or active jobs for this key or account", 503: "A dependency is down"}
     retry = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 0}}}
@@ -151,13 +152,13 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                 "parameters": [JOB_ID],
                 "get": {"summary": "The result image", "operationId": "getResult",
                         "responses": {"200": images["Result"], "302": REDIRECT, "304": {"description": "Not modified"},
-                                      **_problems(401, 404, 503)}},
+                                      **_problems(401, 404, 410, 503)}},
             },
             "/v1/jobs/{job_id}/snapshots/{iteration}": {
                 "parameters": [JOB_ID, {"name": "iteration", "in": "path", "required": True, "schema": {"type": "integer"}}],
                 "get": {"summary": "An intermediate image", "operationId": "getSnapshot",
                         "responses": {"200": images["Snapshot"], "302": REDIRECT, "304": {"description": "Not modified"},
-                                      **_problems(401, 404, 503)}},
+                                      **_problems(401, 404, 410, 503)}},
             },
             "/v1/jobs/{job_id}/events": {
                 "parameters": [JOB_ID],

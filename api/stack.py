@@ -42,11 +42,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def gunicorn_command(bind: str, workers: int = 2, threads: int = 8) -> list[str]:
-    """The API under gunicorn, as `atelier run` (and the benchmarks and tests that mimic it) start it.
-    `api.gunicorn_hooks` tells prometheus_client when a gunicorn worker dies."""
-    return [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--worker-class", "gthread",
-            "--threads", str(threads), "--timeout", "120", "--config", "python:api.gunicorn_hooks", "api.app:create_app()"]
+GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
+
+
+def gunicorn_command(bind: str, workers: int | None = None) -> list[str]:
+    """The API under gunicorn (`api/gunicorn_conf.py`), as `atelier run`, the benchmarks and the
+    tests start it; `workers` overrides the configured number of processes."""
+    return [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--bind", bind,
+            *(["--workers", str(workers)] if workers else [])]
 
 
 def host_port(host: str, port: int) -> str:

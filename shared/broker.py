@@ -24,6 +24,7 @@ RUN_JOB = "atelier.run_job"
 SWEEP = "atelier.sweep"
 DELIVER_WEBHOOK = "atelier.deliver_webhook"
 SWEEP_WEBHOOKS = "atelier.sweep_webhooks"
+SWEEP_RETENTION = "atelier.sweep_retention"
 GPU_QUEUE = "gpu"
 MAINTENANCE_QUEUE = "maintenance"
 
@@ -47,11 +48,14 @@ def create_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
         task_queues=[Queue(GPU_QUEUE), Queue(MAINTENANCE_QUEUE)],
         task_default_queue=MAINTENANCE_QUEUE,
         task_routes={RUN_JOB: {"queue": GPU_QUEUE}, SWEEP: {"queue": MAINTENANCE_QUEUE},
-                     DELIVER_WEBHOOK: {"queue": MAINTENANCE_QUEUE}, SWEEP_WEBHOOKS: {"queue": MAINTENANCE_QUEUE}},
+                     DELIVER_WEBHOOK: {"queue": MAINTENANCE_QUEUE}, SWEEP_WEBHOOKS: {"queue": MAINTENANCE_QUEUE},
+                     SWEEP_RETENTION: {"queue": MAINTENANCE_QUEUE}},
         beat_schedule={"sweep": {"task": SWEEP, "schedule": settings.sweep_seconds,
                                  "options": {"expires": settings.sweep_seconds}},
                        "sweep-webhooks": {"task": SWEEP_WEBHOOKS, "schedule": settings.sweep_seconds,
-                                          "options": {"expires": settings.sweep_seconds}}},
+                                          "options": {"expires": settings.sweep_seconds}},
+                       "sweep-retention": {"task": SWEEP_RETENTION, "schedule": settings.sweep_seconds,
+                                           "options": {"expires": settings.sweep_seconds}}},
         worker_hijack_root_logger=False,
         worker_send_task_events=True,         # Flower and `celery events` see every task (-E by default)
         task_send_sent_event=True,            # ...from the moment it is sent

@@ -43,6 +43,10 @@ class Settings:
     enqueue_grace_seconds: float = 30.0     # a queued job never handed to the broker for this long is re-sent
     database_retry_seconds: float = 120.0   # a worker retries a failed database write this long (backoff) before giving the job up
     sse_keepalive_seconds: float = 15.0
+    # retention (shared.retention): a job's result, snapshots and checkpoint are removed this long
+    # after it ended (0: kept for ever), unless its account has its own setting; the row stays
+    retention_days: float = 30.0
+    retention_batch_size: int = 100         # jobs one retention task clears; a full batch sends the next at once
     # webhooks (shared.webhooks)
     webhook_timeout_seconds: float = 10.0   # a 2xx must arrive within this, else the attempt failed
     webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"  # seconds before each retry (Standard Webhooks)
@@ -54,6 +58,9 @@ class Settings:
     # metrics (shared.metrics): /metrics answers an admin session or `Authorization: Bearer <metrics_token>`
     metrics_token: str | None = None
     worker_metrics_port: int = 9808         # `atelier worker` serves its workers' metrics here (0: not at all)
+    # TLS in front (api.transport): clients reach the service over HTTPS through a proxy
+    behind_https: bool = False              # trust the proxy's X-Forwarded-Proto/-For (one hop)
+    secure_cookies: bool | None = None      # Secure session cookie and HSTS; None: as behind_https
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
@@ -64,7 +71,7 @@ class Settings:
             raw = environ.get(PREFIX + f.name.upper())
             if raw is None or raw == "":
                 continue
-            values[f.name] = _parse(f.name, raw, type(f.default) if f.default is not None else str)
+            values[f.name] = _parse(f.name, raw, KINDS[str(f.type).split("|")[0].strip()])
         values.update(overrides)
         return cls(**values)
 
@@ -74,12 +81,17 @@ class Settings:
                 for f in fields(self) if getattr(self, f.name) is not None}
 
 
+KINDS: dict[str, type] = {"str": str, "Path": Path, "int": int, "float": float, "bool": bool}
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def _parse(name: str, raw: str, kind: type) -> object:
     try:
-        if kind is Path:
-            return Path(raw)
-        if kind in (int, float):
+        if kind is bool:
+            return BOOLEANS[raw.strip().lower()]
+        if kind in (int, float, Path):
             return kind(raw)
         return raw
-    except ValueError:
-        raise ValueError(f"{PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+    except (ValueError, KeyError):
+        expected = "boolean (true or false)" if kind is bool else kind.__name__
+        raise ValueError(f"{PREFIX}{name.upper()}={raw!r} is not a valid {expected}") from None

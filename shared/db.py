@@ -5,6 +5,7 @@ time; foreign keys are switched on so deleting a job deletes its rows everywhere
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -88,6 +89,25 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def lock(session: Session, *names: str) -> None:
+    """Hold the named locks until this session's transaction ends (commit or rollback), waiting for
+    any other transaction that holds one of them: what must be checked and then written without
+    a concurrent writer in between (an active-job count, whether an input image is still used)
+    is done under one.
+
+    PostgreSQL: a transaction-level advisory lock per name (taken in a fixed order, so two callers
+    never deadlock). SQLite: the database's write lock, taken at once (`BEGIN IMMEDIATE`), which
+    serializes every writer anyway; call this before the transaction's first write."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        if not connection.connection.dbapi_connection.in_transaction:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    for key in sorted({int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+                       for name in names}):
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 class Database:

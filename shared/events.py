@@ -3,12 +3,14 @@
 Channel `atelier:job:<job id>`; each message is JSON `{"event": ..., "data": ...}` where event
 is `status` (data: the job object), `progress` (data: the job's progress object) or
 `snapshot` (data: `{iteration, url, created_at}`). Publishing is best effort: the database
-stays the record, events are for live viewers.
+stays the record, events are for live viewers. Viewers receive them through their process's
+`shared.event_hub`.
 """
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis
@@ -16,6 +18,16 @@ import redis
 log = logging.getLogger(__name__)
 
 EventType = Literal["status", "progress", "snapshot"]
+CHANNEL_PATTERN = "atelier:job:*"   # every job's channel
+
+
+@dataclass(frozen=True)
+class Event:
+    """A received event; `data_json` is `data` encoded once, however many viewers relay it."""
+
+    kind: str
+    data: Any
+    data_json: str
 
 
 def channel(job_id: str) -> str:
@@ -24,6 +36,11 @@ def channel(job_id: str) -> str:
 
 def encode(event: EventType, data: Any) -> str:
     return json.dumps({"event": event, "data": data}, default=str)
+
+
+def decode(message: bytes | str) -> Event:
+    payload = json.loads(message)
+    return Event(payload["event"], payload["data"], json.dumps(payload["data"]))
 
 
 def publish(client: redis.Redis, job_id: str, event: EventType, data: Any) -> None:

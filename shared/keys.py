@@ -4,10 +4,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sqlalchemy import Connection, Row, bindparam, select
+from sqlalchemy import Connection, Row, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import Account, ApiKey
+from shared.models import Account, ApiKey, utcnow
 
 PREFIX = "atl_"
 
@@ -37,3 +37,15 @@ def live_key(connection: Connection | Session, token: str) -> Row | None:
     """The unrevoked key with this token (`id`, `account_id`), or None; its account scopes what
     the caller sees."""
     return connection.execute(LIVE_KEY, {"key_hash": hash_key(token)}).first()
+
+
+def revoke(session: Session, key_id: int) -> bool:
+    """Refuse the key from now on, and forget its webhook secrets: they no longer sign anything
+    (a key is revoked when it may have leaked, and its secret was handed out with it). False if
+    it was already revoked."""
+    revoked = session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                              .values(revoked_at=utcnow(), webhook_secret=None, previous_webhook_secret=None,
+                                      previous_webhook_secret_expires_at=None)
+                              .execution_options(synchronize_session=False)).rowcount
+    session.commit()
+    return revoked == 1

@@ -4,6 +4,12 @@ states by transitions that are each one compare-and-set.
 The row is the source of truth: a transition only happens if the row is still in the state
 the caller saw (a `WHERE status = ...` or `WHERE lease_owner = ...` guard), so a duplicate
 delivery, a second worker or a racing API request can never run or finish a job twice.
+
+What is checked and then written runs under locks (`shared.db.lock`) held to the commit: the
+account's lock around counting its active jobs and inserting a new one (concurrent submissions
+cannot both pass the cap), and each input image's lock around "is it stored, is it still used"
+and storing or deleting it (a delete never removes an image that a submission in flight is about
+to use).
 """
 from __future__ import annotations
 
@@ -16,8 +22,9 @@ from sqlalchemy import and_, case, delete as sql_delete, func, or_, select, upda
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
+from shared.db import lock
 from shared.models import ACTIVE, InputRole, Job, JobInput, JobStatus, LossPoint, utcnow
-from shared.storage import Storage, StorageError, input_key, job_prefix
+from shared.storage import Storage, StorageError, input_key, job_prefix, put_input
 
 log = logging.getLogger(__name__)
 Q, R = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -37,8 +44,22 @@ class ErrorCode:
 @dataclass(frozen=True)
 class NewInput:
     role: InputRole
-    sha256: str             # of an image already in storage (`shared.storage.put_input`)
+    sha256: str
     filename: str | None
+    size: int | None
+    data: bytes | None = None   # the uploaded bytes, stored unless already there; None: reuse a stored image
+
+
+class InputGone(Exception):
+    """An image to reuse (a retried job's input) is no longer stored."""
+
+
+def account_lock(account_id: int) -> str:
+    return f"account:{account_id}"
+
+
+def input_lock(digest: str) -> str:
+    return f"input:{digest}"
 
 
 class TooManyActive(Exception):
@@ -49,11 +70,14 @@ class TooManyActive(Exception):
         self.scope, self.count, self.limit = scope, count, limit
 
 
-def create(session: Session, settings: Settings, *, account_id: int, api_key_id: int | None, params: dict[str, Any],
-           inputs: list[NewInput], request_hash: str, idempotency_key: str | None = None,
+def create(session: Session, settings: Settings, storage: Storage, *, account_id: int, api_key_id: int | None,
+           params: dict[str, Any], inputs: list[NewInput], request_hash: str, idempotency_key: str | None = None,
            webhook_url: str | None = None, webhook_events: list[str] | None = None) -> Job:
-    """A new queued job, added to the session (the caller commits, then enqueues it). Raises
-    TooManyActive past `max_active_jobs_per_key` or `max_active_jobs` (per account)."""
+    """A new queued job, added to the session, its input images in storage. The caller commits
+    (ending the locks taken here), then enqueues it. Raises TooManyActive past
+    `max_active_jobs_per_key` or `max_active_jobs` (per account), InputGone for an image to reuse
+    that is no longer stored."""
+    lock(session, account_lock(account_id), *(input_lock(i.sha256) for i in inputs))
     by_key, by_account = session.execute(  # both counts in one query over the account's active jobs
         select(func.coalesce(func.sum(case((Job.api_key_id == api_key_id, 1), else_=0)), 0), func.count())
         .where(Job.account_id == account_id, Job.status.in_([s.value for s in ACTIVE]))).one()
@@ -61,11 +85,16 @@ def create(session: Session, settings: Settings, *, account_id: int, api_key_id:
                                 ("account", by_account, settings.max_active_jobs)):
         if count >= limit:
             raise TooManyActive(scope, count, limit)
+    for i in inputs:  # images are stored only once the caps allow the job
+        if i.data is not None:
+            put_input(storage, i.data)
+        elif not storage.exists(input_key(i.sha256)):
+            raise InputGone(f"the {i.role.value} image {i.sha256[:12]}… is no longer stored")
     job = Job(account_id=account_id, api_key_id=api_key_id, params=params, idempotency_key=idempotency_key,
               request_hash=request_hash, status=JobStatus.QUEUED.value, attempts=0,
               webhook_url=webhook_url, webhook_events=webhook_events,
-              inputs=[JobInput(position=position, role=i.role.value, sha256=i.sha256, filename=i.filename)
-                      for position, i in enumerate(inputs)])
+              inputs=[JobInput(position=position, role=i.role.value, sha256=i.sha256, filename=i.filename,
+                               size_bytes=i.size) for position, i in enumerate(inputs)])
     session.add(job)
     return job
 
@@ -188,13 +217,21 @@ def delete(session: Session, storage: Storage, job_id: str) -> None:
     if session.scalar(select(Job.status).where(Job.id == job_id)) == R:
         cancel(session, job_id)
     digests = set(session.scalars(select(JobInput.sha256).where(JobInput.job_id == job_id)))
+    lock(session, *map(input_lock, digests))
     session.execute(sql_delete(Job).where(Job.id == job_id))
+    delete_unused_inputs(session, storage, digests)
     session.commit()
-    still_used = set(session.scalars(select(JobInput.sha256).where(JobInput.sha256.in_(digests))))
     try:
         storage.delete_prefix(job_prefix(job_id))
-        for digest in digests - still_used:
-            storage.delete(input_key(digest))
     except StorageError as exc:  # the job is gone; say exactly what is left to remove by hand
-        log.error("job %s deleted, but its files under %s (and unshared inputs %s) could not be removed: %s",
-                  job_id, job_prefix(job_id), sorted(digests - still_used), exc)
+        log.error("job %s deleted, but its files under %s could not be removed: %s", job_id, job_prefix(job_id), exc)
+
+
+def delete_unused_inputs(session: Session, storage: Storage, digests: set[str]) -> None:
+    """Remove from storage those of `digests` that no job with its files (in this transaction's
+    view) still uses. Under their input locks (`input_lock`), so no submission in flight starts to
+    use one meanwhile; the caller commits after."""
+    still_used = set(session.scalars(select(JobInput.sha256).join(Job, Job.id == JobInput.job_id)
+                                     .where(JobInput.sha256.in_(digests), Job.data_removed_at.is_(None))))
+    for digest in digests - still_used:
+        storage.delete(input_key(digest))

@@ -10,7 +10,8 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, TypeDecorator,
+                        UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
@@ -76,6 +77,8 @@ class Account(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # days a job's files are kept after it ended (0: for ever); None: the server's ATELIER_RETENTION_DAYS
+    retention_days: Mapped[float | None] = mapped_column(Float)
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="account")
 
@@ -106,6 +109,7 @@ class Job(Base):
         # the list endpoint: one account's jobs, newest first, keyset-paginated
         Index("ix_jobs_account_created", "account_id", "created_at", "id"),
         Index("ix_jobs_status", "status"),
+        Index("ix_jobs_retention", "data_removed_at", "finished_at"),  # the retention sweep: kept files, oldest first
         UniqueConstraint("account_id", "idempotency_key", name="uq_jobs_account_idempotency_key"),
     )
 
@@ -126,8 +130,10 @@ class Job(Base):
     cancel_requested_at: Mapped[datetime | None]
     progress: Mapped[dict[str, Any] | None]
     checkpoint_key: Mapped[str | None] = mapped_column(String(255))
+    checkpoint_bytes: Mapped[int | None] = mapped_column(BigInteger)
     result_key: Mapped[str | None] = mapped_column(String(255))
     result_sha256: Mapped[str | None] = mapped_column(String(64))
+    result_bytes: Mapped[int | None] = mapped_column(BigInteger)
     result_width: Mapped[int | None]
     result_height: Mapped[int | None]
     result_quality: Mapped[dict[str, Any] | None]
@@ -136,6 +142,8 @@ class Job(Base):
     # where to POST this job's events (shared.webhooks), and which ones; None: no webhook
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
+    # when the retention sweep removed its files (result, snapshots, checkpoint); the row stays
+    data_removed_at: Mapped[datetime | None]
     # the key that submitted it, for per-key job counts. No foreign key: keys are revoked, never
     # deleted, and SQLite cannot add one to an existing table without rebuilding it
     api_key_id: Mapped[int | None] = mapped_column(index=True)
@@ -167,6 +175,7 @@ class JobInput(Base):
     role: Mapped[str] = mapped_column(String(16))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     filename: Mapped[str | None] = mapped_column(String(255))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)   # None: stored before sizes were recorded
 
     job: Mapped[Job] = relationship(back_populates="inputs")
 
@@ -181,6 +190,7 @@ class Snapshot(Base):
     key: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)   # None: stored before sizes were recorded
 
     job: Mapped[Job] = relationship(back_populates="snapshots")
 

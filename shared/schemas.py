@@ -123,6 +123,8 @@ class JobOut(BaseModel):
     result: ResultOut | None
     error: ErrorOut | None
     attempts: int
+    data_removed: bool = Field(description="The job's result and snapshots were removed under the retention policy "
+                                           "(ATELIER_RETENTION_DAYS, or the account's own); the job itself stays.")
     urls: dict[str, str]
 
 
@@ -166,5 +168,5 @@ def job_out(job: Job) -> JobOut:
                    for s in job.snapshots],
         result=result,
         error=ErrorOut(code=job.error_code, message=job.error_message or "") if job.error_code else None,
-        attempts=job.attempts, urls=urls,
+        attempts=job.attempts, data_removed=job.data_removed_at is not None, urls=urls,
     )

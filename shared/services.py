@@ -6,11 +6,14 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.config import Settings
 from shared.db import Database
+from shared.event_hub import EventHub
 from shared.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -30,10 +33,19 @@ class Services:
 
     @cached_property
     def redis(self) -> redis.Redis:
+        return self._redis_client()
+
+    @cached_property
+    def event_hub(self) -> EventHub:
+        """This process's one subscription to live job events (see `shared.event_hub`). Its client
+        never retries: a dropped connection must reach the hub, whose viewers may have missed events."""
+        return EventHub(self._redis_client(retry=Retry(NoBackoff(), 0)))
+
+    def _redis_client(self, **options: object) -> redis.Redis:
         if not self.settings.redis_url:
             raise RuntimeError("ATELIER_REDIS_URL is not set (`atelier run` starts an embedded Redis and sets it)")
         return redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
-                                    health_check_interval=30)
+                                    health_check_interval=30, **options)
 
     def readiness(self) -> dict[str, str]:
         """`{"database": ..., "redis": ...}`, each "ok" or why it is unreachable."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -25,6 +26,12 @@ def encode_image(image: Image.Image, output_format: str) -> bytes:
     return buffer.getvalue()
 
 
+class Stored(NamedTuple):
+    key: str
+    sha256: str
+    size: int   # bytes
+
+
 class JobFiles:
     def __init__(self, storage: Storage, job_id: str, output_format: str) -> None:
         self.storage, self.job_id, self.output_format = storage, job_id, output_format
@@ -34,22 +41,24 @@ class JobFiles:
         """The job's images, content first; raises StorageKeyError, StorageError or ImageError."""
         return [open_image(self.storage.get(input_key(d)), max_pixels=max_pixels) for d in digests]
 
-    def put_snapshot(self, image: Image.Image, iteration: int) -> tuple[str, str]:
-        """Store a snapshot; returns its key and sha256. Raises StorageError on a storage failure."""
+    def put_snapshot(self, image: Image.Image, iteration: int) -> Stored:
+        """Store a snapshot. Raises StorageError on a storage failure."""
         return self._put(snapshot_key(self.job_id, iteration, self.output_format), image)
 
-    def put_result(self, image: Image.Image) -> tuple[str, str]:
+    def put_result(self, image: Image.Image) -> Stored:
         return self._put(result_key(self.job_id, self.output_format), image)
 
-    def _put(self, key: str, image: Image.Image) -> tuple[str, str]:
+    def _put(self, key: str, image: Image.Image) -> Stored:
         data = encode_image(image, self.output_format)
         self.storage.put(key, data)
-        return key, sha256(data)
+        return Stored(key, sha256(data), len(data))
 
-    def put_checkpoint(self, checkpoint: dict) -> None:
+    def put_checkpoint(self, checkpoint: dict) -> int:
+        """Store the checkpoint; returns its size in bytes."""
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         self.storage.put(self.checkpoint_key, buffer.getvalue())
+        return buffer.getbuffer().nbytes
 
     def load_checkpoint(self, key: str) -> dict | None:
         """The checkpoint under `key`, or None (logged) if it is missing or unreadable."""

@@ -13,12 +13,14 @@ import time
 
 from celery import Celery
 from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
+from redis import RedisError
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import selectinload
 
 from shared import announce, events
-from shared.broker import enqueue
+from shared.broker import GPU_QUEUE, enqueue
 from shared.db import UNAVAILABLE, is_unavailable
 from shared.images import ImageError
 from shared.lifecycle import ErrorCode, fail_exhausted
@@ -29,7 +31,7 @@ from shared.services import Services
 from shared.storage import StorageError, StorageKeyError
 from shared.webhooks import outbox
 from worker import shutdown
-from worker.engine import Iterate, Result, stylize
+from worker.engine import DeviceError, Iterate, Result, stylize
 from worker.job_files import JobFiles
 from worker.job_metrics import JobMeter
 from worker.lease import Lease
@@ -48,8 +50,9 @@ class JobFailed(Exception):
 
 
 class JobRun:
-    def __init__(self, services: Services, celery: Celery, job_id: str) -> None:
+    def __init__(self, services: Services, celery: Celery, job_id: str, worker: str | None = None) -> None:
         self.services, self.settings, self.celery, self.job_id = services, services.settings, celery, job_id
+        self.worker = worker  # this Celery worker's node name
         self.lease = Lease(services, job_id)
         self.handing_back = False  # the worker is shutting down: checkpoint and requeue
         self.resumed_from: int | None = None
@@ -90,6 +93,9 @@ class JobRun:
                 result = self._stylize(digests, checkpoint_key)
         except JobFailed as exc:
             self._end(JobStatus.FAILED, error_code=exc.code, error_message=str(exc))
+            return
+        except DeviceError as exc:  # this worker's device, not the job, is at fault
+            self._device_unavailable(exc)
             return
         except SQLAlchemyError:  # the database, not the job, failed: the lease expires, the sweep re-runs it
             raise
@@ -160,13 +166,14 @@ class JobRun:
 
     def _snapshot(self, it: Iterate) -> None:
         try:
-            key, digest = self.files.put_snapshot(it.image(), it.iteration)
+            stored = self.files.put_snapshot(it.image(), it.iteration)
         except StorageError as exc:
             log.warning("job %s: snapshot at iteration %d skipped: storage error: %s", self.job_id, it.iteration, exc)
             return
 
         def record() -> dict:
-            snapshot = Snapshot(job_id=self.job_id, iteration=it.iteration, key=key, sha256=digest)
+            snapshot = Snapshot(job_id=self.job_id, iteration=it.iteration, key=stored.key, sha256=stored.sha256,
+                                size_bytes=stored.size)
             with self.services.db.session() as session:
                 # a resumed attempt may redo an iteration: the newer image replaces the older
                 session.execute(delete(Snapshot).where(Snapshot.job_id == self.job_id, Snapshot.iteration == it.iteration))
@@ -177,7 +184,7 @@ class JobRun:
         try:
             created = self.lease.retrying(record, "snapshot")
         except IntegrityError:  # the job row is gone: deleted while running
-            self.files.delete(key)
+            self.files.delete(stored.key)
             self.lease.lose("deleted")
             return
         events.publish(self.services.redis, self.job_id, "snapshot", created)
@@ -186,7 +193,7 @@ class JobRun:
     def _checkpoint(self, checkpoint: dict) -> bool:
         """Store the checkpoint and point the job at it; False (logged) if storage failed."""
         try:
-            self.files.put_checkpoint(checkpoint)
+            size = self.files.put_checkpoint(checkpoint)
         except StorageError as exc:
             log.warning("job %s: checkpoint at iteration %d not saved: storage error: %s",
                         self.job_id, checkpoint["iteration"], exc)
@@ -195,7 +202,7 @@ class JobRun:
         def record() -> bool:
             with self.services.db.session() as session:
                 saved = session.execute(update(Job).where(Job.id == self.job_id, Job.lease_owner == self.lease.owner)
-                                        .values(checkpoint_key=self.files.checkpoint_key)
+                                        .values(checkpoint_key=self.files.checkpoint_key, checkpoint_bytes=size)
                                         .execution_options(synchronize_session=False)).rowcount
                 session.commit()
                 return not saved and session.get(Job, self.job_id) is None
@@ -208,7 +215,7 @@ class JobRun:
 
     def _succeed(self, result: Result) -> None:
         try:
-            key, digest = self.files.put_result(result.image)
+            stored = self.files.put_result(result.image)
         except StorageError as exc:
             log.error("job %s: the result could not be stored: %s", self.job_id, exc)
             self._end(JobStatus.FAILED, progress=self.progress, error_code=ErrorCode.STORAGE_ERROR,
@@ -216,10 +223,11 @@ class JobRun:
             return
         progress = (self.progress or {}) | {"iteration": result.iterations, "total": result.total, "percent": 100.0,
                                             "eta_seconds": 0.0, "losses": result.losses}
-        ended = self._end(JobStatus.SUCCEEDED, progress=progress, result_key=key, result_sha256=digest,
-                          result_width=result.image.width, result_height=result.image.height,
-                          result_quality=result.quality, checkpoint_key=None)
-        self.files.delete(self.files.checkpoint_key if ended else key)
+        ended = self._end(JobStatus.SUCCEEDED, progress=progress, result_key=stored.key, result_sha256=stored.sha256,
+                          result_bytes=stored.size, result_width=result.image.width,
+                          result_height=result.image.height, result_quality=result.quality, checkpoint_key=None,
+                          checkpoint_bytes=None)
+        self.files.delete(self.files.checkpoint_key if ended else stored.key)
         self.meter.peak_memory(result.device, result.peak_memory_mb)
         log.info("job %s: succeeded in %.1fs on %s", self.job_id, result.seconds, result.device)
 
@@ -244,12 +252,30 @@ class JobRun:
     def _hand_back(self, result: Result) -> None:
         """The worker is stopping (SIGTERM): keep where we are, requeue the job, let another worker resume it."""
         saved = not self.lease.lost and self._checkpoint(result.checkpoint)
-        checkpoint_key = self.files.checkpoint_key if saved else None
+        self._requeue(self.files.checkpoint_key if saved else None,
+                      f"handed back at iteration {result.iterations} (worker shutting down)")
+
+    def _device_unavailable(self, error: DeviceError) -> None:
+        """This worker's device is missing or unusable: it stops taking jobs (it stays online, its
+        device shown as unavailable on the System page, until restarted) and the job goes back to
+        the queue for another worker, its claim refunded as on a hand-back. The consumer is
+        cancelled first, so the job cannot come straight back here."""
+        log.error("job %s: this worker's device is unavailable (%s); it takes no more jobs until restarted",
+                  self.job_id, error)
+        if self.worker is not None:
+            try:
+                self.celery.control.cancel_consumer(GPU_QUEUE, destination=[self.worker], reply=True, timeout=5)
+            except (OperationalError, RedisError, OSError) as exc:  # requeue all the same; the sweep has the rest
+                log.error("job %s: could not stop consuming %s: %s", self.job_id, GPU_QUEUE, exc)
+        self._requeue(None, f"handed to another worker (device unavailable: {error})")
+
+    def _requeue(self, checkpoint_key: str | None, why: str) -> None:
+        """Put the job we hold back to `queued` and send it to the broker again."""
         if not self.lease.release(self.progress, checkpoint_key):
             log.warning("job %s: not handed back: no longer ours, or asked to cancel", self.job_id)
             if self.lease.cancel_requested or not self.lease.lost:
                 self._end(JobStatus.CANCELED, progress=self.progress)
             return
-        log.warning("job %s: handed back at iteration %d (worker shutting down); re-queued", self.job_id, result.iterations)
+        log.warning("job %s: %s; re-queued", self.job_id, why)
         self._announce()
         enqueue(self.celery, self.services.db, self.job_id)

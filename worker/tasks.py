@@ -29,7 +29,7 @@ class JobUnsuccessful(Exception):
 
 @shared_task(bind=True, name=RUN_JOB, ignore_result=True, throws=(JobUnsuccessful,))
 def run_job(self: Task, job_id: str) -> None:
-    run = JobRun(current_services(), current_app, job_id)
+    run = JobRun(current_services(), current_app, job_id, worker=self.request.hostname)
     run.execute()
     if run.outcome is None:
         return

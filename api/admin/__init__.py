@@ -14,7 +14,7 @@ from datetime import timedelta
 from flask import Flask
 from flask_limiter import Limiter
 
-from api.admin import auth, blueprint, job_pages, keys, system  # noqa: F401  (job_pages, keys, system add their routes)
+from api.admin import auth, blueprint, job_pages, keys, storage, system  # noqa: F401  (these add their routes)
 from shared.config import Settings
 
 log = logging.getLogger(__name__)

@@ -158,14 +158,15 @@ def retry(job_id: str) -> Response:
         old = _load(db, job_id)
         try:
             new = lifecycle.create(
-                db, svc.settings, account_id=old.account_id, api_key_id=old.api_key_id, params=old.params,
-                inputs=[lifecycle.NewInput(InputRole(i.role), i.sha256, i.filename) for i in old.inputs],
+                db, svc.settings, svc.storage, account_id=old.account_id, api_key_id=old.api_key_id,
+                params=old.params, inputs=[lifecycle.NewInput(InputRole(i.role), i.sha256, i.filename, i.size_bytes)
+                                           for i in old.inputs],
                 request_hash=old.request_hash, webhook_url=old.webhook_url, webhook_events=old.webhook_events)
-        except lifecycle.TooManyActive as exc:
+        except (lifecycle.TooManyActive, lifecycle.InputGone) as exc:
+            db.rollback()
             flash(f"Not retried: {exc}.")
             return redirect(url_for("admin.job", job_id=job_id), 303)
         db.commit()
-        announce.status_changed(svc, celery, _load(db, new.id))
     enqueue(celery, svc.db, new.id)
     flash(f"Retrying job {job_id} as this new job.")
     return redirect(url_for("admin.job", job_id=new.id), 303)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from flask import Response, abort, flash, redirect, render_template, request, url_for
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from api.app import services
 from api.admin.blueprint import bp
 from shared import keys as api_keys
-from shared.models import Account, ApiKey, Job, utcnow
+from shared.models import Account, ApiKey, Job
 
 
 def _render(new_key: str | None = None, account: str = "") -> str:
@@ -42,7 +42,6 @@ def revoke_key(key_id: int) -> Response:
         prefix = db.scalar(select(ApiKey.prefix).where(ApiKey.id == key_id))
         if prefix is None:
             abort(404, f"There is no key {key_id}.")
-        db.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow()))
-        db.commit()
-    flash(f"Revoked key {prefix}…; requests with it are refused from now on.")
+        api_keys.revoke(db, key_id)
+    flash(f"Revoked key {prefix}…; requests with it are refused from now on, and its webhook secret signs nothing.")
     return redirect(url_for("admin.keys"), 303)

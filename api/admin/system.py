@@ -1,4 +1,5 @@
-"""The System page: queues, workers and their devices, throughput and latency, readiness."""
+"""The System page: queues, workers and their devices, throughput and latency, readiness, and
+disk usage and retention per account (`api.admin.storage`)."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 from api.app import services
 from api.admin.blueprint import bp
 from api.admin.stats import all_windows
+from api.admin.storage import human_bytes, usage
 from shared.models import Job
 from shared.broker import RUN_JOB, queue_depths
 from shared.devices import read_devices
@@ -41,5 +43,7 @@ def system() -> str:
     with services().db.session() as db:
         windows = all_windows(db)
         by_status = dict(db.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-    return render_template("admin/system.html", ready=services().readiness(), queues=queue_depths(services().redis), workers=_workers(),
-                           windows=windows, by_status=by_status)
+        accounts, stored = usage(db)
+    return render_template("admin/system.html", ready=services().readiness(), queues=queue_depths(services().redis),
+                           workers=_workers(), windows=windows, by_status=by_status, accounts=accounts, stored=stored,
+                           human_bytes=human_bytes, default_retention=services().settings.retention_days)

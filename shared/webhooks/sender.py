@@ -1,7 +1,8 @@
 """One delivery attempt: claim the event, sign it, POST it to a checked address, log the
 outcome and schedule the retry.
 
-- 2xx within `webhook_timeout_seconds`: delivered. 410 Gone: failed, no more retries.
+- 2xx within `webhook_timeout_seconds`: delivered. 410 Gone: failed, no more retries; so too
+  when no secret may sign it (the submitting key was revoked).
   Anything else (timeout, connection error, 3xx, 4xx, 5xx, a refused address): retried after
   the next delay of `webhook_retry_schedule` (with jitter), or after `Retry-After` on 429/503,
   until the schedule is used up.
@@ -49,6 +50,7 @@ class Outcome:
     latency_ms: int
     excerpt: str | None = None
     retry_after: float | None = None  # seconds, from a 429/503's Retry-After
+    final: bool = False               # no retry can succeed
 
     @property
     def delivered(self) -> bool:
@@ -113,7 +115,9 @@ def attempt(services: Services, celery: Celery, event_id: str) -> None:
         keys = signing.secrets_for(session, api_key_id) if api_key_id is not None else []
         url, body, number = event.url, event.payload, event.attempts + 1
     started_at = utcnow()
-    outcome = _send(url, event_id, body, keys, settings) if keys else Outcome(None, "no API key to sign with", 0)
+    outcome = _send(url, event_id, body, keys, settings) if keys else \
+        Outcome(None, "not sent: no secret signs it (the API key that submitted the job was revoked)", 0,
+                final=True)
     with services.db.session() as session:
         next_at = _record(session, event_id, number, url, started_at, outcome, settings)
     log.info("webhook %s attempt %d to %s: %s", event_id, number, url, outcome.status_code or outcome.error)
@@ -155,7 +159,7 @@ def _record(session: Session, event_id: str, number: int, url: str, started_at: 
     event.attempts, event.leased_until, event.next_attempt_at = number, None, None
     if outcome.delivered:
         event.status, event.failures = WebhookStatus.DELIVERED.value, 0
-    elif outcome.status_code == 410 or event.failures >= len(schedule):
+    elif outcome.status_code == 410 or outcome.final or event.failures >= len(schedule):
         event.status = WebhookStatus.FAILED.value
     else:
         delay = outcome.retry_after if outcome.retry_after is not None else \

@@ -3,7 +3,8 @@
 They are stored in the clear (unlike API keys, which are only hashed): signing needs the
 secret itself. A key gets its secret on first use, `atelier keys create` included. Rotating
 keeps the old secret signing next to the new one for `webhook_secret_grace_seconds`, so
-receivers can switch over without dropping deliveries.
+receivers can switch over without dropping deliveries. A revoked key's secrets are forgotten
+(`shared.keys.revoke`) and it gets no new one: deliveries for its jobs are signed by nothing.
 """
 from __future__ import annotations
 
@@ -51,7 +52,10 @@ def rotate(session: Session, api_key_id: int, grace_seconds: float) -> WebhookSe
 
 
 def secrets_for(session: Session, api_key_id: int) -> list[str]:
-    """Every secret that signs a delivery now: the current one, and the previous during its grace."""
+    """Every secret that signs a delivery now: the current one, and the previous during its grace;
+    none for a revoked key."""
+    if session.scalar(select(ApiKey.revoked_at).where(ApiKey.id == api_key_id)) is not None:
+        return []
     current(session, api_key_id)
     secret, previous, expires = session.execute(
         select(ApiKey.webhook_secret, ApiKey.previous_webhook_secret, ApiKey.previous_webhook_secret_expires_at)

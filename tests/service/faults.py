@@ -24,8 +24,11 @@ import signal
 import socket
 import subprocess
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 
 from tests.service.helpers import RedisServer, S3Server, WorkerProcess
@@ -114,6 +117,53 @@ def cut_database(database_url: str) -> DatabaseOutage:
 
 def restore_database(outage: DatabaseOutage) -> None:
     outage.restore()
+
+
+class InsertGate:
+    """Holds every `INSERT INTO <table>` on an engine just before it runs, until `release()`, until
+    `parties` of them are held at once, or for at most `timeout` seconds: a real transaction
+    paused at its racy point (it has read what it decided on, and not yet written), so a test can
+    run a concurrent request against it. Whatever locks the transaction already holds, it keeps."""
+
+    def __init__(self, parties: int, timeout: float) -> None:
+        self.parties, self.timeout = parties, timeout
+        self.held = 0            # inserts that reached the gate
+        self._waiting = 0
+        self._open = False
+        self._condition = threading.Condition()
+
+    def release(self) -> None:
+        with self._condition:
+            self._open = True
+            self._condition.notify_all()
+
+    def _hold(self) -> None:
+        with self._condition:
+            self.held += 1
+            self._waiting += 1
+            if self.parties and self._waiting >= self.parties:
+                self._open = True
+            self._condition.notify_all()
+            self._condition.wait_for(lambda: self._open, timeout=self.timeout)
+            self._waiting -= 1
+
+
+@contextmanager
+def hold_inserts(engine: Engine, table: str, parties: int = 0, timeout: float = 3.0) -> Iterator[InsertGate]:
+    """See `InsertGate`; the gate is removed when the block ends."""
+    gate = InsertGate(parties, timeout)
+    prefix = f"INSERT INTO {table} "
+
+    def before(_conn, _cursor, statement: str, *_args) -> None:
+        if statement.startswith(prefix):
+            gate._hold()
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield gate
+    finally:
+        gate.release()
+        event.remove(engine, "before_cursor_execute", before)
 
 
 # ---- storage ----------------------------------------------------------------------------------

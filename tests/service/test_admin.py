@@ -3,19 +3,24 @@ the jobs table and a job's page and actions, API keys, and the System page; the 
 a job on the real worker and read its loss history, snapshots and device back."""
 from __future__ import annotations
 
+import random
 import re
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
 
-from shared.models import Job, LossPoint, Operator, WebhookEvent, WebhookStatus
+from api.admin.storage import human_bytes
+from shared import retention
+from shared.models import Account, Job, LossPoint, Operator, WebhookEvent, WebhookStatus
 from shared.services import Services
+from shared.storage import input_key, job_prefix, sha256
 from tests.service import faults
-from tests.service.helpers import (OPERATOR_PASSWORD, ROOT, bearer, make_operator, new_key, submit, wait_for,
+from tests.service.helpers import (OPERATOR_PASSWORD, ROOT, bearer, make_operator, new_key, png, submit, wait_for,
                                    wait_status)
 
 
@@ -106,6 +111,37 @@ def test_failed_sign_ins_are_rate_limited_per_address_and_name(settings, make_ap
     assert limited.status_code == 429 and "too many failed sign-ins" in limited.get_data(as_text=True)
     other = make_operator(settings)
     assert sign_in(client, other).status_code == 303  # another name is not locked out
+
+
+@pytest.mark.parametrize(("behind_https", "secure_cookies", "secure"),
+                         [(False, None, False), (True, None, True), (True, False, False), (False, True, True)],
+                         ids=["plain", "behind-https", "behind-https-cookies-not-secure", "secure-cookies"])
+def test_behind_https_the_session_cookie_is_secure_and_hsts_is_sent(settings, operator, make_app, behind_https,
+                                                                      secure_cookies, secure):
+    client = make_app(replace(settings, behind_https=behind_https, secure_cookies=secure_cookies)).test_client()
+    proxy = {"X-Forwarded-Proto": "https"} if behind_https else {}
+    page = client.get("/admin/sign-in", headers=proxy)
+    [cookie] = page.headers.getlist("Set-Cookie")
+    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+    assert attributes >= {"httponly", "samesite"} and ("secure" in attributes) == secure, cookie
+    for response in (page, client.get("/healthz", headers=proxy)):
+        assert (response.headers.get("Strict-Transport-Security") == "max-age=31536000") == secure
+    assert sign_in(client, operator).status_code == 303 and client.get("/admin/", headers=proxy).status_code == 200
+
+
+@pytest.mark.parametrize("behind_https", [False, True], ids=["direct", "behind-https"])
+def test_behind_https_sign_ins_are_limited_per_forwarded_client_address(settings, operator, make_app, behind_https):
+    """Behind the proxy every request comes from the proxy's address: the one hop of
+    X-Forwarded-For it adds names the client. Without ATELIER_BEHIND_HTTPS the header is not
+    trusted (anyone could send one to dodge the limit)."""
+    client = make_app(replace(settings, admin_signin_limit="2 per minute", behind_https=behind_https)).test_client()
+
+    def attempt(address: str) -> int:
+        token = csrf(client)
+        return client.post("/admin/sign-in", headers={"X-Forwarded-For": address, "X-Forwarded-Proto": "https"},
+                           data={"name": operator, "password": "wrong password!", "csrf_token": token}).status_code
+    assert [attempt("203.0.113.1") for _ in range(3)] == [401, 401, 429]
+    assert attempt("203.0.113.2") == (401 if behind_https else 429)
 
 
 def test_sign_in_and_pages_work_while_redis_is_down(make_redis, settings, make_app, operator):
@@ -270,3 +306,50 @@ def test_a_finished_job_has_its_loss_history_snapshots_result_and_stats(live_app
     assert "No worker answered" not in html
     finished = int(re.search(r'<th>last hour</th><td class="num">(\d+)</td>', html).group(1))
     assert finished >= 1
+
+
+def test_system_page_shows_each_accounts_disk_usage_and_sets_its_retention(live_app, worker_settings):
+    """The usage is what the job's files weigh on disk; the retention form sets the account's
+    override (empty: back to the server's default); once the sweep removed the files, the usage
+    drops to nothing, the job page says so and Retry is refused (its inputs are gone)."""
+    client = live_app.test_client()
+    assert sign_in(client, make_operator(worker_settings)).status_code == 303
+    name = f"usage-{uuid.uuid4().hex[:6]}"
+    auth = bearer(new_key(worker_settings, name))
+    seed = random.randrange(10**6)
+    own = {"content": png(40, 30, seed), "style": png(24, 24, seed + 1)}
+    job = submit(client, auth, own, {"size": 32, "iterations": 4, "snapshot_every": 2}).get_json()
+    assert wait_status(client, auth, job["id"], {"succeeded", "failed"})["status"] == "succeeded"
+    storage = live_app.extensions["atelier"].storage
+    on_disk = sum(f.stat().st_size for f in (storage.root / job_prefix(job["id"])).rglob("*") if f.is_file()) \
+        + len(own["content"]) + len(own["style"])
+
+    def row() -> str:
+        html = client.get("/admin/system").get_data(as_text=True)
+        return re.search(rf'<tr data-account="{name}">(.*?)</tr>', html, re.S).group(1)
+    assert f">{human_bytes(on_disk)}<" in row() and 'placeholder="30"' in row()
+    account_id = re.search(r"/admin/accounts/(\d+)/retention", row()).group(1)
+    token = csrf(client, "/admin/system")
+    for bad in ("-1", "soon", "1e9", "nan"):
+        assert client.post(f"/admin/accounts/{account_id}/retention",
+                           data={"retention_days": bad, "csrf_token": token}).status_code == 400
+    assert client.post("/admin/accounts/999999999/retention", data={"retention_days": "1", "csrf_token": token}
+                       ).status_code == 404
+    done = client.post(f"/admin/accounts/{account_id}/retention", data={"retention_days": "7", "csrf_token": token},
+                       follow_redirects=True)
+    assert f"{name}: job files are kept 7 days after a job ends" in done.get_data(as_text=True)
+    assert 'value="7"' in row()
+    client.post(f"/admin/accounts/{account_id}/retention", data={"retention_days": "", "csrf_token": token})
+    services = Services(worker_settings)
+    with services.db.session() as session:
+        assert session.get(Account, int(account_id)).retention_days is None
+        retention.set_days(session, int(account_id), 1 / 86400)
+    time.sleep(1.5)
+    assert job["id"] in retention.sweep(services)
+    assert ">0 B<" in row() and not storage.exists(input_key(sha256(own["content"])))
+    page = client.get(f"/admin/jobs/{job['id']}").get_data(as_text=True)
+    assert 'id="data-removed"' in page
+    retried = client.post(f"/admin/jobs/{job['id']}/retry", data={"csrf_token": token}, follow_redirects=True)
+    assert "Not retried: the content image" in retried.get_data(as_text=True) and "no longer stored" in \
+        retried.get_data(as_text=True)
+    services.db.dispose()

@@ -115,3 +115,26 @@ def test_a_job_longer_than_the_visibility_timeout_runs_once(make_redis, worker_s
     done = wait_status(client, auth, job_id, TERMINAL, timeout=120)
     assert done["status"] == "canceled" and done["attempts"] == 1
     assert (first.output() + second.output()).count(f"job {job_id}: claimed by") == 1
+
+
+def test_a_worker_whose_device_is_missing_hands_the_job_to_another(make_redis, worker_settings, private_database,
+                                                                   workers, images):
+    """A worker configured for a GPU this machine does not have (`cuda:7`) claims a job; the engine
+    raises DeviceError. Before the fix the job failed `engine_error` on that worker (this test
+    failed so); now the job goes back to the queue with its claim refunded, that worker stops
+    taking jobs, and a healthy worker runs it."""
+    local, client, auth = private(make_redis(), worker_settings, private_database)
+    broken = workers(replace(local, device="cuda:7"))
+    job_id = submit(client, auth, images, {"size": 32, "iterations": 2, "snapshot_every": 0}).get_json()["id"]
+    wait_for(lambda: f"job {job_id}: handed to another worker (device unavailable" in broken.output(), timeout=120,
+             what="the broken worker to hand the job back")
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
+    assert job["status"] == "queued" and job["attempts"] == 0 and job["error"] is None, job
+    queues = create_celery(local).control.inspect(timeout=2).active_queues()
+    assert list(queues.values()) == [[]], queues  # the broken worker is online but consumes nothing
+
+    healthy = workers(local)
+    done = wait_status(client, auth, job_id, TERMINAL, timeout=120)
+    assert done["status"] == "succeeded" and done["attempts"] == 1, done["error"]
+    assert f"job {job_id}: claimed by" in healthy.output()
+    assert broken.output().count(f"job {job_id}: claimed by") == 1

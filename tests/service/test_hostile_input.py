@@ -419,7 +419,7 @@ def test_very_long_headers_under_gunicorn(settings, api_key, tmp_path):
     service stays healthy. Below that limit the app answers (401 problem for a long bogus key)."""
     port = free_port()
     log = open(tmp_path / "gunicorn.log", "wb")
-    server = subprocess.Popen(gunicorn_command(f"127.0.0.1:{port}", workers=1, threads=2), cwd=ROOT,
+    server = subprocess.Popen(gunicorn_command(f"127.0.0.1:{port}", workers=1), cwd=ROOT,
                               env=os.environ | settings.to_env(), stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
 

@@ -88,7 +88,7 @@ def test_a_gunicorn_api_and_a_worker_report_into_one_scrape(make_redis, private_
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with open(tmp_path / "gunicorn.log", "wb") as log:
-        api = subprocess.Popen(gunicorn_command(f"127.0.0.1:{port}", workers=2, threads=4), cwd=ROOT,
+        api = subprocess.Popen(gunicorn_command(f"127.0.0.1:{port}", workers=2), cwd=ROOT,
                                env=os.environ | settings.to_env() | env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: get(f"{base}/readyz")[0] == 200, timeout=60, what="gunicorn to answer")

@@ -211,6 +211,32 @@ def test_a_rotated_out_secret_stops_signing_after_its_grace(settings, api_key):
     services.db.dispose()
 
 
+def test_a_revoked_keys_secret_signs_nothing_more(wh_client, wh_settings, images, receiver):
+    """A key is revoked (it leaked, say: its secret was printed with it) while a delivery for a job
+    it submitted waits for its retry. Before the fix the retry went out signed with the revoked
+    key's secret and was delivered (this test failed so); now the delivery fails, saying why,
+    nothing more reaches the receiver, and the key's stored secrets are wiped."""
+    account = f"revoked-{uuid.uuid4().hex[:6]}"
+    token, other = new_key(wh_settings, account), new_key(wh_settings, account)
+    auth, other_auth = {"Authorization": f"Bearer {token}"}, {"Authorization": f"Bearer {other}"}
+    receiver.reply(Reply(503, {"Retry-After": "5"}))
+    job_id = submit(wh_client, auth, images, TINY | {"webhook_url": receiver.url()}).get_json()["id"]
+    wait_for(lambda: (d := deliveries(wh_client, other_auth, job_id)) and d[0]["attempts"], timeout=60,
+             what="the first attempt")
+    services = Services(wh_settings)
+    with services.db.session() as session:
+        key_id = keys.live_key(session, token).id
+        assert keys.revoke(session, key_id)
+    failed = wait_delivery(wh_client, other_auth, job_id, "job.succeeded", "failed", timeout=60)
+    assert [a["status_code"] for a in failed["attempts"]] == [503, None]
+    assert "revoked" in failed["attempts"][-1]["error"] and failed["next_attempt_at"] is None
+    assert len(receiver.requests()) == 1  # the attempt before the revocation, and nothing since
+    with services.db.session() as session:
+        assert session.get(keys.ApiKey, key_id).webhook_secret is None
+        assert signing.secrets_for(session, key_id) == []
+    services.db.dispose()
+
+
 def test_deliveries_are_listed_and_redelivered_only_for_their_owner(wh_client, wh_auth, wh_settings, images, receiver):
     job_id = submit(wh_client, wh_auth, images, TINY | {"webhook_url": receiver.url()}).get_json()["id"]
     first = wait_delivery(wh_client, wh_auth, job_id, "job.succeeded", "delivered")
