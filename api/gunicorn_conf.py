@@ -16,7 +16,7 @@ nothing of the app (and nothing that gevent would have to patch after the fact).
 import os
 import resource
 
-wsgi_app = "api:create_app()"
+wsgi_app = "api.app:create_app()"
 worker_class = "gevent"
 workers = 2                  # processes; on more cores, about one per core
 worker_connections = 5000    # concurrent connections per process: event streams and everything else
