@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, TypeDecorator,
-                        UniqueConstraint)
+                        UniqueConstraint, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
@@ -241,6 +241,9 @@ class WebhookEvent(Base):
     __table_args__ = (
         Index("ix_webhook_events_job_created", "job_id", "created_at"),
         Index("ix_webhook_events_status_next", "status", "next_attempt_at"),
+        # job.started and the terminal events happen once per job (revision 0007)
+        Index("uq_webhook_events_job_type_once", "job_id", "type", unique=True,
+              sqlite_where=text("type != 'job.snapshot'"), postgresql_where=text("type != 'job.snapshot'")),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_message_id)

@@ -17,6 +17,7 @@ from kombu.exceptions import OperationalError
 from pydantic import BaseModel, Field
 from redis import RedisError
 from sqlalchemy import literal, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from shared.models import TERMINAL, Job, JobStatus, WebhookEvent, WebhookStatus, utcnow
@@ -62,20 +63,23 @@ def payload(event_type: str, job: Job) -> str:
 
 
 def record(session: Session, job: Job, event_type: str) -> WebhookEvent | None:
-    """Commit the event if the job's webhook wants it: `job.started` once per job, and
-    `job.snapshot` at most once a second. Returns None when nothing was recorded."""
+    """Commit the event if the job's webhook wants it: `job.snapshot` at most once a second, every
+    other type once per job (a unique index, so two recorders racing make one row). Returns None
+    when nothing was recorded."""
     if job.webhook_url is None or event_type not in (job.webhook_events or ()):
         return None
-    if event_type in (STARTED, SNAPSHOT):
-        query = select(WebhookEvent.id).where(WebhookEvent.job_id == job.id, WebhookEvent.type == event_type)
-        if event_type == SNAPSHOT:
-            query = query.where(WebhookEvent.created_at > utcnow() - SNAPSHOT_INTERVAL)
-        if session.scalar(query.limit(1)) is not None:
-            return None
+    if event_type == SNAPSHOT and session.scalar(
+            select(WebhookEvent.id).where(WebhookEvent.job_id == job.id, WebhookEvent.type == SNAPSHOT,
+                                          WebhookEvent.created_at > utcnow() - SNAPSHOT_INTERVAL).limit(1)) is not None:
+        return None
     event = WebhookEvent(job_id=job.id, type=event_type, url=job.webhook_url, payload=payload(event_type, job),
                          next_attempt_at=utcnow())
     session.add(event)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # recorded already (or the job was deleted meanwhile)
+        session.rollback()
+        return None
     return event
 
 
