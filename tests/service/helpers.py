@@ -14,6 +14,8 @@ or from one another.
 - `png(width, height, seed)`: PNG bytes; `submit(client, auth, images, params, styles, headers)`: POST a job.
 - `TERMINAL`: the statuses a job ends in; `wait_status(client, auth, job_id, statuses, timeout)`:
   poll a job until its status is one of `statuses`.
+- `wait_checkpointed(services, job_id, iteration)`: until a running job has a checkpoint past
+  `iteration`; `wait_resent(services, job_id)`: until the sweep re-sends a job whose lease expired.
 - `read_events(response, until)`: the (event, data) pairs of a streamed text/event-stream response.
 - `PROBLEM`, `assert_problem(response, status, field=None)`: an RFC 9457 problem+json answer.
 - `WorkerProcess(settings, log_path, args)`: a real Celery worker process in its own process group.
@@ -39,11 +41,14 @@ from sqlalchemy import create_engine, text
 
 from api.stack import free_port
 from shared import keys
+from shared.broker import create_celery
 from shared.config import Settings
 from shared.db import normalize_url
 from shared.migrate import upgrade
+from shared.models import Job
 from shared.operators import create_operator
 from shared.services import Services
+from worker.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_SERVER = os.environ.get("ATELIER_TEST_REDIS_SERVER", "/usr/bin/redis-server")
@@ -226,6 +231,24 @@ def wait_status(client, auth: dict, job_id: str, statuses: set[str], timeout: fl
         job = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
         return job if job["status"] in statuses else None
     return wait_for(current, timeout=timeout, interval=0.1, what=f"job {job_id} to reach {statuses}")
+
+
+def wait_checkpointed(services: Services, job_id: str, iteration: int = 5, timeout: float = 90.0) -> int:
+    """Wait until the running job has a checkpoint recorded and has reached `iteration`; returns
+    the iteration its progress shows then."""
+    def progressed() -> int:
+        with services.db.session() as session:
+            job = session.get(Job, job_id)
+            done = (job.progress or {}).get("iteration", 0)
+            return done if job.checkpoint_key is not None and done >= iteration else 0
+    return wait_for(progressed, timeout=timeout, what=f"job {job_id} to checkpoint past iteration {iteration}")
+
+
+def wait_resent(services: Services, job_id: str) -> None:
+    """Run the sweep until it re-sends `job_id` (its worker gone, its lease expired)."""
+    celery = create_celery(services.settings)
+    wait_for(lambda: job_id in sweep(services, celery).resent, timeout=services.settings.lease_seconds + 15,
+             interval=0.5, what=f"the sweep to re-send job {job_id} once its lease expired")
 
 
 def read_events(response, until: float = 90.0) -> list[tuple[str, dict]]:

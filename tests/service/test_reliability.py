@@ -13,7 +13,7 @@ from shared.broker import GPU_QUEUE, create_celery
 from shared.models import Base, Job, utcnow
 from shared.services import Services
 from tests.service import faults
-from tests.service.helpers import TERMINAL, submit, wait_for, wait_status
+from tests.service.helpers import TERMINAL, submit, wait_checkpointed, wait_resent, wait_status
 from worker.sweep import sweep
 
 
@@ -108,20 +108,14 @@ def test_a_job_resumes_from_its_checkpoint_when_its_worker_dies(redis_server, wo
     first = spawn_worker(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 150, "snapshot_every": 0}).get_json()["id"]
     services = Services(local)
-
-    def checkpointed() -> int:
-        with services.db.session() as session:
-            job = session.get(Job, job_id)
-            return job.checkpoint_key is not None and (job.progress or {}).get("iteration", 0) >= 5
-    wait_for(checkpointed, timeout=90, what="a checkpoint")
+    wait_checkpointed(services, job_id)
     faults.kill_worker(first)  # the machine dies: no cleanup, the lease stays, the message is unacked
     with services.db.session() as session:
         stopped_at = session.get(Job, job_id).progress["iteration"]
     assert stopped_at < 150
 
     second = spawn_worker(local)
-    wait_for(lambda: job_id in sweep(services, create_celery(local)).resent, timeout=local.lease_seconds + 10,
-             interval=0.5, what="the sweep to re-send the job once its lease expired")
+    wait_resent(services, job_id)
     done = wait_status(client, auth, job_id, TERMINAL, timeout=240)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2

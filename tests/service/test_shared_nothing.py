@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.broker import create_celery
 from shared.models import Job
 from shared.services import Services
 from tests.service import faults
-from tests.service.helpers import TERMINAL, make_settings, submit, wait_for, wait_status
-from worker.sweep import sweep
+from tests.service.helpers import TERMINAL, make_settings, submit, wait_checkpointed, wait_resent, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -44,19 +42,13 @@ def test_two_workers_that_share_nothing_split_jobs_and_resume_each_others(postgr
     # a job killed on one machine resumes on the other, from the checkpoint in the bucket
     services = Services(settings)
     long = submit(client, auth, images, {"size": 32, "iterations": 300, "snapshot_every": 0}).get_json()["id"]
-
-    def checkpointed() -> bool:
-        with services.db.session() as session:
-            job = session.get(Job, long)
-            return job.checkpoint_key is not None and (job.progress or {}).get("iteration", 0) >= 5
-    wait_for(checkpointed, timeout=120, what="a checkpoint in the bucket")
+    wait_checkpointed(services, long, timeout=120)
     holder = next(name for name, w in started.items() if f"job {long}: claimed by" in w.output())
     other = next(name for name in started if name != holder)
     faults.kill_worker(started[holder])
     with services.db.session() as session:
         stopped_at = session.get(Job, long).progress["iteration"]
-    wait_for(lambda: long in sweep(services, create_celery(settings)).resent, timeout=settings.lease_seconds + 15,
-             interval=0.5, what="the sweep to re-send the job once its lease expired")
+    wait_resent(services, long)
     done = wait_status(client, auth, long, TERMINAL, timeout=300)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2 and 0 < done["progress"]["resumed_from"] <= stopped_at + 10

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.broker import create_celery
 from shared.models import Job
 from shared.services import Services
 from shared.storage import input_key, sha256
 from shared.storage_s3 import S3Storage
 from tests.service import faults
-from tests.service.helpers import TERMINAL, bearer, make_settings, new_key, png, submit, wait_for, wait_status
-from worker.sweep import sweep
+from tests.service.helpers import (TERMINAL, bearer, make_settings, new_key, png, submit, wait_checkpointed, wait_for,
+                                   wait_resent, wait_status)
 
 
 
@@ -147,20 +146,14 @@ def test_a_job_resumes_from_its_checkpoint_in_the_bucket_when_its_worker_dies(re
     first = spawn_worker(local)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 150, "snapshot_every": 0}).get_json()["id"]
     services = Services(local)
-
-    def checkpointed() -> bool:
-        with services.db.session() as session:
-            job = session.get(Job, job_id)
-            return job.checkpoint_key is not None and (job.progress or {}).get("iteration", 0) >= 5
-    wait_for(checkpointed, timeout=90, what="a checkpoint")
+    wait_checkpointed(services, job_id)
     assert s3_server.keys(f"{s3_prefix}/jobs/{job_id}/checkpoint.pt")
-    first.kill()
+    faults.kill_worker(first)
     with services.db.session() as session:
         stopped_at = session.get(Job, job_id).progress["iteration"]
 
     second = spawn_worker(local)
-    wait_for(lambda: job_id in sweep(services, create_celery(local)).resent, timeout=local.lease_seconds + 10,
-             interval=0.5, what="the sweep to re-send the job once its lease expired")
+    wait_resent(services, job_id)
     done = wait_status(client, auth, job_id, TERMINAL, timeout=240)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2 and 0 < done["progress"]["resumed_from"] <= stopped_at + 10
