@@ -118,12 +118,12 @@ def test_a_job_longer_than_the_visibility_timeout_runs_once(make_redis, worker_s
 
 
 def test_a_worker_whose_device_is_missing_hands_the_job_to_another(make_redis, worker_settings, private_database,
-                                                                   workers, images):
+                                                                   workers, images, client_for):
     """A worker configured for a GPU this machine does not have (`cuda:7`) claims a job; the engine
     raises DeviceError. Before the fix the job failed `engine_error` on that worker (this test
     failed so); now the job goes back to the queue with its claim refunded, that worker stops
     taking jobs, and a healthy worker runs it."""
-    local, client, auth = private(make_redis(), worker_settings, private_database)
+    local, client, auth = private(client_for, make_redis(), worker_settings, private_database)
     broken = workers(replace(local, device="cuda:7"))
     job_id = submit(client, auth, images, {"size": 32, "iterations": 2, "snapshot_every": 0}).get_json()["id"]
     wait_for(lambda: f"job {job_id}: handed to another worker (device unavailable" in broken.output(), timeout=120,
