@@ -37,6 +37,7 @@ class ErrorCode:
     INPUT_MISSING = "input_missing"             # an input image vanished from storage
     INVALID_PARAMS = "invalid_params"           # the engine rejected the stored parameters
     DIVERGED = "diverged"                       # the loss became NaN or infinite
+    OUT_OF_MEMORY = "out_of_memory"             # the device ran out of memory (the worker carries on)
     ENGINE_ERROR = "engine_error"               # anything else the engine raised
     STORAGE_ERROR = "storage_error"             # the result could not be written to storage
 

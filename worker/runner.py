@@ -31,7 +31,7 @@ from shared.services import Services
 from shared.storage import StorageError, StorageKeyError
 from shared.webhooks import outbox
 from worker import shutdown
-from worker.engine import DeviceError, Iterate, Result, stylize
+from worker.engine import DeviceError, Iterate, OutOfMemory, Result, stylize
 from worker.job_files import JobFiles
 from worker.job_metrics import JobMeter
 from worker.lease import Lease
@@ -140,6 +140,14 @@ class JobRun:
             raise JobFailed(ErrorCode.INVALID_PARAMS, str(exc)) from None
         except FloatingPointError as exc:
             raise JobFailed(ErrorCode.DIVERGED, str(exc)) from None
+        except OutOfMemory as exc:  # the engine freed what it held: the worker goes on with its next job
+            log.warning("job %s: out of memory on %s: %s", self.job_id, self.settings.device, exc)
+            p = self.params
+            raise JobFailed(ErrorCode.OUT_OF_MEMORY,
+                            f"the worker's device ({self.settings.device}) ran out of memory running this job "
+                            f"(size {p['size']} px, {p['iterations']} iterations, {len(images) - 1} style image(s), "
+                            f"style_scale {p['style_scale']:g}): {exc}. Try a smaller size, fewer style images "
+                            f"or a smaller style_scale") from None
 
     # ---- the engine callback ----------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from shared.params import MIN_SIDE, ParamError, Params, Stage, plan, resolve
 from . import color
 from .images import fit_longest_side, resize, to_image, to_tensor
 from .losses import ContentLoss, StyleLoss, TVLoss, gram
+from .memory import freed_on_out_of_memory
 from .quality import quality_report
 from .vgg import load_network
 
@@ -311,5 +312,6 @@ def _nbytes(value) -> int:
 def stylize(content: Image.Image, styles: Sequence[Image.Image], params: Params, *,
             init_image: Image.Image | None = None, device: str = "auto",
             callback: Callback | None = None, checkpoint: dict | None = None) -> Result:
-    """Run (or resume) a style transfer. See `Transfer`."""
-    return Transfer(content, styles, params, init_image, device).run(callback, checkpoint)
+    """Run (or resume) a style transfer. See `Transfer`. Raises `OutOfMemory` (memory freed) if
+    the device ran out of it."""
+    return freed_on_out_of_memory(lambda: Transfer(content, styles, params, init_image, device).run(callback, checkpoint))
