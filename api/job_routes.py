@@ -17,7 +17,7 @@ from api.app import services
 from api.auth import account_id, api_key_id, require_key
 from api.errors import ProblemError, invalid
 from api.lookup import load_job
-from api.submission import Submission, idempotency_key, parse, prefer_wait
+from api.submission import Submission, idempotency_key, parse, predict, prefer_wait
 from shared import announce, lifecycle
 from shared.broker import enqueue
 from shared.models import InputRole, Job, JobStatus
@@ -73,15 +73,17 @@ def submit() -> Response:
 
 
 def _create(session: Session, key: str | None, submission: Submission) -> Job:
-    """The job (429 past the active-job caps), its images stored once the caps allow it."""
+    """The job (429 past the active-job caps, 422 if it fits on no live worker's device), its
+    images stored once the caps allow it."""
     svc = services()
+    prediction = predict(submission, svc.redis)
     uploads = [(InputRole.CONTENT, submission.content), *((InputRole.STYLE, s) for s in submission.styles)]
     try:
         return lifecycle.create(
             session, svc.settings, svc.storage, account_id=account_id(), api_key_id=api_key_id(),
             params=submission.params,
             inputs=[lifecycle.NewInput(role, sha256(u.data), u.filename, len(u.data), u.data) for role, u in uploads],
-            request_hash=submission.request_hash, idempotency_key=key,
+            request_hash=submission.request_hash, idempotency_key=key, prediction=prediction,
             webhook_url=submission.webhook_url, webhook_events=submission.webhook_events)
     except lifecycle.TooManyActive as exc:
         raise ProblemError(429, "Too Many Requests", f"{exc}. Retry after one of them ends",

@@ -73,7 +73,8 @@ class TooManyActive(Exception):
 
 def create(session: Session, settings: Settings, storage: Storage, *, account_id: int, api_key_id: int | None,
            params: dict[str, Any], inputs: list[NewInput], request_hash: str, idempotency_key: str | None = None,
-           webhook_url: str | None = None, webhook_events: list[str] | None = None) -> Job:
+           webhook_url: str | None = None, webhook_events: list[str] | None = None,
+           prediction: dict[str, Any] | None = None) -> Job:
     """A new queued job, added to the session, its input images in storage. The caller commits
     (ending the locks taken here), then enqueues it. Raises TooManyActive past
     `max_active_jobs_per_key` or `max_active_jobs` (per account), InputGone for an image to reuse
@@ -93,7 +94,7 @@ def create(session: Session, settings: Settings, storage: Storage, *, account_id
             raise InputGone(f"the {i.role.value} image {i.sha256[:12]}… is no longer stored")
     job = Job(account_id=account_id, api_key_id=api_key_id, params=params, idempotency_key=idempotency_key,
               request_hash=request_hash, status=JobStatus.QUEUED.value, attempts=0,
-              webhook_url=webhook_url, webhook_events=webhook_events,
+              webhook_url=webhook_url, webhook_events=webhook_events, prediction=prediction,
               inputs=[JobInput(position=position, role=i.role.value, sha256=i.sha256, filename=i.filename,
                                size_bytes=i.size) for position, i in enumerate(inputs)])
     session.add(job)

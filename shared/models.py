@@ -147,6 +147,8 @@ class Job(Base):
     # the key that submitted it, for per-key job counts. No foreign key: keys are revoked, never
     # deleted, and SQLite cannot add one to an existing table without rebuilding it
     api_key_id: Mapped[int | None] = mapped_column(index=True)
+    # the run time and peak memory predicted at submission (shared.capacity.Prediction.to_dict)
+    prediction: Mapped[dict[str, Any] | None]
 
     inputs: Mapped[list[JobInput]] = relationship(
         back_populates="job", order_by="JobInput.position", cascade="all, delete-orphan", passive_deletes=True)

@@ -202,6 +202,13 @@ def plan(params: Params) -> list[Stage]:
     return [Stage(size, count) for size, count in zip(sizes, _apportion(total, shares))]
 
 
+def stage_dims(width: int, height: int, longest: int) -> tuple[int, int]:
+    """(height, width) of a stage whose longest side is `longest` for an image of this size,
+    never below MIN_SIDE: what the engine runs at, and what `shared.capacity` predicts for."""
+    scale = longest / max(width, height)
+    return max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale))
+
+
 def _apportion(total: int, shares: list[int]) -> list[int]:
     """`total` split in proportion to `shares` (largest remainder, finest first on ties), at least 1 each."""
     exact = [total * s / sum(shares) for s in shares]

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from shared.params import MIN_SIDE, ParamError, Params, Stage, plan, resolve
+from shared.params import MIN_SIDE, ParamError, Params, Stage, plan, resolve, stage_dims
 
 from . import color
 from .images import fit_longest_side, resize, to_image, to_tensor
@@ -99,12 +99,6 @@ def use_bf16(precision: str, device: str) -> bool:
     if precision != "auto":
         return precision == "bf16"
     return device.startswith("cuda") and torch.cuda.is_bf16_supported()
-
-
-def stage_dims(width: int, height: int, longest: int) -> tuple[int, int]:
-    """(height, width) of a stage whose longest side is `longest`, never below MIN_SIDE."""
-    scale = longest / max(width, height)
-    return max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale))
 
 
 class Transfer:

@@ -1,0 +1,26 @@
+"""A job's predicted run time and peak device memory (`shared.capacity`), made at submission for
+the device kind of the live workers: the queued job's ETA. Null for jobs made before this
+revision or while no worker was live.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-11-26
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("jobs", sa.Column("prediction", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("prediction")
