@@ -21,7 +21,8 @@ from api.submission import Submission, idempotency_key, parse, predict, prefer_w
 from shared import announce, lifecycle
 from shared.broker import enqueue
 from shared.models import InputRole, Job, JobStatus
-from shared.schemas import JobList, job_out, job_path
+from shared.params import batch_key
+from shared.schemas import JobList, engine_params, job_out, job_path
 from shared.storage import sha256
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def _create(session: Session, key: str | None, submission: Submission) -> Job:
             params=submission.params,
             inputs=[lifecycle.NewInput(role, sha256(u.data), u.filename, len(u.data), u.data) for role, u in uploads],
             request_hash=submission.request_hash, idempotency_key=key, prediction=prediction,
+            batch_key=batch_key(engine_params(submission.params), submission.content.size),
             webhook_url=submission.webhook_url, webhook_events=submission.webhook_events)
     except lifecycle.TooManyActive as exc:
         raise ProblemError(429, "Too Many Requests", f"{exc}. Retry after one of them ends",

@@ -142,6 +142,17 @@ def too_big(w: Workload, devices: Iterable[Device]) -> str | None:
             f"try a smaller size or style_scale")
 
 
+def batch_size(w: Workload, kind: str, free_bytes: int | None, cap: int) -> int:
+    """How many jobs like `w` to run as one batch on a device with `free_bytes` free (the network
+    already loaded; None: unknown): as many as that holds, each taking its memory above the
+    model's base, within `cap`, at least 1."""
+    model = models()[kind]
+    each = model.memory_mb(w) - model.base_mb
+    if free_bytes is None or each <= 0:
+        return max(1, cap)
+    return max(1, min(cap, int(USABLE_SHARE * free_bytes / MB // each)))
+
+
 def limiting_field(w: Workload, kind: str) -> str:
     """The parameter most of the predicted memory comes from: `size`, or `style_scale`."""
     model = models()[kind]

@@ -38,3 +38,16 @@ def freed_on_out_of_memory(run: Callable[[], T]) -> T:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
     raise OutOfMemory(message)
+
+
+def free_bytes(device: str) -> int | None:
+    """Memory new tensors can still get on `device`: CUDA's free memory plus what torch's cache
+    holds unused; on a CPU, the machine's available memory (None where it cannot be read)."""
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None

@@ -220,14 +220,9 @@ class Transfer:
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=self.bf16):
                     features = self.net(image, layers)
-                features = {name: f.float() for name, f in features.items()}  # losses in fp32
-                terms["content"] = sum(l(features[n]) for l, n in zip(content_losses, p.content_layers)) / len(content_losses)
-                terms["style"] = sum(wt * l(features[n]) for wt, l, n in zip(self.layer_weights, style_losses, p.style_layers))
-                terms["tv"] = tv(image)
-                total = p.content_weight * terms["content"] + p.style_weight * terms["style"] + p.tv_weight * terms["tv"]
-                total.backward()
-                terms["total"] = total
-                return total
+                terms.update(self._terms(features, image, content_losses, style_losses, tv))
+                terms["total"].backward()
+                return terms["total"]
 
             while done - stage_start < stage.iterations:
                 optimizer.step(closure)
@@ -235,7 +230,7 @@ class Transfer:
                     with torch.no_grad():
                         image.clamp_(0, 1)
                 done += 1
-                losses = {k: float(v.detach()) for k, v in terms.items()}
+                losses = read_losses(terms)
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise FloatingPointError(f"the loss diverged at iteration {done}: {losses}")
                 if callback is not None:
@@ -254,13 +249,30 @@ class Transfer:
             stage_start += stage.iterations
             if stopped:
                 break
-        final = self._checkpoint(index, done, image, optimizer if stopped else None)
-        output = self._output(image, self.stages[index])
+        return self._result(index, done, image, optimizer, stopped, losses, start)
+
+    def _terms(self, features: dict[str, torch.Tensor], image: torch.Tensor, content_losses: list[ContentLoss],
+               style_losses: list[StyleLoss], tv: TVLoss) -> dict[str, torch.Tensor]:
+        """The loss terms and their weighted total for the network's features of `image`."""
+        p = self.params
+        features = {name: f.float() for name, f in features.items()}  # losses in fp32
+        terms = {"content": sum(l(features[n]) for l, n in zip(content_losses, p.content_layers)) / len(content_losses),
+                 "style": sum(wt * l(features[n]) for wt, l, n in zip(self.layer_weights, style_losses, p.style_layers)),
+                 "tv": tv(image)}
+        terms["total"] = p.content_weight * terms["content"] + p.style_weight * terms["style"] + p.tv_weight * terms["tv"]
+        return terms
+
+    def _result(self, stage: int, done: int, image: torch.Tensor, optimizer: torch.optim.Optimizer, stopped: bool,
+                losses: dict[str, float], start: float) -> Result:
+        """The run's outcome: the image, a checkpoint (with the optimiser's state if stopped), and,
+        if it ran to the end, the quality report."""
+        final = self._checkpoint(stage, done, image, optimizer if stopped else None)
+        output = self._output(image, self.stages[stage])
         quality = None if stopped else quality_report(output, self.content, self.styles, self.style_blend, self.device)
         return Result(
             image=output, iterations=done, total=self.total, stopped=stopped,
             seconds=time.perf_counter() - start, device=self.device, losses=losses, quality=quality,
-            peak_memory_mb=self._peak_memory_mb(), checkpoint=final, params=p,
+            peak_memory_mb=self._peak_memory_mb(), checkpoint=final, params=self.params,
         )
 
     def _checkpoint(self, stage: int, iteration: int, image: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> dict:
@@ -277,6 +289,11 @@ class Transfer:
         if self.device.startswith("cuda"):
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def read_losses(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The loss terms as numbers, in one device-to-host copy (one sync on a GPU, not one per term)."""
+    return dict(zip(terms, torch.stack([v.detach() for v in terms.values()]).tolist()))
 
 
 def _digest(image: Image.Image) -> str:
