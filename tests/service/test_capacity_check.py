@@ -4,6 +4,7 @@ refused with a 422 naming the parameter; one that fits is told its predicted run
 and heartbeat into a real Redis."""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -54,9 +55,12 @@ def test_too_big_for_every_live_device_is_refused_and_a_job_that_fits_gets_its_p
     assert queued.status_code == 202 and queued.get_json()["prediction"] is None  # no live worker: not refused
 
 
-def test_a_worker_that_stops_leaves_at_once(make_redis, worker_settings, private_database, workers):
+def test_a_live_worker_stays_live_and_leaves_at_once_when_it_stops(make_redis, worker_settings, private_database,
+                                                                   workers):
     local = replace(worker_settings, redis_url=make_redis().url(0), database_url=private_database)
     worker = workers(local)
     wait_for(lambda: live(local), timeout=30, what="the worker to report its device")
+    time.sleep(ALIVE_SECONDS + 2)  # past its first mark: its heartbeats keep it alive
+    assert live(local)
     worker.stop()  # SIGTERM: a warm shutdown marks it gone
     assert live(local) == {}
