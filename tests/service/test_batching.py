@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.broker import create_celery
+from tests.service import faults
 from tests.service.helpers import TERMINAL, submit, wait_for, wait_status
 from worker.engine.images import to_tensor
 
@@ -83,3 +85,35 @@ def test_a_job_canceled_mid_batch_ends_alone_and_the_others_finish(
     for job_id in (ids[0], ids[2]):  # in step with it until then, they go on to the end
         done = wait_status(client, auth, job_id, TERMINAL, timeout=300)
         assert done["status"] == "succeeded" and done["progress"]["iteration"] == 200, done["error"]
+
+
+def test_a_batch_that_runs_out_of_memory_goes_back_and_its_jobs_run_alone(
+        make_redis, worker_settings, private_database, workers, client_for, images):
+    """The worker's job process gets a memory cap (faults.limit_memory) that holds one 256 px job
+    but not two at once: the batch runs out of memory, its jobs go back to the queue (no attempt
+    counted), the worker halves its batch size, and claims each job alone. (How those solo runs
+    end is not asserted: on the CPU, oneDNN fails every later convolution of that size in the
+    process once one of its allocations failed, "could not create a primitive", even with memory
+    free again; see README, GPU workers.)"""
+    local, client, auth = private(make_redis, worker_settings, private_database, client_for, max_batch=2,
+                                  max_size=256)
+    worker = workers(local)
+    warm = submit(client, auth, images, SHAPE | {"size": 32}).get_json()["id"]
+    assert wait_status(client, auth, warm, TERMINAL, timeout=120)["status"] == "succeeded"
+    control = create_celery(local).control
+    (node,) = control.inspect(timeout=5).active_queues()
+    assert control.cancel_consumer("gpu", destination=[node], reply=True, timeout=5)  # hold the queue
+    ids = [submit(client, auth, images, {"size": 256, "iterations": 3, "snapshot_every": 0, "seed": seed,
+                                         "init": "noise"}).get_json()["id"] for seed in (1, 2)]
+    # measured in one process: a 256 px job needs 100-140 MB more than a warm worker holds, two
+    # at once 250-330 MB
+    faults.limit_memory(worker, headroom=230 * 2**20)
+    assert control.add_consumer("gpu", destination=[node], reply=True, timeout=5)
+    for job_id in ids:
+        assert wait_status(client, auth, job_id, TERMINAL, timeout=180)["attempts"] == 1  # the batch's was refunded
+    log = worker.output()
+    assert batches(log) == [set(ids)]  # one batch, then none
+    assert "out of memory in a batch of 2; this worker now batches at most 1" in log
+    for job_id in ids:
+        assert f"job {job_id}: handed back (out of memory in a batch of 2); re-queued" in log
+        assert log.count(f"job {job_id}: claimed by") == 2  # in the batch, then alone
