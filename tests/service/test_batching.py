@@ -13,15 +13,22 @@ from PIL import Image
 
 from shared.broker import create_celery
 from tests.service import faults
-from tests.service.helpers import TERMINAL, submit, wait_for, wait_status
+from tests.service.helpers import TERMINAL, make_settings, submit, wait_for, wait_status
 from worker.engine.images import to_tensor
 
 pytestmark = pytest.mark.slow
 SHAPE = {"size": 48, "iterations": 6, "snapshot_every": 0}
 
 
-def private(make_redis, worker_settings, database_url, client_for, **overrides):
-    local = replace(worker_settings, redis_url=make_redis().url(0), database_url=database_url, **overrides)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def own_database(request) -> str:
+    """A database of the test's own (no other test's queued jobs to batch with): SQLite, and
+    PostgreSQL when ATELIER_TEST_POSTGRES_URL is set."""
+    return request.getfixturevalue("private_database" if request.param == "sqlite" else "postgres_url")
+
+
+def private(make_redis, database_url, storage, client_for, **overrides):
+    local = make_settings(database_url, make_redis().url(0), storage, **overrides)
     return local, *client_for(local)
 
 
@@ -38,8 +45,8 @@ def result(client, auth, job_id: str) -> torch.Tensor:
 
 
 def test_queued_jobs_of_one_shape_run_as_one_batch_and_end_as_they_would_alone(
-        make_redis, worker_settings, private_database, workers, client_for, images):
-    local, client, auth = private(make_redis, worker_settings, private_database, client_for, max_batch=3)
+        make_redis, own_database, tmp_path, workers, client_for, images):
+    local, client, auth = private(make_redis, own_database, tmp_path / "storage", client_for, max_batch=3)
     variants = [{"style_weight": 5.0}, {"style_weight": 20.0}, {"init": "noise", "seed": 7}]
     together = [submit(client, auth, images, SHAPE | v).get_json()["id"] for v in variants]
     other = submit(client, auth, images, SHAPE | {"size": 32}).get_json()["id"]  # another shape
@@ -67,8 +74,8 @@ def test_queued_jobs_of_one_shape_run_as_one_batch_and_end_as_they_would_alone(
 
 
 def test_a_job_canceled_mid_batch_ends_alone_and_the_others_finish(
-        make_redis, worker_settings, private_database, workers, client_for, images):
-    local, client, auth = private(make_redis, worker_settings, private_database, client_for, max_batch=3)
+        make_redis, own_database, tmp_path, workers, client_for, images):
+    local, client, auth = private(make_redis, own_database, tmp_path / "storage", client_for, max_batch=3)
     long = SHAPE | {"iterations": 200}
     ids = [submit(client, auth, images, long | {"seed": seed, "init": "noise"}).get_json()["id"] for seed in (1, 2, 3)]
     worker = workers(local)
@@ -88,14 +95,14 @@ def test_a_job_canceled_mid_batch_ends_alone_and_the_others_finish(
 
 
 def test_a_batch_that_runs_out_of_memory_goes_back_and_its_jobs_run_alone(
-        make_redis, worker_settings, private_database, workers, client_for, images):
+        make_redis, own_database, tmp_path, workers, client_for, images):
     """The worker's job process gets a memory cap (faults.limit_memory) that holds one 256 px job
     but not two at once: the batch runs out of memory, its jobs go back to the queue (no attempt
     counted), the worker halves its batch size, and claims each job alone. (How those solo runs
     end is not asserted: on the CPU, oneDNN fails every later convolution of that size in the
     process once one of its allocations failed, "could not create a primitive", even with memory
     free again; see README, GPU workers.)"""
-    local, client, auth = private(make_redis, worker_settings, private_database, client_for, max_batch=2,
+    local, client, auth = private(make_redis, own_database, tmp_path / "storage", client_for, max_batch=2,
                                   max_size=256)
     worker = workers(local)
     warm = submit(client, auth, images, SHAPE | {"size": 32}).get_json()["id"]
