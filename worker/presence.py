@@ -70,7 +70,9 @@ def _report_device(**_kwargs) -> None:
 def _alive(**_kwargs) -> None:
     if "name" not in _node:
         return
-    services = _main.setdefault("services", Services(current_app.conf.atelier_settings))
+    if "services" not in _main:
+        _main["services"] = Services(current_app.conf.atelier_settings)
+    services = _main["services"]
     try:
         mark_alive(services.redis, _node["name"])
     except redis.RedisError as exc:

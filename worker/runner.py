@@ -1,7 +1,8 @@
 """Running one job: claim it, feed the engine its inputs, report progress, keep snapshots and a
 checkpoint, honour cancellation, and record the outcome.
 
-A `JobRun` lives for one delivery of one job. Its pieces each read alone: the `Lease` guards
+A `JobRun` lives for one delivery of one job, or for one job claimed as a companion of another's
+delivery to run with it as one batch (`_companions`). Its pieces each read alone: the `Lease` guards
 every write, `JobFiles` moves the bytes, `progress_of` shapes what viewers see, and
 `worker.shutdown` says when to hand the job back. The engine callback runs after every
 iteration; it writes progress (and learns of cancellation) at most every `progress_seconds`.
