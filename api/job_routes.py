@@ -17,11 +17,12 @@ from api.app import services
 from api.auth import account_id, api_key_id, require_key
 from api.errors import ProblemError, invalid
 from api.lookup import load_job
-from api.submission import Submission, idempotency_key, parse, prefer_wait
+from api.submission import Submission, idempotency_key, parse, predict, prefer_wait
 from shared import announce, lifecycle
 from shared.broker import enqueue
 from shared.models import InputRole, Job, JobStatus
-from shared.schemas import JobList, job_out, job_path
+from shared.params import batch_key
+from shared.schemas import JobList, engine_params, job_out, job_path
 from shared.storage import sha256
 
 log = logging.getLogger(__name__)
@@ -73,15 +74,18 @@ def submit() -> Response:
 
 
 def _create(session: Session, key: str | None, submission: Submission) -> Job:
-    """The job (429 past the active-job caps), its images stored once the caps allow it."""
+    """The job (429 past the active-job caps, 422 if it fits on no live worker's device), its
+    images stored once the caps allow it."""
     svc = services()
+    prediction = predict(submission, svc.redis)
     uploads = [(InputRole.CONTENT, submission.content), *((InputRole.STYLE, s) for s in submission.styles)]
     try:
         return lifecycle.create(
             session, svc.settings, svc.storage, account_id=account_id(), api_key_id=api_key_id(),
             params=submission.params,
             inputs=[lifecycle.NewInput(role, sha256(u.data), u.filename, len(u.data), u.data) for role, u in uploads],
-            request_hash=submission.request_hash, idempotency_key=key,
+            request_hash=submission.request_hash, idempotency_key=key, prediction=prediction,
+            batch_key=batch_key(engine_params(submission.params), submission.content.size),
             webhook_url=submission.webhook_url, webhook_events=submission.webhook_events)
     except lifecycle.TooManyActive as exc:
         raise ProblemError(429, "Too Many Requests", f"{exc}. Retry after one of them ends",

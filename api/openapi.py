@@ -26,7 +26,8 @@ def _problems(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request (names the field)", 401: "Missing or unknown API key", 404: "No such job (or delivery) for this key",
             409: "The job already ended (or a delivery attempt is under way)",
             410: "The job's files were removed under the retention policy (`data_removed`)", 413: "Request body over the upload limit", 415: "Not multipart/form-data",
-            422: "Invalid field (named in `errors`)",
+            422: "Invalid field (named in `errors`); on submission also a job predicted to need more memory than "
+                 "any live worker's device has (`params.size` or `params.style_scale`)",
             429: "Too many submissions (ATELIER_SUBMIT_RATE_LIMIT) or active jobs for this key or account", 503: "A dependency is down"}
     retry = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 0}}}
     return {str(c): {"description": text[c], "content": {"application/problem+json": {"schema": _ref("Problem")}},

@@ -3,20 +3,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Request
 from pydantic import ValidationError
+from redis import Redis, RedisError
 from werkzeug.datastructures import FileStorage
 
 from api.errors import ProblemError, from_validation_error, invalid
+from shared import capacity
 from shared.config import Settings
+from shared.devices import live_devices
 from shared.images import ImageError, open_image
-from shared.schemas import JobParams, effective_params
+from shared.schemas import JobParams, effective_params, engine_params
 from shared.params import ParamError
 from shared.webhooks import outbox, targets
 
+log = logging.getLogger(__name__)
 MAX_IDEMPOTENCY_KEY = 255
 MAX_FILENAME = 255  # job_inputs.filename
 FORM_FIELDS = frozenset({"params", "webhook_url", "webhook_events"})
@@ -28,6 +33,7 @@ class Upload:
     field: str            # "content" or "style[i]": what a problem names
     filename: str | None
     data: bytes
+    size: tuple[int, int]  # (width, height), upright
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,27 @@ def parse(request: Request, settings: Settings) -> Submission:
                       webhook_url, webhook_events)
 
 
+def predict(submission: Submission, client: Redis) -> dict[str, Any] | None:
+    """The job's predicted run time and peak memory (`shared.capacity`) on the live workers'
+    fastest device kind (CUDA if any); None when no worker is live, or Redis cannot say (a job is
+    never refused for that). A 422 naming the parameter when it fits on no live worker's device."""
+    try:
+        live = [d for d in live_devices(client).values() if not str(d.get("name", "")).startswith("unavailable")]
+    except (RedisError, OSError) as exc:
+        log.warning("capacity check skipped: cannot read the workers' devices: %s", exc)
+        return None
+    if not live:
+        return None
+    devices = [capacity.Device(capacity.device_kind(d["device"]), d.get("memory_bytes")) for d in live]
+    work = capacity.workload(engine_params(submission.params), submission.content.size,
+                             [s.size for s in submission.styles])
+    if (why := capacity.too_big(work, devices)) is not None:
+        largest = max(devices, key=lambda d: d.memory_bytes or 0)
+        raise invalid(f"params.{capacity.limiting_field(work, largest.kind)}", why)
+    kind = "cuda" if any(d.kind == "cuda" for d in devices) else "cpu"
+    return capacity.predict(work, kind).to_dict()
+
+
 def idempotency_key(request: Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -103,10 +130,10 @@ def _read_image(field: str, upload: FileStorage, settings: Settings) -> Upload:
     if not data:
         raise invalid(field, "the file is empty")
     try:
-        open_image(data, max_pixels=settings.max_pixels)
+        image = open_image(data, max_pixels=settings.max_pixels)
     except ImageError as exc:
         raise invalid(field, str(exc)) from None
-    return Upload(field, safe_filename(upload.filename), data)
+    return Upload(field, safe_filename(upload.filename), data, image.size)
 
 
 def safe_filename(name: str | None) -> str | None:

@@ -23,6 +23,8 @@ class Settings:
     host: str = "127.0.0.1"                 # the address `atelier run` serves the API on; 0.0.0.0 exposes it
     port: int = 8000
     device: str = "auto"                    # the engine's device on workers: auto | cpu | cuda[:N]
+    max_batch: int = 8                      # most queued jobs of one shape a worker runs as one batch (1: none);
+                                            # fewer when the device's free memory holds fewer (shared.capacity)
     # operator limits on what a job may ask for
     max_size: int = 1024
     max_iterations: int = 2000

@@ -37,6 +37,7 @@ class ErrorCode:
     INPUT_MISSING = "input_missing"             # an input image vanished from storage
     INVALID_PARAMS = "invalid_params"           # the engine rejected the stored parameters
     DIVERGED = "diverged"                       # the loss became NaN or infinite
+    OUT_OF_MEMORY = "out_of_memory"             # the device ran out of memory (the worker carries on)
     ENGINE_ERROR = "engine_error"               # anything else the engine raised
     STORAGE_ERROR = "storage_error"             # the result could not be written to storage
 
@@ -72,7 +73,8 @@ class TooManyActive(Exception):
 
 def create(session: Session, settings: Settings, storage: Storage, *, account_id: int, api_key_id: int | None,
            params: dict[str, Any], inputs: list[NewInput], request_hash: str, idempotency_key: str | None = None,
-           webhook_url: str | None = None, webhook_events: list[str] | None = None) -> Job:
+           webhook_url: str | None = None, webhook_events: list[str] | None = None,
+           prediction: dict[str, Any] | None = None, batch_key: str | None = None) -> Job:
     """A new queued job, added to the session, its input images in storage. The caller commits
     (ending the locks taken here), then enqueues it. Raises TooManyActive past
     `max_active_jobs_per_key` or `max_active_jobs` (per account), InputGone for an image to reuse
@@ -92,7 +94,8 @@ def create(session: Session, settings: Settings, storage: Storage, *, account_id
             raise InputGone(f"the {i.role.value} image {i.sha256[:12]}… is no longer stored")
     job = Job(account_id=account_id, api_key_id=api_key_id, params=params, idempotency_key=idempotency_key,
               request_hash=request_hash, status=JobStatus.QUEUED.value, attempts=0,
-              webhook_url=webhook_url, webhook_events=webhook_events,
+              webhook_url=webhook_url, webhook_events=webhook_events, prediction=prediction,
+              batch_key=batch_key,
               inputs=[JobInput(position=position, role=i.role.value, sha256=i.sha256, filename=i.filename,
                                size_bytes=i.size) for position, i in enumerate(inputs)])
     session.add(job)
@@ -112,6 +115,17 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_a
     )
     session.commit()
     return result.rowcount == 1
+
+
+def batch_candidates(session: Session, job_id: str, batch_key: str, limit: int, max_attempts: int) -> list[str]:
+    """Up to `limit` other queued jobs of `batch_key`, oldest first, that a worker running `job_id`
+    may claim (each with `claim`, which a concurrent worker may win) to run with it as one batch.
+    Jobs with a checkpoint resume alone."""
+    return list(session.scalars(
+        select(Job.id).where(Job.status == Q, Job.batch_key == batch_key, Job.id != job_id,
+                             Job.checkpoint_key.is_(None), Job.cancel_requested_at.is_(None),
+                             Job.attempts < max_attempts)
+        .order_by(Job.created_at, Job.id).limit(limit)))
 
 
 def renew(session: Session, job_id: str, owner: str, lease_seconds: float,

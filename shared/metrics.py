@@ -43,7 +43,7 @@ JOB_QUEUE_WAIT_SECONDS = Histogram("atelier_job_queue_wait_seconds", "A job's ti
 ITERATIONS = Counter("atelier_engine_iterations_total", "Optimiser iterations run, per worker", ["worker"])
 ITERATIONS_PER_SECOND = Gauge("atelier_worker_iterations_per_second", "The running job's optimiser iterations per "
                               "second (0 while idle), per worker", ["worker"], multiprocess_mode="livemax")
-DEVICE_MEMORY = Gauge("atelier_worker_device_memory_bytes", "Per worker: its device's memory (`total`; CUDA only) and "
+DEVICE_MEMORY = Gauge("atelier_worker_device_memory_bytes", "Per worker: its device's memory (`total`: the GPU's, or the machine's on a CPU) and "
                       "the last job's peak use (`peak`: CUDA allocations, or the process's peak RSS on a CPU)",
                       ["worker", "device", "kind"], multiprocess_mode="livemax")
 # the maintenance worker (shared.webhooks.sender)

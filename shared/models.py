@@ -110,6 +110,7 @@ class Job(Base):
         Index("ix_jobs_account_created", "account_id", "created_at", "id"),
         Index("ix_jobs_status", "status"),
         Index("ix_jobs_retention", "data_removed_at", "finished_at"),  # the retention sweep: kept files, oldest first
+        Index("ix_jobs_batch", "status", "batch_key"),  # a worker's companions: queued jobs of its job's shape
         UniqueConstraint("account_id", "idempotency_key", name="uq_jobs_account_idempotency_key"),
     )
 
@@ -147,6 +148,10 @@ class Job(Base):
     # the key that submitted it, for per-key job counts. No foreign key: keys are revoked, never
     # deleted, and SQLite cannot add one to an existing table without rebuilding it
     api_key_id: Mapped[int | None] = mapped_column(index=True)
+    # the run time and peak memory predicted at submission (shared.capacity.Prediction.to_dict)
+    prediction: Mapped[dict[str, Any] | None]
+    # jobs of one key can run as one batch (shared.params.batch_key); None: alone
+    batch_key: Mapped[str | None] = mapped_column(String(32))
 
     inputs: Mapped[list[JobInput]] = relationship(
         back_populates="job", order_by="JobInput.position", cascade="all, delete-orphan", passive_deletes=True)

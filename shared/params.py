@@ -6,6 +6,8 @@ what they were given to `Params(...)`, whose checks are the only ones: the same 
 with the same words by either front end. Standard library only, so the API imports it without
 loading torch, and the engine (which imports nothing else of the project) can use it.
 """
+import hashlib
+import json
 import math
 import types
 from dataclasses import dataclass, field, fields, replace
@@ -200,6 +202,24 @@ def plan(params: Params) -> list[Stage]:
     if total < len(sizes):
         sizes, shares = sizes[-total:], shares[-total:]
     return [Stage(size, count) for size, count in zip(sizes, _apportion(total, shares))]
+
+
+def stage_dims(width: int, height: int, longest: int) -> tuple[int, int]:
+    """(height, width) of a stage whose longest side is `longest` for an image of this size,
+    never below MIN_SIDE: what the engine runs at, and what `shared.capacity` predicts for."""
+    scale = longest / max(width, height)
+    return max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale))
+
+
+def batch_key(params: Params, content_size: tuple[int, int]) -> str:
+    """Jobs with equal keys can run as one batch (`worker.engine.batch`): the network sees the same
+    from each, stage by stage (sizes and iterations), through the same layers, pooling, weights and
+    precision, and each is optimised the same way. Their styles, blends and loss weights may differ."""
+    stages = plan(params)
+    shape = [[stage_dims(*content_size, s.longest) for s in stages], [s.iterations for s in stages],
+             params.content_layers, params.style_layers, params.pooling, params.weights, params.precision,
+             params.optimizer, params.preserve_color]
+    return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:32]
 
 
 def _apportion(total: int, shares: list[int]) -> list[int]:

@@ -111,6 +111,15 @@ class ErrorOut(BaseModel):
     message: str
 
 
+class PredictionOut(BaseModel):
+    """What `shared.capacity` predicted at submission, for the device kind of the live workers."""
+
+    device: str = Field(description="The device kind predicted for: `cuda` or `cpu`.")
+    seconds: float = Field(description="Run time once a worker starts the job (warm): a queued job's ETA.")
+    memory_mb: float = Field(description="Peak device memory, MiB.")
+    measured: bool = Field(description="The model was calibrated on that kind of device; false: estimated.")
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -123,6 +132,8 @@ class JobOut(BaseModel):
     result: ResultOut | None
     error: ErrorOut | None
     attempts: int
+    prediction: PredictionOut | None = Field(description="Predicted run time and peak memory; null when no worker "
+                                                         "was live at submission.")
     data_removed: bool = Field(description="The job's result and snapshots were removed under the retention policy "
                                            "(ATELIER_RETENTION_DAYS, or the account's own); the job itself stays.")
     urls: dict[str, str]
@@ -168,5 +179,6 @@ def job_out(job: Job) -> JobOut:
                    for s in job.snapshots],
         result=result,
         error=ErrorOut(code=job.error_code, message=job.error_message or "") if job.error_code else None,
-        attempts=job.attempts, data_removed=job.data_removed_at is not None, urls=urls,
+        attempts=job.attempts, prediction=PredictionOut(**job.prediction) if job.prediction else None,
+        data_removed=job.data_removed_at is not None, urls=urls,
     )

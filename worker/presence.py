@@ -1,5 +1,7 @@
 """Each GPU worker's pool child reports the device it runs jobs on (`shared.devices`), for the
-dashboard's System page and the device memory metric; and leaves the live metrics when it exits."""
+dashboard's System page, the capacity check at submission and the device memory metric; the
+main process marks the worker alive on every Celery heartbeat, and gone when it stops; the pool
+child leaves the live metrics when it exits."""
 from __future__ import annotations
 
 import logging
@@ -9,26 +11,30 @@ import socket
 import redis
 import torch
 from celery import current_app
-from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
+from celery.signals import (celeryd_after_setup, heartbeat_sent, worker_process_init, worker_process_shutdown,
+                            worker_shutdown)
 
 from shared import metrics
-from shared.devices import report_device
+from shared.devices import mark_alive, mark_gone, report_device
 from shared.services import Services
 from worker.engine import DeviceError, resolve_device
 
 log = logging.getLogger(__name__)
 
 _node: dict[str, str] = {}  # set in the worker's main process before the pool forks
+_main: dict[str, Services] = {}  # the main process's own, made at its first heartbeat (after the fork)
 
 
 def describe(device: str) -> dict[str, object]:
-    """`{"device", "name", "memory_bytes"}` for a settings device (auto | cpu | cuda[:N])."""
+    """`{"device", "name", "memory_bytes"}` for a settings device (auto | cpu | cuda[:N]); a CPU's
+    memory is the machine's."""
     try:
         resolved = resolve_device(device)
     except DeviceError as exc:
         return {"device": device, "name": f"unavailable: {exc}", "memory_bytes": None}
     if resolved == "cpu":
-        return {"device": "cpu", "name": f"CPU ({os.cpu_count()} cores)", "memory_bytes": None}
+        return {"device": "cpu", "name": f"CPU ({os.cpu_count()} cores)",
+                "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
     props = torch.cuda.get_device_properties(torch.device(resolved))
     return {"device": resolved, "name": props.name, "memory_bytes": props.total_memory}
 
@@ -58,6 +64,28 @@ def _report_device(**_kwargs) -> None:
         log.warning("could not report this worker's device: %s", exc)
     finally:
         services.redis.close()
+
+
+@heartbeat_sent.connect
+def _alive(**_kwargs) -> None:
+    if "name" not in _node:
+        return
+    if "services" not in _main:
+        _main["services"] = Services(current_app.conf.atelier_settings)
+    services = _main["services"]
+    try:
+        mark_alive(services.redis, _node["name"])
+    except redis.RedisError as exc:
+        log.warning("could not mark this worker alive: %s", exc)
+
+
+@worker_shutdown.connect
+def _gone(**_kwargs) -> None:
+    if "name" in _node and "services" in _main:
+        try:
+            mark_gone(_main["services"].redis, _node["name"])
+        except redis.RedisError as exc:
+            log.warning("could not mark this worker gone: %s", exc)
 
 
 @worker_process_shutdown.connect

@@ -1,7 +1,8 @@
 """Running one job: claim it, feed the engine its inputs, report progress, keep snapshots and a
 checkpoint, honour cancellation, and record the outcome.
 
-A `JobRun` lives for one delivery of one job. Its pieces each read alone: the `Lease` guards
+A `JobRun` lives for one delivery of one job, or for one job claimed as a companion of another's
+delivery to run with it as one batch (`_companions`). Its pieces each read alone: the `Lease` guards
 every write, `JobFiles` moves the bytes, `progress_of` shapes what viewers see, and
 `worker.shutdown` says when to hand the job back. The engine callback runs after every
 iteration; it writes progress (and learns of cancellation) at most every `progress_seconds`.
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 
 from celery import Celery
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
+from PIL import Image
 from redis import RedisError
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -23,7 +26,8 @@ from shared import announce, events
 from shared.broker import GPU_QUEUE, enqueue
 from shared.db import UNAVAILABLE, is_unavailable
 from shared.images import ImageError
-from shared.lifecycle import ErrorCode, fail_exhausted
+from shared import capacity
+from shared.lifecycle import ErrorCode, batch_candidates, fail_exhausted
 from shared.models import Job, JobStatus, Snapshot
 from shared.params import ParamError
 from shared.schemas import engine_params, job_path
@@ -31,7 +35,8 @@ from shared.services import Services
 from shared.storage import StorageError, StorageKeyError
 from shared.webhooks import outbox
 from worker import shutdown
-from worker.engine import DeviceError, Iterate, Result, stylize
+from worker.engine import (DeviceError, Iterate, Member, OutOfMemory, Result, free_bytes, resolve_device, stylize,
+                           stylize_batch)
 from worker.job_files import JobFiles
 from worker.job_metrics import JobMeter
 from worker.lease import Lease
@@ -39,6 +44,8 @@ from worker.presence import node_name
 from worker.progress import progress_of
 
 log = logging.getLogger(__name__)
+# this process's batch size cap, halved by a batch that ran out of memory (starts at ATELIER_MAX_BATCH)
+_batch_limit: dict[str, int] = {}
 
 
 class JobFailed(Exception):
@@ -79,38 +86,37 @@ class JobRun:
         if not claimed:
             self._not_claimed()
             return
+        digests, checkpoint_key, batch_key = self._started()
+        runs: list[JobRun] = [self]
+        with ExitStack() as alive:
+            alive.enter_context(self.lease.kept_alive())
+            try:
+                images = self._inputs(digests)
+                batch = [] if checkpoint_key is not None else self._companions(batch_key, images)
+                for run, _ in batch:
+                    alive.enter_context(run.lease.kept_alive())
+                runs += [run for run, _ in batch]
+                outcomes = self._stylize_batch([(self, images), *batch]) if batch else \
+                    [self._stylize(images, checkpoint_key)]
+            except SQLAlchemyError:  # the database, not the job, failed: the lease expires, the sweep re-runs it
+                raise
+            except Exception as exc:  # what ended every job of the batch (or the one job) alike
+                outcomes = [exc] * len(runs)
+        for run, outcome in zip(runs, outcomes):
+            run._conclude(outcome, batch=len(runs))
+
+    def _started(self) -> tuple[list[str], str | None, str | None]:
+        """Read the claimed job: its params, input digests, checkpoint and batch key."""
         with self.services.db.session() as session:
             job = session.scalars(select(Job).where(Job.id == self.job_id)).one()
-            self.params, attempts, checkpoint_key = job.params, job.attempts, job.checkpoint_key
+            self.params, attempts, checkpoint_key, batch_key = job.params, job.attempts, job.checkpoint_key, job.batch_key
             digests = [i.sha256 for i in job.inputs]
             self.started_at = job.started_at
             self.meter.claimed(job.created_at, job.started_at, first_start=attempts == 1 and job.progress is None)
         self.files = JobFiles(self.services.storage, self.job_id, self.params["output_format"])
         log.info("job %s: claimed by %s (attempt %d)", self.job_id, self.lease.owner, attempts)
         self._announce()
-        try:
-            with self.lease.kept_alive():
-                result = self._stylize(digests, checkpoint_key)
-        except JobFailed as exc:
-            self._end(JobStatus.FAILED, error_code=exc.code, error_message=str(exc))
-            return
-        except DeviceError as exc:  # this worker's device, not the job, is at fault
-            self._device_unavailable(exc)
-            return
-        except SQLAlchemyError:  # the database, not the job, failed: the lease expires, the sweep re-runs it
-            raise
-        except Exception as exc:  # a bug or a bad environment: record it rather than retry forever
-            log.exception("job %s: engine error", self.job_id)
-            self._end(JobStatus.FAILED, error_code=ErrorCode.ENGINE_ERROR, error_message=f"{type(exc).__name__}: {exc}")
-            return
-        if self.lease.lost:
-            return
-        if result.stopped and self.handing_back and not self.lease.cancel_requested:
-            self._hand_back(result)
-        elif result.stopped:
-            self._end(JobStatus.CANCELED, progress=self.progress)
-        else:
-            self._succeed(result)
+        return digests, checkpoint_key, batch_key
 
     def _not_claimed(self) -> None:
         with self.services.db.session() as session:
@@ -122,24 +128,103 @@ class JobRun:
             status = session.scalar(select(Job.status).where(Job.id == self.job_id))
         log.info("job %s: not claimed (status %s); dropping this delivery", self.job_id, status)
 
-    def _stylize(self, digests: list[str], checkpoint_key: str | None) -> Result:
+    def _inputs(self, digests: list[str]) -> list[Image.Image]:
         try:
-            images = self.files.inputs(digests, self.settings.max_pixels)
+            return self.files.inputs(digests, self.settings.max_pixels)
         except (StorageKeyError, ImageError) as exc:
             raise JobFailed(ErrorCode.INPUT_MISSING, f"an input image is missing or unreadable: {exc}") from None
         except StorageError as exc:
             raise JobFailed(ErrorCode.STORAGE_ERROR, f"the input images could not be read from storage: {exc}") from None
+
+    def _stylize(self, images: list[Image.Image], checkpoint_key: str | None) -> Result:
         checkpoint = None if checkpoint_key is None else self.files.load_checkpoint(checkpoint_key)
         if checkpoint is not None:
             self.resumed_from = int(checkpoint["iteration"])
             log.info("job %s: resuming from iteration %d", self.job_id, self.resumed_from)
+        return stylize(images[0], images[1:], engine_params(self.params), device=self.settings.device,
+                       callback=self._on_iterate, checkpoint=checkpoint)
+
+    # ---- batches ----------------------------------------------------------------------------
+
+    def _companions(self, batch_key: str | None, images: list[Image.Image]) -> list[tuple[JobRun, list[Image.Image]]]:
+        """Queued jobs of this job's shape, claimed to run with it as one batch: as many as the
+        device's free memory holds (`shared.capacity`), within ATELIER_MAX_BATCH. Each is claimed
+        with the same compare-and-set as a delivery, so none runs twice: its own message, when it
+        comes, finds it taken (or ended) and is dropped."""
+        limit = min(self.settings.max_batch, _batch_limit.get("limit", self.settings.max_batch))
+        if batch_key is None or limit <= 1:
+            return []
         try:
-            return stylize(images[0], images[1:], engine_params(self.params), device=self.settings.device,
-                           callback=self._on_iterate, checkpoint=checkpoint)
-        except ParamError as exc:
-            raise JobFailed(ErrorCode.INVALID_PARAMS, str(exc)) from None
-        except FloatingPointError as exc:
-            raise JobFailed(ErrorCode.DIVERGED, str(exc)) from None
+            device = resolve_device(self.settings.device)
+        except DeviceError:
+            return []  # the run itself reports it
+        work = capacity.workload(engine_params(self.params), images[0].size, [s.size for s in images[1:]])
+        size = capacity.batch_size(work, capacity.device_kind(device), free_bytes(device), limit)
+        if size <= 1:
+            return []
+        with self.services.db.session() as session:
+            candidates = batch_candidates(session, self.job_id, batch_key, size - 1, self.settings.max_attempts)
+        companions = []
+        for job_id in candidates:
+            run = JobRun(self.services, self.celery, job_id, self.worker)
+            if not run.lease.claim():  # another worker took it first
+                continue
+            try:
+                companions.append((run, run._inputs(run._started()[0])))
+            except JobFailed as exc:
+                run._end(JobStatus.FAILED, error_code=exc.code, error_message=str(exc))
+        if companions:
+            log.info("job %s: running as a batch of %d with %s", self.job_id, len(companions) + 1,
+                     ", ".join(run.job_id for run, _ in companions))
+        return companions
+
+    def _stylize_batch(self, members: list[tuple[JobRun, list[Image.Image]]]) -> list[Result | Exception]:
+        return stylize_batch([Member(images[0], images[1:], engine_params(run.params), run._on_iterate)
+                              for run, images in members], device=self.settings.device)
+
+    def _conclude(self, outcome: Result | Exception, batch: int) -> None:
+        """Record how this job's run ended: a result (done, stopped to cancel or to hand back), or
+        the error that ended it, alone or with its whole `batch`."""
+        if isinstance(outcome, Result):
+            if self.lease.lost:
+                return
+            if outcome.stopped and self.handing_back and not self.lease.cancel_requested:
+                self._hand_back(outcome)
+            elif outcome.stopped:
+                self._end(JobStatus.CANCELED, progress=self.progress)
+            else:
+                self._succeed(outcome)
+        elif isinstance(outcome, DeviceError):  # this worker's device, not the job, is at fault
+            self._device_unavailable(outcome)
+        elif isinstance(outcome, OutOfMemory) and batch > 1:
+            # the batch, not the job, was too big: smaller batches from now on, and the job back to the queue
+            _batch_limit["limit"] = max(1, batch // 2)
+            log.warning("job %s: out of memory in a batch of %d; this worker now batches at most %d",
+                        self.job_id, batch, _batch_limit["limit"])
+            self._requeue(None, f"handed back (out of memory in a batch of {batch})")
+        else:
+            failure = self._failure(outcome)
+            self._end(JobStatus.FAILED, error_code=failure.code, error_message=str(failure))
+
+    def _failure(self, error: Exception) -> JobFailed:
+        """The job's error code and message for what ended its run."""
+        p = self.params
+        if isinstance(error, JobFailed):
+            return error
+        if isinstance(error, ParamError):
+            return JobFailed(ErrorCode.INVALID_PARAMS, str(error))
+        if isinstance(error, FloatingPointError):
+            return JobFailed(ErrorCode.DIVERGED, str(error))
+        if isinstance(error, OutOfMemory):  # the engine freed what it held: the worker goes on with its next job
+            log.warning("job %s: out of memory on %s: %s", self.job_id, self.settings.device, error)
+            return JobFailed(ErrorCode.OUT_OF_MEMORY,
+                             f"the worker's device ({self.settings.device}) ran out of memory running this job "
+                             f"(size {p['size']} px, {p['iterations']} iterations, {len(p['style_weights'])} style "
+                             f"image(s), style_scale {p['style_scale']:g}): {error}. Try a smaller size, fewer style "
+                             f"images or a smaller style_scale")
+        # a bug or a bad environment: record it rather than retry forever
+        log.error("job %s: engine error", self.job_id, exc_info=error)
+        return JobFailed(ErrorCode.ENGINE_ERROR, f"{type(error).__name__}: {error}")
 
     # ---- the engine callback ----------------------------------------------------------------
 

@@ -2,13 +2,15 @@
 every scenario injects its fault through one of these.
 
 Every fault is real: a signal to a real Celery worker process (or to any process, by its pid), a
-real redis-server stopped and started on the same port, the real SQLite database taken out from
+real redis-server stopped and started on the same port, a real memory cap on the process that runs
+jobs (its allocations fail past it, as on a device whose memory is used up), the real SQLite database taken out from
 under its connections, a real storage directory replaced by a file so that writes under it fail
 (as root, too), a real webhook receiver taken off its port, the S3 server stopped (every request
 to the bucket fails to connect) and started again, a real TCP connection closed after the server
 answered but before the answer arrived.
 
-- workers and processes: `kill_worker`, `terminate_worker`, `wait_exited`, `kill_process`
+- workers and processes: `kill_worker`, `terminate_worker`, `wait_exited`, `kill_process`,
+  `limit_memory` (the worker's job process runs out of memory beyond a cap)
 - Redis: `stop_redis`, `start_redis`
 - the database: `DatabaseOutage`, `cut_database`, `restore_database`
 - storage: `break_storage`, `repair_storage`
@@ -19,6 +21,7 @@ answered but before the answer arrived.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -67,6 +70,18 @@ def kill_process(pid: int, group: bool = False) -> None:
         os.killpg(pid, signal.SIGKILL)
     else:
         os.kill(pid, signal.SIGKILL)
+
+
+def limit_memory(worker: WorkerProcess, headroom: int) -> int:
+    """Cap the memory of the worker's pool child (the process that runs jobs) at what it holds now
+    plus `headroom` bytes (RLIMIT_DATA: its heap and anonymous mappings, where tensors live), so
+    that a larger job's allocations fail there as on a device that is full. Returns the cap."""
+    pid = worker.process.pid
+    (child,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    status = Path(f"/proc/{child}/status").read_text()
+    held = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmData:"))
+    resource.prlimit(int(child), resource.RLIMIT_DATA, (held + headroom, resource.RLIM_INFINITY))
+    return held + headroom
 
 
 # ---- Redis ------------------------------------------------------------------------------------

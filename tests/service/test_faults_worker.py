@@ -1,7 +1,9 @@
 """Worker faults, injected for real (tests/service/faults.py): a worker SIGKILLed again and again,
-a worker SIGTERMed mid-job, a job that outlives the broker's visibility timeout."""
+a worker SIGTERMed mid-job, a job that outlives the broker's visibility timeout, a device that is
+missing, a job that runs out of memory."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -10,7 +12,7 @@ from shared.broker import create_celery
 from shared.models import Job
 from shared.services import Services
 from tests.service import faults
-from tests.service.helpers import TERMINAL, submit, wait_for, wait_status
+from tests.service.helpers import TERMINAL, read_events, submit, wait_for, wait_status
 from worker.sweep import sweep
 
 pytestmark = pytest.mark.slow
@@ -138,3 +140,38 @@ def test_a_worker_whose_device_is_missing_hands_the_job_to_another(make_redis, w
     assert done["status"] == "succeeded" and done["attempts"] == 1, done["error"]
     assert f"job {job_id}: claimed by" in healthy.output()
     assert broken.output().count(f"job {job_id}: claimed by") == 1
+
+
+def test_a_job_that_runs_out_of_memory_fails_on_its_own_and_the_worker_runs_the_next(
+        make_redis, worker_settings, private_database, workers, client_for, images, receiver):
+    """The worker's job process gets a memory cap just above what it holds after a first job (the
+    network loaded): a 256 px job cannot get its activations there and fails `out_of_memory`, with
+    a message that says what it asked for and what to try, in GET, the status event and the
+    webhook; the same worker, under the same cap, then runs a small job to success."""
+    local, client, auth = private(client_for, make_redis(), worker_settings, private_database, max_size=256,
+                                  webhook_allow_networks="127.0.0.0/8")
+    worker = workers(local, ("-Q", "gpu,maintenance"))
+    small = {"size": 32, "iterations": 2, "snapshot_every": 0}
+    first = submit(client, auth, images, small).get_json()["id"]
+    assert wait_status(client, auth, first, TERMINAL, timeout=180)["status"] == "succeeded"
+
+    faults.limit_memory(worker, headroom=64 * 2**20)
+    big = submit(client, auth, images, {"size": 256, "iterations": 3, "snapshot_every": 0,
+                                        "webhook_url": receiver.url()}).get_json()["id"]
+    failed = wait_status(client, auth, big, TERMINAL, timeout=180)
+    assert failed["status"] == "failed", failed
+    assert failed["error"]["code"] == "out_of_memory"
+    message = failed["error"]["message"]
+    assert "ran out of memory" in message and "size 256 px" in message and "3 iterations" in message
+    assert "Try a smaller size" in message
+    delivered = wait_for(lambda: receiver.requests(), timeout=60, what="the job.failed webhook")
+    payload = json.loads(delivered[0].body)
+    assert payload["type"] == "job.failed" and payload["data"]["error"] == failed["error"]
+    stream = client.get(f"/v1/jobs/{big}/events", headers=auth, buffered=False)
+    assert read_events(stream)[-1] == ("status", failed)
+
+    after = submit(client, auth, images, small).get_json()["id"]
+    done = wait_status(client, auth, after, TERMINAL, timeout=180)
+    assert done["status"] == "succeeded", done["error"]
+    assert worker.process.poll() is None and worker.output().count("claimed by") == 3  # one worker ran all three
+    assert f"job {big}: out of memory on cpu" in worker.output()

@@ -2,7 +2,10 @@
 
 Of the project it imports only the parameter contract, `shared.params` (standard library only).
 """
+from .batch import Member, stylize_batch
+from .memory import OutOfMemory, free_bytes
 from .transfer import DeviceError, Iterate, Result, resolve_device, stylize
 from .vgg import WeightsError, load_network
 
-__all__ = ["DeviceError", "Iterate", "Result", "resolve_device", "stylize", "WeightsError", "load_network"]
+__all__ = ["DeviceError", "Iterate", "Member", "OutOfMemory", "Result", "WeightsError", "free_bytes", "load_network",
+           "resolve_device", "stylize", "stylize_batch"]

@@ -17,11 +17,12 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from shared.params import MIN_SIDE, ParamError, Params, Stage, plan, resolve
+from shared.params import MIN_SIDE, ParamError, Params, Stage, plan, resolve, stage_dims
 
 from . import color
 from .images import fit_longest_side, resize, to_image, to_tensor
 from .losses import ContentLoss, StyleLoss, TVLoss, gram
+from .memory import freed_on_out_of_memory
 from .quality import quality_report
 from .vgg import load_network
 
@@ -98,12 +99,6 @@ def use_bf16(precision: str, device: str) -> bool:
     if precision != "auto":
         return precision == "bf16"
     return device.startswith("cuda") and torch.cuda.is_bf16_supported()
-
-
-def stage_dims(width: int, height: int, longest: int) -> tuple[int, int]:
-    """(height, width) of a stage whose longest side is `longest`, never below MIN_SIDE."""
-    scale = longest / max(width, height)
-    return max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale))
 
 
 class Transfer:
@@ -225,14 +220,9 @@ class Transfer:
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=self.bf16):
                     features = self.net(image, layers)
-                features = {name: f.float() for name, f in features.items()}  # losses in fp32
-                terms["content"] = sum(l(features[n]) for l, n in zip(content_losses, p.content_layers)) / len(content_losses)
-                terms["style"] = sum(wt * l(features[n]) for wt, l, n in zip(self.layer_weights, style_losses, p.style_layers))
-                terms["tv"] = tv(image)
-                total = p.content_weight * terms["content"] + p.style_weight * terms["style"] + p.tv_weight * terms["tv"]
-                total.backward()
-                terms["total"] = total
-                return total
+                terms.update(self._terms(features, image, content_losses, style_losses, tv))
+                terms["total"].backward()
+                return terms["total"]
 
             while done - stage_start < stage.iterations:
                 optimizer.step(closure)
@@ -240,7 +230,7 @@ class Transfer:
                     with torch.no_grad():
                         image.clamp_(0, 1)
                 done += 1
-                losses = {k: float(v.detach()) for k, v in terms.items()}
+                losses = read_losses(terms)
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise FloatingPointError(f"the loss diverged at iteration {done}: {losses}")
                 if callback is not None:
@@ -259,13 +249,30 @@ class Transfer:
             stage_start += stage.iterations
             if stopped:
                 break
-        final = self._checkpoint(index, done, image, optimizer if stopped else None)
-        output = self._output(image, self.stages[index])
+        return self._result(index, done, image, optimizer, stopped, losses, start)
+
+    def _terms(self, features: dict[str, torch.Tensor], image: torch.Tensor, content_losses: list[ContentLoss],
+               style_losses: list[StyleLoss], tv: TVLoss) -> dict[str, torch.Tensor]:
+        """The loss terms and their weighted total for the network's features of `image`."""
+        p = self.params
+        features = {name: f.float() for name, f in features.items()}  # losses in fp32
+        terms = {"content": sum(l(features[n]) for l, n in zip(content_losses, p.content_layers)) / len(content_losses),
+                 "style": sum(wt * l(features[n]) for wt, l, n in zip(self.layer_weights, style_losses, p.style_layers)),
+                 "tv": tv(image)}
+        terms["total"] = p.content_weight * terms["content"] + p.style_weight * terms["style"] + p.tv_weight * terms["tv"]
+        return terms
+
+    def _result(self, stage: int, done: int, image: torch.Tensor, optimizer: torch.optim.Optimizer, stopped: bool,
+                losses: dict[str, float], start: float) -> Result:
+        """The run's outcome: the image, a checkpoint (with the optimiser's state if stopped), and,
+        if it ran to the end, the quality report."""
+        final = self._checkpoint(stage, done, image, optimizer if stopped else None)
+        output = self._output(image, self.stages[stage])
         quality = None if stopped else quality_report(output, self.content, self.styles, self.style_blend, self.device)
         return Result(
             image=output, iterations=done, total=self.total, stopped=stopped,
             seconds=time.perf_counter() - start, device=self.device, losses=losses, quality=quality,
-            peak_memory_mb=self._peak_memory_mb(), checkpoint=final, params=p,
+            peak_memory_mb=self._peak_memory_mb(), checkpoint=final, params=self.params,
         )
 
     def _checkpoint(self, stage: int, iteration: int, image: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> dict:
@@ -282,6 +289,11 @@ class Transfer:
         if self.device.startswith("cuda"):
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def read_losses(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The loss terms as numbers, in one device-to-host copy (one sync on a GPU, not one per term)."""
+    return dict(zip(terms, torch.stack([v.detach() for v in terms.values()]).tolist()))
 
 
 def _digest(image: Image.Image) -> str:
@@ -311,5 +323,6 @@ def _nbytes(value) -> int:
 def stylize(content: Image.Image, styles: Sequence[Image.Image], params: Params, *,
             init_image: Image.Image | None = None, device: str = "auto",
             callback: Callback | None = None, checkpoint: dict | None = None) -> Result:
-    """Run (or resume) a style transfer. See `Transfer`."""
-    return Transfer(content, styles, params, init_image, device).run(callback, checkpoint)
+    """Run (or resume) a style transfer. See `Transfer`. Raises `OutOfMemory` (memory freed) if
+    the device ran out of it."""
+    return freed_on_out_of_memory(lambda: Transfer(content, styles, params, init_image, device).run(callback, checkpoint))

@@ -1,0 +1,156 @@
+"""Calibrate the memory and time model (`shared.capacity`) on this machine's device.
+
+    .venv/bin/python bench/calibrate.py [--device cpu|cuda] [--sizes 128 256 384 512] [--write]
+
+Runs small jobs (Tübingen x The Starry Night, one scale) over a spread of sizes, iteration counts,
+style counts and style scales, each in a fresh process so its peak memory is its own (CUDA: the
+allocator's peak; CPU: the process's peak resident set during the job, the network and runtime
+included, the weights file's one-off loading peak not), timed
+warm (the network loaded first, as in a worker). Fits the model's coefficients by non-negative
+least squares and prints the runs, the fit and its worst errors; `--write` stores the fit as this
+device kind's entry of shared/capacity_calibration.json (other kinds are kept).
+Prints, last, one JSON line with every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared import capacity  # noqa: E402
+from shared.params import Params  # noqa: E402
+
+CONTENT = ROOT / "samples" / "tubingen.jpg"
+STYLES = (ROOT / "samples" / "starry_night.jpg", ROOT / "samples" / "the_scream.jpg")
+
+
+@dataclass(frozen=True)
+class Sample:
+    size: int
+    iterations: int
+    styles: int = 1
+    style_scale: float = 1.0
+
+    def params(self) -> Params:
+        return Params(size=self.size, iterations=self.iterations, scales=1, style_scale=self.style_scale)
+
+
+def samples(sizes: list[int]) -> list[Sample]:
+    """Every size at two iteration counts (per-iteration cost apart from per-job cost), and, at the
+    second size, two styles and a doubled style scale (the style passes' share)."""
+    runs = [Sample(size, iterations) for size in sizes for iterations in (4, 12)]
+    middle = sizes[min(1, len(sizes) - 1)]
+    return runs + [Sample(middle, 4, styles=2), Sample(middle, 4, style_scale=2.0)]
+
+
+def run_sample(sample: Sample, device: str) -> dict:
+    """One sample in this process (called in a fresh one): warm up, then the timed run."""
+    from shared.images import open_image
+    from worker.engine import stylize
+
+    content, styles = open_image(CONTENT), [open_image(p) for p in STYLES[:sample.styles]]
+    stylize(content, styles, Params(size=32, iterations=1, scales=1), device=device)  # loads the network
+    if device == "cpu":  # the peak from here on (the weights file's loading peak is once per process)
+        Path("/proc/self/clear_refs").write_text("5")
+    result = stylize(content, styles, sample.params(), device=device)
+    memory_mb = result.peak_memory_mb if device != "cpu" else _resident_peak_mb()
+    return {"seconds": result.seconds, "memory_mb": memory_mb, "device": result.device,
+            "content": list(content.size), "styles": [list(s.size) for s in styles]}
+
+
+def _resident_peak_mb() -> float:
+    """VmHWM: the peak resident set since it was last reset (clear_refs), in MiB."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+
+def measure(sample: Sample, device: str) -> dict:
+    command = [sys.executable, __file__, "--device", device, "--sample", json.dumps(asdict(sample))]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def nonnegative_fit(rows: list[list[float]], targets: list[float]) -> list[float]:
+    """Least squares with every coefficient >= 0: a negative one is pinned to 0 and the rest refitted."""
+    import numpy as np
+
+    a, b = np.array(rows, dtype=float), np.array(targets, dtype=float)
+    free = list(range(a.shape[1]))
+    while True:
+        coefficients = np.zeros(a.shape[1])
+        coefficients[free] = np.linalg.lstsq(a[:, free], b, rcond=None)[0]
+        negative = [i for i in free if coefficients[i] < 0]
+        if not negative:
+            return coefficients.tolist()
+        free.remove(min(negative, key=lambda i: coefficients[i]))
+
+
+def fit(runs: list[tuple[capacity.Workload, dict]], source: str) -> capacity.Model:
+    memory = nonnegative_fit([[1, w.peak_megapixels, w.peak_style_megapixels] for w, _ in runs],
+                             [m["memory_mb"] for _, m in runs])
+    seconds = nonnegative_fit([[1, w.iterations, w.megapixel_iterations, w.style_megapixels] for w, _ in runs],
+                              [m["seconds"] for _, m in runs])
+    return capacity.Model(True, source, *memory, *seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 384, 512])
+    parser.add_argument("--write", action="store_true", help="store the fit in shared/capacity_calibration.json")
+    parser.add_argument("--sample", help=argparse.SUPPRESS)  # internal: run one sample in this process
+    args = parser.parse_args()
+    if args.sample:
+        print(json.dumps(run_sample(Sample(**json.loads(args.sample)), args.device)))
+        return
+
+    load_before = os.getloadavg()
+    runs, table = [], []
+    for number, sample in enumerate(samples(args.sizes), start=1):
+        started = time.perf_counter()
+        measured = measure(sample, args.device)
+        work = capacity.workload(sample.params(), tuple(measured["content"]), [tuple(s) for s in measured["styles"]])
+        runs.append((work, measured))
+        table.append(asdict(sample) | {"seconds": round(measured["seconds"], 3), "memory_mb": round(measured["memory_mb"])})
+        print(f"[{number}] {sample}: {measured['seconds']:.2f} s, {measured['memory_mb']:.0f} MB "
+              f"({time.perf_counter() - started:.0f} s with start-up)", file=sys.stderr, flush=True)
+    device = runs[0][1]["device"]
+    kind = capacity.device_kind(device)
+    command = f"bench/calibrate.py --device {args.device} --sizes {' '.join(map(str, args.sizes))}"
+    model = fit(runs, f"measured: {command} on {_device_name(device)}")
+    errors = [{"sample": row, "predicted_seconds": round(model.seconds(w), 3),
+               "predicted_memory_mb": round(model.memory_mb(w))} for row, (w, _) in zip(table, runs)]
+    worst_time = max(abs(model.seconds(w) / m["seconds"] - 1) for w, m in runs)
+    worst_memory = max(abs(model.memory_mb(w) / m["memory_mb"] - 1) for w, m in runs)
+    print(f"{kind}: {asdict(model)}\nworst relative error: time {worst_time:.1%}, memory {worst_memory:.1%}",
+          file=sys.stderr)
+    if args.write:
+        entries = capacity.models(capacity.CALIBRATION) | {kind: model}
+        capacity.write(capacity.CALIBRATION, entries)
+        print(f"wrote the {kind} entry of {capacity.CALIBRATION.relative_to(ROOT)}", file=sys.stderr)
+    print(json.dumps({"device": device, "name": _device_name(device), "model": asdict(model), "runs": errors,
+                      "worst_relative_error": {"seconds": round(worst_time, 3), "memory": round(worst_memory, 3)},
+                      "load_average_before": [round(x, 2) for x in load_before],
+                      "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+                      "python": platform.python_version(), "command": command}))
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+if __name__ == "__main__":
+    main()

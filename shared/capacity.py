@@ -1,0 +1,160 @@
+"""A job's peak device memory and run time, predicted before it runs: to refuse at submission
+what fits on no worker's device, and to tell a queued job how long it will take once started.
+
+The model is linear in what the engine does (`workload`): memory grows with the finest stage's
+pixels (the activations the backward pass keeps) and the largest style pass's pixels (forward
+only); time with the iterations, the megapixel-iterations of the optimisation and the style
+passes. Its coefficients per device kind live in `capacity_calibration.json` beside this file,
+written by `bench/calibrate.py` from measured runs; an entry with `"measured": false` was
+estimated (see its `source`) and waits for a calibration on that kind of device.
+Standard library only: the API uses it without torch.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from shared.params import MIN_SIDE, Params, plan, stage_dims
+
+CALIBRATION = Path(__file__).with_name("capacity_calibration.json")
+MB = 2**20
+# the part of a device's memory a job may count on: CUDA's context, the allocator's fragmentation
+# and cuDNN's workspaces take the rest (on a CPU, the OS and the worker's other processes)
+USABLE_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a job asks of a device, in the units the model is fitted in (megapixels: 2**20 pixels)."""
+
+    iterations: int
+    megapixel_iterations: float   # sum over stages of iterations x the stage's megapixels
+    style_megapixels: float       # sum over stages and styles of the style passes' megapixels
+    peak_megapixels: float        # the finest stage's
+    peak_style_megapixels: float  # the largest style pass's, at the finest stage
+
+
+def workload(params: Params, content: tuple[int, int], styles: Sequence[tuple[int, int]]) -> Workload:
+    """For `params` (resolved or not) on a content image and style images of these (width, height)."""
+    stages = plan(params)
+    megapixels = [_mp(stage_dims(*content, s.longest)) for s in stages]
+    style_longest = [max(MIN_SIDE, round(s.longest * params.style_scale)) for s in stages]
+    style_mp = [[_mp(stage_dims(*size, longest)) for size in styles] for longest in style_longest]
+    return Workload(iterations=sum(s.iterations for s in stages),
+                    megapixel_iterations=sum(s.iterations * mp for s, mp in zip(stages, megapixels)),
+                    style_megapixels=sum(map(sum, style_mp)), peak_megapixels=megapixels[-1],
+                    peak_style_megapixels=max(style_mp[-1], default=0.0))
+
+
+def _mp(dims: tuple[int, int]) -> float:
+    return dims[0] * dims[1] / MB
+
+
+@dataclass(frozen=True)
+class Model:
+    """One device kind's coefficients."""
+
+    measured: bool                  # fitted to runs on this kind of device; False: estimated
+    source: str                     # how: the command, the device, or the estimate's reasoning
+    base_mb: float                  # the network, the runtime (a CPU process's whole footprint)
+    mb_per_megapixel: float         # of the finest stage (activations kept for the backward pass)
+    mb_per_style_megapixel: float   # of the largest style pass (forward only)
+    overhead_seconds: float         # per job, warm: the quality report, stage set-ups
+    seconds_per_iteration: float    # per iteration whatever its size (kernel launches, the optimiser)
+    seconds_per_megapixel_iteration: float
+    seconds_per_style_megapixel: float
+
+    def memory_mb(self, w: Workload) -> float:
+        return self.base_mb + self.mb_per_megapixel * w.peak_megapixels \
+            + self.mb_per_style_megapixel * w.peak_style_megapixels
+
+    def seconds(self, w: Workload) -> float:
+        return self.overhead_seconds + self.seconds_per_iteration * w.iterations \
+            + self.seconds_per_megapixel_iteration * w.megapixel_iterations \
+            + self.seconds_per_style_megapixel * w.style_megapixels
+
+
+def device_kind(device: str) -> str:
+    """`cuda` for any CUDA device, else `cpu`: the calibration's keys."""
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def models(path: Path | None = None) -> dict[str, Model]:
+    """Device kind -> its model, from the calibration file (`CALIBRATION` unless given)."""
+    return _read(path or CALIBRATION)
+
+
+@functools.cache
+def _read(path: Path) -> dict[str, Model]:
+    names = {f.name for f in fields(Model)}
+    return {kind: Model(**{k: v for k, v in entry.items() if k in names})
+            for kind, entry in json.loads(path.read_text()).items()}
+
+
+def write(path: Path, entries: dict[str, Model], extra: dict[str, dict] | None = None) -> None:
+    """The calibration file: each kind's coefficients, plus what `extra` adds per kind (the runs
+    they were fitted to)."""
+    extra = extra or {}
+    rounded = {k: {f: round(v, 6) if isinstance(v, float) else v for f, v in asdict(m).items()} for k, m in entries.items()}
+    path.write_text(json.dumps({k: rounded[k] | extra.get(k, {}) for k in sorted(entries)}, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    device: str          # the device kind it is for
+    seconds: float       # run time once started, warm (the network loaded)
+    memory_mb: float     # peak device memory
+    measured: bool       # from a model fitted on that kind of device (else estimated)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"device": self.device, "seconds": round(self.seconds, 1), "memory_mb": round(self.memory_mb),
+                "measured": self.measured}
+
+
+def predict(w: Workload, kind: str) -> Prediction:
+    model = models()[kind]
+    return Prediction(kind, model.seconds(w), model.memory_mb(w), model.measured)
+
+
+@dataclass(frozen=True)
+class Device:
+    """A live worker's device, as it reports it (`shared.devices`)."""
+
+    kind: str
+    memory_bytes: int | None  # None: not known (no limit assumed)
+
+
+def too_big(w: Workload, devices: Iterable[Device]) -> str | None:
+    """Why the job fits on none of `devices` (each judged by its own kind's model), or None if it
+    fits on one of them, or if there are none to judge by."""
+    devices = list(devices)
+    if not devices or any(d.memory_bytes is None for d in devices):
+        return None
+    needs = {d.kind: predict(w, d.kind).memory_mb for d in devices}
+    if any(needs[d.kind] <= USABLE_SHARE * d.memory_bytes / MB for d in devices):
+        return None
+    largest = max(devices, key=lambda d: d.memory_bytes)
+    return (f"needs ~{needs[largest.kind] / 1024:.1f} GiB of device memory, the largest worker device has "
+            f"{largest.memory_bytes / 2**30:.1f} GiB ({USABLE_SHARE:.0%} of it usable by a job); "
+            f"try a smaller size or style_scale")
+
+
+def batch_size(w: Workload, kind: str, free_bytes: int | None, cap: int) -> int:
+    """How many jobs like `w` to run as one batch on a device with `free_bytes` free (the network
+    already loaded; None: unknown): as many as that holds, each taking its memory above the
+    model's base, within `cap`, at least 1."""
+    model = models()[kind]
+    each = model.memory_mb(w) - model.base_mb
+    if free_bytes is None or each <= 0:
+        return max(1, cap)
+    return max(1, min(cap, int(USABLE_SHARE * free_bytes / MB // each)))
+
+
+def limiting_field(w: Workload, kind: str) -> str:
+    """The parameter most of the predicted memory comes from: `size`, or `style_scale`."""
+    model = models()[kind]
+    by_style = model.mb_per_style_megapixel * w.peak_style_megapixels
+    return "style_scale" if by_style > model.mb_per_megapixel * w.peak_megapixels else "size"

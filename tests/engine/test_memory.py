@@ -1,0 +1,52 @@
+"""Out of memory during a run: the engine raises `OutOfMemory` with the allocator's words, and
+what the run held is freed, so the process can run the next job."""
+from __future__ import annotations
+
+import resource
+
+import pytest
+import torch
+
+from shared.params import Params
+from worker.engine import OutOfMemory, stylize
+from worker.engine.memory import freed_on_out_of_memory, is_out_of_memory
+
+TINY = Params(size=32, iterations=4)
+
+
+def test_a_cuda_out_of_memory_error_raised_mid_run_becomes_out_of_memory(content, style):
+    # torch.OutOfMemoryError is what the CUDA caching allocator raises; raised from the callback
+    # (this machine has no GPU), it unwinds the run exactly as one raised inside the network would
+    def callback(it):
+        if it.iteration == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(OutOfMemory, match="CUDA out of memory. Tried to allocate 2.00 GiB") as caught:
+        stylize(content, [style], TINY, device="cpu", callback=callback)
+    # raised after the original was dropped: no chained error keeps the run's frames (the image,
+    # its gradient, the optimiser's history, the network's activations) alive
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+    assert stylize(content, [style], TINY, device="cpu").iterations == 4  # and the next run goes ahead
+
+
+def test_the_cpu_allocator_running_out_is_out_of_memory_too():
+    limit = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (_data_bytes() + 64 * 2**20, limit[1]))
+    try:
+        with pytest.raises(OutOfMemory, match="can't allocate memory"):
+            freed_on_out_of_memory(lambda: torch.ones(2**30, dtype=torch.uint8))
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, limit)
+    assert freed_on_out_of_memory(lambda: torch.ones(4)).sum() == 4
+
+
+def test_other_runtime_errors_pass_through_untouched():
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        freed_on_out_of_memory(lambda: torch.ones(2, 3) @ torch.ones(2, 3))
+
+
+def _data_bytes() -> int:
+    """This process's data segment now (VmData), which RLIMIT_DATA caps."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:"))

@@ -1,0 +1,66 @@
+"""Capacity at submission (shared.capacity): a job that fits on no live worker's device is
+refused with a 422 naming the parameter; one that fits is told its predicted run time and memory
+(its ETA while queued); with no live worker nothing is refused. Real workers report their device
+and heartbeat into a real Redis."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+
+from shared import capacity
+from shared.devices import ALIVE_SECONDS, live_devices
+from shared.schemas import engine_params
+from shared.services import Services
+from tests.service import faults
+from tests.service.helpers import TERMINAL, assert_problem, submit, wait_for, wait_status
+
+pytestmark = pytest.mark.slow
+HUGE = {"size": 8192, "snapshot_every": 0}  # 8192 x 6144 px: far more than this machine's memory on the CPU
+SMALL = {"size": 64, "iterations": 2, "snapshot_every": 0}
+
+
+def live(settings) -> dict[str, dict]:
+    services = Services(settings)
+    try:
+        return live_devices(services.redis)
+    finally:
+        services.redis.close()
+
+
+def test_too_big_for_every_live_device_is_refused_and_a_job_that_fits_gets_its_prediction(
+        make_redis, worker_settings, private_database, workers, client_for, images):
+    local = replace(worker_settings, redis_url=make_redis().url(0), database_url=private_database, max_size=8192)
+    client, auth = client_for(local)
+    worker = workers(local)
+    (device,) = wait_for(lambda: live(local), timeout=30, what="the worker to report its device").values()
+    assert device["device"] == "cpu" and device["memory_bytes"] > 2**30  # the machine's memory
+
+    body = assert_problem(submit(client, auth, images, HUGE), 422, "params.size")
+    assert "needs ~" in body["detail"] and "GiB of device memory" in body["detail"]
+    assert f"the largest worker device has {device['memory_bytes'] / 2**30:.1f} GiB" in body["detail"]
+    assert client.get("/v1/jobs", headers=auth).get_json()["data"] == []  # nothing was made
+
+    job = submit(client, auth, images, SMALL).get_json()
+    work = capacity.workload(engine_params(job["params"]), (48, 36), [(32, 32)])  # the `images` fixture's sizes
+    assert job["prediction"] == capacity.predict(work, "cpu").to_dict()
+    assert job["prediction"]["measured"] is True and job["prediction"]["seconds"] > 0
+    done = wait_status(client, auth, job["id"], TERMINAL, timeout=120)
+    assert done["status"] == "succeeded" and done["prediction"] == job["prediction"]
+
+    faults.kill_worker(worker)  # a crashed worker drops out once its heartbeats stop
+    wait_for(lambda: not live(local), timeout=ALIVE_SECONDS + 10, what="the dead worker to drop out")
+    queued = submit(client, auth, images, HUGE)
+    assert queued.status_code == 202 and queued.get_json()["prediction"] is None  # no live worker: not refused
+
+
+def test_a_live_worker_stays_live_and_leaves_at_once_when_it_stops(make_redis, worker_settings, private_database,
+                                                                   workers):
+    local = replace(worker_settings, redis_url=make_redis().url(0), database_url=private_database)
+    worker = workers(local)
+    wait_for(lambda: live(local), timeout=30, what="the worker to report its device")
+    time.sleep(ALIVE_SECONDS + 2)  # past its first mark: its heartbeats keep it alive
+    assert live(local)
+    worker.stop()  # SIGTERM: a warm shutdown marks it gone
+    assert live(local) == {}

@@ -1,0 +1,39 @@
+"""A job through a real Celery worker on the GPU (`ATELIER_DEVICE=cuda`), and the worker's device on
+the System page; skipped cleanly without a CUDA GPU (`bench/gpu.sh` runs it on one)."""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+import torch
+
+from shared.devices import live_devices
+from shared.services import Services
+from tests.service.helpers import TERMINAL, OPERATOR_PASSWORD, make_operator, submit, wait_for, wait_status
+
+pytestmark = [pytest.mark.cuda, pytest.mark.slow,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_a_job_runs_on_the_gpu_and_the_system_page_shows_the_device(
+        make_redis, worker_settings, private_database, workers, client_for, images):
+    local = replace(worker_settings, redis_url=make_redis().url(0), database_url=private_database, device="cuda")
+    client, auth = client_for(local)
+    worker = workers(local)
+    job_id = submit(client, auth, images, {"size": 128, "iterations": 20, "snapshot_every": 5}).get_json()["id"]
+    done = wait_status(client, auth, job_id, TERMINAL, timeout=120)
+    assert done["status"] == "succeeded", done["error"]
+    assert f"job {job_id}: succeeded in" in worker.output() and "on cuda" in worker.output()
+    assert done["result"]["quality"] and len(done["snapshots"]) == 3
+
+    (device,) = live_devices(Services(local).redis).values()
+    props = torch.cuda.get_device_properties(0)
+    assert device == {"device": "cuda", "name": props.name, "memory_bytes": props.total_memory}
+    operator = make_operator(local)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/admin/sign-in").get_data(as_text=True)).group(1)
+    signed_in = client.post("/admin/sign-in", data={"name": operator, "password": OPERATOR_PASSWORD, "csrf_token": token})
+    assert signed_in.status_code == 303
+    html = wait_for(lambda: h if props.name in (h := client.get("/admin/system").get_data(as_text=True)) else None,
+                    timeout=30, what="the GPU on the System page")
+    assert f"{props.total_memory / 2**30:.1f} GiB" in html

@@ -1,0 +1,89 @@
+"""The memory and time model (shared.capacity): what it is fed, how it judges a fleet, and the
+calibration file it reads."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared import capacity
+from shared.capacity import MB, Device, Model, Workload, too_big, workload
+from shared.params import Params, plan, stage_dims
+
+GiB = 2**30
+
+
+def test_the_workload_follows_the_engines_plan_and_stage_sizes():
+    params = Params(size=512)  # 128 -> 256 -> 512 px, 150 + 43 + 12 iterations
+    w = workload(params, (1024, 768), [(800, 600), (600, 800)])
+    stages = plan(params)
+    assert w.iterations == 205
+    assert w.peak_megapixels == 512 * 384 / MB
+    assert w.megapixel_iterations == pytest.approx(sum(s.iterations * (s.longest * s.longest * 3 / 4) / MB
+                                                       for s in stages))
+    # both styles at every stage, fitted to the stage's longest side, each in its own aspect
+    assert w.style_megapixels == pytest.approx(2 * sum(s.longest * s.longest * 3 / 4 for s in stages) / MB)
+    assert w.peak_style_megapixels == 512 * 384 / MB
+    doubled = workload(Params(size=512, style_scale=2.0), (1024, 768), [(800, 600)])
+    assert doubled.peak_style_megapixels == pytest.approx(4 * w.peak_style_megapixels)
+    assert stage_dims(1024, 768, 512) == (384, 512)  # (height, width), as the engine runs it
+
+
+MODEL = Model(measured=True, source="test", base_mb=1000, mb_per_megapixel=2000, mb_per_style_megapixel=500,
+              overhead_seconds=1, seconds_per_iteration=0.01, seconds_per_megapixel_iteration=2,
+              seconds_per_style_megapixel=0.5)
+
+
+def test_the_model_is_linear_in_the_workload():
+    w = Workload(iterations=100, megapixel_iterations=10, style_megapixels=4, peak_megapixels=0.5,
+                 peak_style_megapixels=1)
+    assert MODEL.memory_mb(w) == 1000 + 2000 * 0.5 + 500 * 1
+    assert MODEL.seconds(w) == 1 + 0.01 * 100 + 2 * 10 + 0.5 * 4
+
+
+@pytest.fixture
+def calibration(tmp_path, monkeypatch):
+    """A calibration file of the test's own (MODEL for both kinds), read in place of the repository's."""
+    path = tmp_path / "calibration.json"
+    capacity.write(path, {"cpu": MODEL, "cuda": MODEL})
+    monkeypatch.setattr(capacity, "CALIBRATION", path)
+    return path
+
+
+def test_a_job_is_refused_only_when_it_fits_on_no_live_device(calibration):
+    w = workload(Params(size=2048, scales=1), (1000, 1000), [(1000, 1000)])  # 4 MP: ~1000 + 8000 + 2000 MB
+    need = MODEL.memory_mb(w)
+    assert 10_000 < need < 12_000
+    small, big = Device("cuda", 8 * GiB), Device("cuda", 80 * GiB)
+    assert too_big(w, []) is None                       # no live worker: nothing to judge by
+    assert too_big(w, [small, big]) is None             # one device holds it
+    assert too_big(w, [small, Device("cpu", None)]) is None  # a device of unknown size may
+    why = too_big(w, [small, Device("cuda", 11 * GiB)])  # 90% of 11 GiB < 11,000 MB
+    assert why.startswith(f"needs ~{need / 1024:.1f} GiB of device memory, the largest worker device has 11.0 GiB")
+    assert capacity.limiting_field(w, "cuda") == "size"
+    by_style = workload(Params(size=256, scales=1, style_scale=4.0), (1000, 1000), [(1000, 1000)])
+    assert capacity.limiting_field(by_style, "cuda") == "style_scale"
+
+
+def test_the_prediction_says_what_it_is_for(calibration):
+    w = workload(Params(size=256), (640, 480), [(640, 480)])
+    p = capacity.predict(w, "cuda").to_dict()
+    assert p == {"device": "cuda", "seconds": round(MODEL.seconds(w), 1), "memory_mb": round(MODEL.memory_mb(w)),
+                 "measured": True}
+    assert capacity.device_kind("cuda:1") == "cuda" and capacity.device_kind("cpu") == "cpu"
+
+
+def test_the_repositorys_calibration_has_a_measured_cpu_entry_and_an_estimated_cuda_one():
+    entries = json.loads(capacity.CALIBRATION.read_text())
+    models = capacity.models()
+    assert set(models) == {"cpu", "cuda"}
+    assert models["cpu"].measured and "bench/calibrate.py" in models["cpu"].source
+    assert not models["cuda"].measured and models["cuda"].source.startswith("estimated")
+    for kind, model in models.items():
+        assert model.mb_per_megapixel > 0 and model.seconds_per_megapixel_iteration > 0, kind
+        assert set(entries[kind]) >= {"base_mb", "mb_per_megapixel", "seconds_per_megapixel_iteration"}
+    # 512 px with the defaults fits easily on an 80 GB GPU; 8192 px does not
+    default = workload(Params(size=512), (1024, 768), [(1024, 768)])
+    huge = workload(Params(size=8192), (1024, 768), [(1024, 768)])
+    assert too_big(default, [Device("cuda", 80 * 10**9)]) is None
+    assert too_big(huge, [Device("cuda", 80 * 10**9)]) is not None

@@ -1,0 +1,53 @@
+"""Running out of device memory: the job that did not fit fails on its own (`OutOfMemory`), and
+the memory it held is given back before the worker takes its next job.
+
+CUDA raises `torch.OutOfMemoryError`; the CPU allocator a plain RuntimeError that says so. Both
+mean the same to a caller: this job, at this size, does not fit on this device now.
+"""
+from __future__ import annotations
+
+import gc
+from typing import Callable, TypeVar
+
+import torch
+
+T = TypeVar("T")
+CPU_ALLOCATOR_FAILED = "DefaultCPUAllocator: can't allocate memory"
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory during a run; what the run held has been freed."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or (isinstance(error, RuntimeError)
+                                                         and CPU_ALLOCATOR_FAILED in str(error))
+
+
+def freed_on_out_of_memory(run: Callable[[], T]) -> T:
+    """`run()`; if it runs out of memory, free what it held (its frames, the CUDA cache) and raise
+    `OutOfMemory` with the allocator's first line."""
+    try:
+        return run()
+    except RuntimeError as error:  # torch.OutOfMemoryError is one
+        if not is_out_of_memory(error):
+            raise
+        message = str(error).strip().splitlines()[0]
+    # here the error and its traceback, which held the run's tensors, are gone
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    raise OutOfMemory(message)
+
+
+def free_bytes(device: str) -> int | None:
+    """Memory new tensors can still get on `device`: CUDA's free memory plus what torch's cache
+    holds unused; on a CPU, the machine's available memory (None where it cannot be read)."""
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
