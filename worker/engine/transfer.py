@@ -22,7 +22,7 @@ from shared.params import MIN_SIDE, ParamError, Params, Stage, plan, resolve
 from . import color
 from .images import fit_longest_side, resize, to_image, to_tensor
 from .losses import ContentLoss, StyleLoss, TVLoss, gram
-from .quality import quality_report
+from .quality import STYLE_LAYERS, YARDSTICK, quality_report
 from .vgg import load_network
 
 CHECKPOINT_VERSION = 1
@@ -143,7 +143,7 @@ class Transfer:
         style_losses = [StyleLoss(grams[layer]) for layer in p.style_layers]
         return content, content_losses, style_losses
 
-    def _style_grams(self, stage: Stage, content: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _style_grams(self, stage: Stage, content: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Blended Gram targets per style layer, cached per process: a worker that sees the
         same style again (the common case for a service) skips the style passes."""
         p = self.params
@@ -170,6 +170,17 @@ class Transfer:
         if len(_STYLE_CACHE) > STYLE_CACHE_SIZE:
             _STYLE_CACHE.popitem(last=False)
         return grams
+
+    def _report_targets(self, stage: Stage, output: Image.Image) -> dict[str, torch.Tensor] | None:
+        """The last stage's Gram targets when they are the quality report's own (same network, the
+        styles as given, at the output's size), so the report skips the style passes; else None."""
+        p = self.params
+        same = ((p.weights, p.pooling) == YARDSTICK and p.preserve_color == "none" and set(STYLE_LAYERS) <= set(p.style_layers)
+                and max(MIN_SIDE, round(stage.longest * p.style_scale)) == max(output.size))
+        if not same:
+            return None
+        grams = self._style_grams(stage, content=None)  # cached by the stage; colour modes, which need it, are excluded
+        return {n: grams[n] for n in STYLE_LAYERS}
 
     def _initial_image(self, content: torch.Tensor) -> torch.Tensor:
         p = self.params
@@ -261,7 +272,8 @@ class Transfer:
                 break
         final = self._checkpoint(index, done, image, optimizer if stopped else None)
         output = self._output(image, self.stages[index])
-        quality = None if stopped else quality_report(output, self.content, self.styles, self.style_blend, self.device)
+        quality = None if stopped else quality_report(output, self.content, self.styles, self.style_blend, self.device,
+                                                      self._report_targets(self.stages[index], output))
         return Result(
             image=output, iterations=done, total=self.total, stopped=stopped,
             seconds=time.perf_counter() - start, device=self.device, losses=losses, quality=quality,
