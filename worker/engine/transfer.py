@@ -138,10 +138,29 @@ class Transfer:
         if p.preserve_color == "luminance":
             content = color.luminance(content)
         with torch.no_grad():
-            content_features = self.net(content, frozenset(p.content_layers))
+            content_features = self.net(content, frozenset(p.content_layers + p.style_layers))
         content_losses = [ContentLoss(content_features[layer]) for layer in p.content_layers]
-        style_losses = [StyleLoss(grams[layer]) for layer in p.style_layers]
+        style_losses = [StyleLoss(grams[layer], gram(content_features[layer])) for layer in p.style_layers]
         return content, content_losses, style_losses
+
+    def _style_balance(self) -> float:
+        """The style weight's factor, from how far the content image starts from the style at the
+        coarsest stage: d_l² = ‖G(C) − A‖² / ‖A‖² per style layer, averaged with the layer weights.
+
+        How much: the pull towards the style, in units of ‖A‖², is 1 / mean(d²), so a painting far
+        from the photograph gets less of it and the photograph stays recognisable. Where: each
+        layer's loss starts at 1 from the content (`StyleLoss` divides by d_l²), which shares that
+        pull out in proportion to 1 / d_l², so the layers furthest from the photograph (relu5_1 of a
+        painting unlike it) cannot dominate. The factor below makes the two hold together. The
+        coarsest stage decides the composition and shows the differences most (relu5_1 of The Scream
+        is twice as far from the Golden Gate as from Tübingen at 128 px, about as far at 512 px); its
+        value holds for every stage, so that all of them optimise the same balance, a resumed run too.
+        """
+        _, _, style_losses = self._targets(self.stages[0])
+        starts = [(loss.norm / loss.target.pow(2).sum()).item() for loss in style_losses]
+        mean = sum(w * d for w, d in zip(self.layer_weights, starts))
+        share = sum(w / d for w, d in zip(self.layer_weights, starts))
+        return 1 / (mean * share)
 
     def _style_grams(self, stage: Stage, content: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Blended Gram targets per style layer, cached per process: a worker that sees the
@@ -217,6 +236,7 @@ class Transfer:
             first_stage, done, opt_state = checkpoint["stage"], checkpoint["iteration"], checkpoint.get("optimizer")
             image = checkpoint["image"].to(self.device)
         done_at_start, stopped, losses = done, False, {}
+        style_weight = p.style_weight * self._style_balance()
         stage_start = sum(s.iterations for s in self.stages[:first_stage])
         for index in range(first_stage, len(self.stages)):
             stage = self.stages[index]
@@ -240,7 +260,7 @@ class Transfer:
                 terms["content"] = sum(l(features[n]) for l, n in zip(content_losses, p.content_layers)) / len(content_losses)
                 terms["style"] = sum(wt * l(features[n]) for wt, l, n in zip(self.layer_weights, style_losses, p.style_layers))
                 terms["tv"] = tv(image)
-                total = p.content_weight * terms["content"] + p.style_weight * terms["style"] + p.tv_weight * terms["tv"]
+                total = p.content_weight * terms["content"] + style_weight * terms["style"] + p.tv_weight * terms["tv"]
                 total.backward()
                 terms["total"] = total
                 return total
