@@ -179,12 +179,12 @@ def test_the_style_weight_is_divided_by_how_far_the_content_starts_from_the_styl
         s = transfer.net(to_tensor(fit_longest_side(style, 64)), frozenset(layers))
     starts = [((gram(c[n]) - gram(s[n])).pow(2).sum() / gram(s[n]).pow(2).sum()).item() for n in layers]
     mean, mean_inverse = sum(starts) / len(starts), sum(1 / d for d in starts) / len(starts)
-    assert transfer._style_balance() == pytest.approx(1 / (mean * mean_inverse), rel=1e-4)
+    assert transfer._style_balance(transfer._targets(transfer.stages[0])[2]) == pytest.approx(1 / (mean * mean_inverse), rel=1e-4)
 
     def pull(t: Transfer) -> float:
         """The style term's weight in units of ‖A‖², averaged over the layers: balance · mean(1 / d²)."""
         losses = t._targets(t.stages[0])[2]
-        return t._style_balance() * sum((loss.target.pow(2).sum() / loss.norm).item() for loss in losses) / len(losses)
+        return t._style_balance(losses) * sum((loss.target.pow(2).sum() / loss.norm).item() for loss in losses) / len(losses)
 
     assert pull(transfer) == pytest.approx(1 / mean, rel=1e-4)
     # a "painting" that is the photograph mirrored starts close to it: much more pull than a real one
