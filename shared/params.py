@@ -70,7 +70,9 @@ class Params:
     style_weights: tuple[float, ...] | None = param(None, "blend of the style images, one weight each (auto: equal)",
                                                     low=0)
     content_weight: float = param(1.0, "weight of the content loss", low=0, high=1e9)
-    style_weight: float = param(5.0, "weight of the style loss", low=0, high=1e9)
+    style_weight: float = param(8.4, "weight of the style loss, each layer's loss counted from 1 at the content "
+                                     "image and divided by how far the content starts from the style",
+                                low=0, high=1e9)
     tv_weight: float = param(0.0, "weight of total-variation smoothing", low=0, high=1e9)
     style_scale: float = param(1.0, "size of the style features relative to the output", low=0.1, high=4.0)
     init: str = param("content", "starting image: the content, noise, or (command line only) an image file",

@@ -17,7 +17,10 @@ def close(a, b) -> float:
 
 
 def test_each_job_of_a_batch_ends_as_it_would_alone(content, style, style2):
-    params = [Params(**TINY), Params(**TINY, style_weight=20.0), Params(**TINY, init="noise", seed=3)]
+    # each job's own style balance (Transfer._style_balance) holds in the batch; the tolerance is
+    # float reassociation in batched convolutions, which L-BFGS carries through 8 steps (about one
+    # level of 255 on average)
+    params = [Params(**TINY), Params(**TINY, style_weight=12.0), Params(**TINY, init="noise", seed=3)]
     styles = [[style], [style2], [style, style2]]
     alone = [stylize(content, s, p, device="cpu") for s, p in zip(styles, params)]
     seen: list[list[int]] = [[], [], []]
@@ -26,7 +29,8 @@ def test_each_job_of_a_batch_ends_as_it_would_alone(content, style, style2):
     for solo, together, iterations in zip(alone, batch, seen):
         assert together.iterations == solo.iterations == 8 and not together.stopped
         assert iterations == list(range(1, 9))
-        assert close(solo, together) < 2e-3, close(solo, together)
+        assert close(solo, together) < 5e-3, close(solo, together)
+        assert together.quality == pytest.approx(solo.quality, abs=5e-3)
         assert together.losses["total"] == pytest.approx(solo.losses["total"], rel=1e-2)
         assert together.quality is not None
     assert close(batch[0], batch[1]) > 1e-2  # and they are three different jobs

@@ -24,16 +24,22 @@ def test_content_loss_is_relative_squared_error():
     assert loss(target + 1).item() == pytest.approx(8 / 32)
 
 
-def test_style_loss_is_relative_squared_gram_error():
+def test_style_loss_is_squared_gram_error_relative_to_the_content_images():
     target = gram(features())
-    loss = StyleLoss(target)
+    doubled = features() * 2  # Gram x4, error = 3 * target: ||G(C) - A||^2 = 9 ||A||^2
+    loss = StyleLoss(target, gram(doubled))
     assert loss(features()).item() == 0
-    doubled = features() * 2  # Gram x4, error = 3 * target
-    assert loss(doubled).item() == pytest.approx(9.0)
+    assert loss(doubled).item() == pytest.approx(1.0)  # the content image starts at 1
     # channel b zeroed: gram [[7.5, 0], [0, 0]]; error^2 = 2 * 1.5^2 + 0.5^2 = 4.75; ||A||^2 = 56.25 + 4.5 + 0.25
     zeroed = features().clone()
     zeroed[:, 1] = 0
-    assert loss(zeroed).item() == pytest.approx(4.75 / 61.0)
+    assert loss(zeroed).item() == pytest.approx(4.75 / (9 * 61.0))
+
+
+def test_style_loss_of_a_content_that_already_has_the_style_stays_bounded():
+    target = gram(features())
+    loss = StyleLoss(target, target)  # start distance 0: counted as 0.1 ||A||
+    assert loss(features() * 2).item() == pytest.approx(9.0 / 0.01)
 
 
 def test_tv_loss_is_mean_squared_neighbour_difference():

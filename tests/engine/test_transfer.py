@@ -83,8 +83,8 @@ def test_luminance_mode_keeps_the_content_colours(content, style):
 
 
 def test_histogram_mode_pulls_colours_towards_the_content(content, style):
-    plain = pixels(run(content, [style], style_weight=1000, iterations=10).image)
-    matched = pixels(run(content, [style], style_weight=1000, iterations=10, preserve_color="histogram").image)
+    plain = pixels(run(content, [style], iterations=10).image)
+    matched = pixels(run(content, [style], iterations=10, preserve_color="histogram").image)
     target = pixels(content.resize((48, 36), Image.LANCZOS)).mean(dim=(2, 3))
     assert (matched.mean(dim=(2, 3)) - target).abs().sum() < (plain.mean(dim=(2, 3)) - target).abs().sum()
 
@@ -152,3 +152,41 @@ def test_snapshot_images_are_made_on_demand(content, style):
 def test_no_style_is_refused(content):
     with pytest.raises(ValueError, match="style"):
         stylize(content, [], Params(**TINY), device="cpu")
+
+
+@pytest.mark.parametrize("kw", [{}, {"preserve_color": "luminance"}, {"size": 64, "scales": 2}])
+def test_every_style_layer_starts_at_one_from_the_content_image(content, style, style2, kw):
+    # the default balance: the style weight asks for the same share of the way to any style
+    from worker.engine.transfer import Transfer
+
+    transfer = Transfer(content, [style, style2], Params(**{**TINY, **kw}), device="cpu")
+    for stage in transfer.stages:
+        start, _, style_losses = transfer._targets(stage)
+        features = transfer.net(start, frozenset(transfer.params.style_layers))
+        starts = [loss(features[n]).item() for loss, n in zip(style_losses, transfer.params.style_layers)]
+        assert starts == pytest.approx([1.0] * len(starts), rel=1e-4)
+
+
+def test_the_style_weight_is_divided_by_how_far_the_content_starts_from_the_style(content, style):
+    from worker.engine.images import fit_longest_side
+    from worker.engine.losses import gram
+    from worker.engine.transfer import Transfer
+
+    transfer = Transfer(content, [style], Params(size=64), device="cpu")  # one stage: the coarsest is 64 px
+    layers = transfer.params.style_layers
+    with torch.no_grad():
+        c = transfer.net(to_tensor(fit_longest_side(content, 64)), frozenset(layers))
+        s = transfer.net(to_tensor(fit_longest_side(style, 64)), frozenset(layers))
+    starts = [((gram(c[n]) - gram(s[n])).pow(2).sum() / gram(s[n]).pow(2).sum()).item() for n in layers]
+    mean, mean_inverse = sum(starts) / len(starts), sum(1 / d for d in starts) / len(starts)
+    assert transfer._style_balance(transfer._targets(transfer.stages[0])[2]) == pytest.approx(1 / (mean * mean_inverse), rel=1e-4)
+
+    def pull(t: Transfer) -> float:
+        """The style term's weight in units of ‖A‖², averaged over the layers: balance · mean(1 / d²)."""
+        losses = t._targets(t.stages[0])[2]
+        return t._style_balance(losses) * sum((loss.target.pow(2).sum() / loss.norm).item() for loss in losses) / len(losses)
+
+    assert pull(transfer) == pytest.approx(1 / mean, rel=1e-4)
+    # a "painting" that is the photograph mirrored starts close to it: much more pull than a real one
+    near = Transfer(content, [content.transpose(Image.FLIP_LEFT_RIGHT)], Params(size=64), device="cpu")
+    assert pull(near) > 3 * pull(transfer)

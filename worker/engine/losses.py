@@ -1,5 +1,6 @@
-"""Loss terms as small modules. Each is normalised by its target so that weights mean the
-same thing at every layer, image size and weight source."""
+"""Loss terms as small modules. Each is normalised so that weights mean the same thing at every
+layer, image size, weight source and style: content by the content's energy, style by how far the
+content image starts from the style."""
 from __future__ import annotations
 
 import torch
@@ -38,13 +39,26 @@ class ContentLoss(nn.Module):
         return (features - self.target).pow(2).sum() / self.norm
 
 
-class StyleLoss(nn.Module):
-    """‖G(F) − A‖²_F / ‖A‖²_F: the square of the quality report's per-layer style distance."""
+# The start distance counts as at least this fraction of the target's norm: a style that its
+# content already matches (say, the same image) must not get an unbounded weight.
+MIN_START_DISTANCE = 0.1
 
-    def __init__(self, target_gram: torch.Tensor) -> None:
+
+class StyleLoss(nn.Module):
+    """‖G(F) − A‖²_F / ‖G(C) − A‖²_F: the squared Gram error as a fraction of the content image's own.
+
+    Every layer of every style starts at 1 from the content image, so the style weight asks for the
+    same share of the way to the style whatever the painting and the layer; normalising by ‖A‖²
+    instead let the layers and styles furthest from the photograph (relu5_1 of a painting unlike
+    it) dominate, which bent the content more than the style gained.
+    """
+
+    def __init__(self, target_gram: torch.Tensor, start_gram: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("target", target_gram.detach())
-        self.register_buffer("norm", target_gram.detach().pow(2).sum().clamp_min(1e-8))
+        target, start = target_gram.detach(), start_gram.detach()
+        floor = MIN_START_DISTANCE**2 * target.pow(2).sum()
+        self.register_buffer("target", target)
+        self.register_buffer("norm", torch.maximum((start - target).pow(2).sum(), floor).clamp_min(1e-8))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return (gram(features) - self.target).pow(2).sum() / self.norm

@@ -23,7 +23,7 @@ from . import color
 from .images import fit_longest_side, resize, to_image, to_tensor
 from .losses import ContentLoss, StyleLoss, TVLoss, gram
 from .memory import freed_on_out_of_memory
-from .quality import quality_report
+from .quality import STYLE_LAYERS, YARDSTICK, quality_report
 from .vgg import load_network
 
 CHECKPOINT_VERSION = 1
@@ -133,12 +133,31 @@ class Transfer:
         if p.preserve_color == "luminance":
             content = color.luminance(content)
         with torch.no_grad():
-            content_features = self.net(content, frozenset(p.content_layers))
+            content_features = self.net(content, frozenset(p.content_layers + p.style_layers))
         content_losses = [ContentLoss(content_features[layer]) for layer in p.content_layers]
-        style_losses = [StyleLoss(grams[layer]) for layer in p.style_layers]
+        style_losses = [StyleLoss(grams[layer], gram(content_features[layer])) for layer in p.style_layers]
         return content, content_losses, style_losses
 
-    def _style_grams(self, stage: Stage, content: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _style_balance(self, style_losses: list[StyleLoss]) -> float:
+        """The style weight's factor, from how far the content image starts from the style at the
+        coarsest stage: d_l² = ‖G(C) − A‖² / ‖A‖² per style layer, averaged with the layer weights.
+
+        How much: the pull towards the style, in units of ‖A‖², is 1 / mean(d²), so a painting far
+        from the photograph gets less of it and the photograph stays recognisable. Where: each
+        layer's loss starts at 1 from the content (`StyleLoss` divides by d_l²), which shares that
+        pull out in proportion to 1 / d_l², so the layers furthest from the photograph (relu5_1 of a
+        painting unlike it) cannot dominate. The factor below makes the two hold together. The
+        coarsest stage (`style_losses` are its own) decides the composition and shows the
+        differences most (relu5_1 of The Scream: d² 4.08 from the Golden Gate, 1.45 from Tübingen at
+        128 px; 3.0 and 2.8 at 512 px); its value holds for every stage, so that all of them
+        optimise the same balance, a resumed run too.
+        """
+        starts = [(loss.norm / loss.target.pow(2).sum()).item() for loss in style_losses]
+        mean = sum(w * d for w, d in zip(self.layer_weights, starts))
+        share = sum(w / d for w, d in zip(self.layer_weights, starts))
+        return 1 / (mean * share)
+
+    def _style_grams(self, stage: Stage, content: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Blended Gram targets per style layer, cached per process: a worker that sees the
         same style again (the common case for a service) skips the style passes."""
         p = self.params
@@ -165,6 +184,17 @@ class Transfer:
         if len(_STYLE_CACHE) > STYLE_CACHE_SIZE:
             _STYLE_CACHE.popitem(last=False)
         return grams
+
+    def _report_targets(self, stage: Stage, output: Image.Image) -> dict[str, torch.Tensor] | None:
+        """The last stage's Gram targets when they are the quality report's own (same network, the
+        styles as given, at the output's size), so the report skips the style passes; else None."""
+        p = self.params
+        same = ((p.weights, p.pooling) == YARDSTICK and p.preserve_color == "none" and set(STYLE_LAYERS) <= set(p.style_layers)
+                and max(MIN_SIDE, round(stage.longest * p.style_scale)) == max(output.size))
+        if not same:
+            return None
+        grams = self._style_grams(stage, content=None)  # cached by the stage; colour modes, which need it, are excluded
+        return {n: grams[n] for n in STYLE_LAYERS}
 
     def _initial_image(self, content: torch.Tensor) -> torch.Tensor:
         p = self.params
@@ -201,10 +231,12 @@ class Transfer:
             first_stage, done, opt_state = checkpoint["stage"], checkpoint["iteration"], checkpoint.get("optimizer")
             image = checkpoint["image"].to(self.device)
         done_at_start, stopped, losses = done, False, {}
+        coarsest = self._targets(self.stages[0])
+        style_weight = p.style_weight * self._style_balance(coarsest[2])
         stage_start = sum(s.iterations for s in self.stages[:first_stage])
         for index in range(first_stage, len(self.stages)):
             stage = self.stages[index]
-            content, content_losses, style_losses = self._targets(stage)
+            content, content_losses, style_losses = coarsest if index == 0 else self._targets(stage)
             h, w = content.shape[-2:]
             image = self._initial_image(content) if image is None else resize(image, h, w)
             image = image.detach().contiguous().clone().requires_grad_(True)
@@ -220,7 +252,7 @@ class Transfer:
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=self.bf16):
                     features = self.net(image, layers)
-                terms.update(self._terms(features, image, content_losses, style_losses, tv))
+                terms.update(self._terms(features, image, content_losses, style_losses, tv, style_weight))
                 terms["total"].backward()
                 return terms["total"]
 
@@ -252,14 +284,15 @@ class Transfer:
         return self._result(index, done, image, optimizer, stopped, losses, start)
 
     def _terms(self, features: dict[str, torch.Tensor], image: torch.Tensor, content_losses: list[ContentLoss],
-               style_losses: list[StyleLoss], tv: TVLoss) -> dict[str, torch.Tensor]:
-        """The loss terms and their weighted total for the network's features of `image`."""
+               style_losses: list[StyleLoss], tv: TVLoss, style_weight: float) -> dict[str, torch.Tensor]:
+        """The loss terms and their weighted total for the network's features of `image`, with the
+        run's style weight (`params.style_weight` balanced for its style, `_style_balance`)."""
         p = self.params
         features = {name: f.float() for name, f in features.items()}  # losses in fp32
         terms = {"content": sum(l(features[n]) for l, n in zip(content_losses, p.content_layers)) / len(content_losses),
                  "style": sum(wt * l(features[n]) for wt, l, n in zip(self.layer_weights, style_losses, p.style_layers)),
                  "tv": tv(image)}
-        terms["total"] = p.content_weight * terms["content"] + p.style_weight * terms["style"] + p.tv_weight * terms["tv"]
+        terms["total"] = p.content_weight * terms["content"] + style_weight * terms["style"] + p.tv_weight * terms["tv"]
         return terms
 
     def _result(self, stage: int, done: int, image: torch.Tensor, optimizer: torch.optim.Optimizer, stopped: bool,
@@ -268,7 +301,8 @@ class Transfer:
         if it ran to the end, the quality report."""
         final = self._checkpoint(stage, done, image, optimizer if stopped else None)
         output = self._output(image, self.stages[stage])
-        quality = None if stopped else quality_report(output, self.content, self.styles, self.style_blend, self.device)
+        quality = None if stopped else quality_report(output, self.content, self.styles, self.style_blend, self.device,
+                                                      self._report_targets(self.stages[stage], output))
         return Result(
             image=output, iterations=done, total=self.total, stopped=stopped,
             seconds=time.perf_counter() - start, device=self.device, losses=losses, quality=quality,

