@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import summary, timed  # bench/timing.py (this script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {
@@ -32,21 +30,8 @@ COMMANDS = {
 
 
 def seconds(args: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall, CPU) seconds of one run."""
-    cpu_before = _children_cpu()
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started, _children_cpu() - cpu_before
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3), "max": round(max(values), 3)}
+    """(wall, CPU) seconds of one `atelier` run."""
+    return timed([sys.executable, "-m", "shared.cli", *args], cwd=ROOT, env=env)
 
 
 def main() -> None:
@@ -61,7 +46,7 @@ def main() -> None:
         for name, command in COMMANDS.items():
             seconds(command, env)  # warm-up: file caches, and the database's migration
             runs = [seconds(command, env) for _ in range(args.runs)]
-            wall, cpu = _summary([w for w, _ in runs]), _summary([c for _, c in runs])
+            wall, cpu = summary([w for w, _ in runs], 3), summary([c for _, c in runs], 3)
             figures[name] = {"wall": wall, "cpu": cpu}
             print(f"{name:26} wall {wall['median']:.2f} s ({wall['min']:.2f}-{wall['max']:.2f})   "
                   f"CPU {cpu['median']:.2f} s ({cpu['min']:.2f}-{cpu['max']:.2f})", flush=True)

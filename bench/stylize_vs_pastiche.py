@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from timing import summary, timed  # bench/timing.py (this script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENT = ROOT / "samples" / "tubingen.jpg"
@@ -48,23 +48,6 @@ def first_iteration_child() -> None:
     print(json.dumps({"imports": imported - started, "to_first_iteration": seen[0] - imported}))
 
 
-def timed(command: list[str]) -> tuple[float, float]:
-    """(wall, CPU) seconds of one process."""
-    cpu_before = _children_cpu()
-    started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started, _children_cpu() - cpu_before
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"min": round(min(values), 2), "median": round(statistics.median(values), 2), "max": round(max(values), 2)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs of each measurement (default: %(default)s)")
@@ -81,8 +64,8 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--first-iteration-child"], cwd=ROOT, check=True,
                              capture_output=True, text=True).stdout
         starts.append(json.loads(out.strip().splitlines()[-1]))
-    first = _summary([s["to_first_iteration"] for s in starts])
-    imports = _summary([s["imports"] for s in starts])
+    first = summary([s["to_first_iteration"] for s in starts])
+    imports = summary([s["imports"] for s in starts])
     print(f"imports to first iteration (defaults, 512 px): median {first['median']:.2f} s "
           f"({first['min']:.2f}-{first['max']:.2f}); the imports themselves {imports['median']:.2f} s", flush=True)
 
@@ -93,13 +76,13 @@ def main() -> None:
         theirs = [sys.executable, "-m", "pastiche", "-c", str(CONTENT), "-s", str(STYLE), "-o", f"{directory}/p.png",
                   "--size", str(args.size), "--optimizer", "adam", "--num-steps", str(args.steps), "--device", "cpu",
                   "--seed", "0", "--no-verbose"]
-        timed(ours), timed(theirs)  # warm-up: file caches
+        timed(ours, cwd=ROOT), timed(theirs, cwd=ROOT)  # warm-up: file caches
         runs: dict[str, list[tuple[float, float]]] = {"atelier stylize": [], "pastiche": []}
         for i in range(args.runs):
             order = [("atelier stylize", ours), ("pastiche", theirs)]
             for name, command in order if i % 2 == 0 else order[::-1]:
-                runs[name].append(timed(command))
-    figures = {name: {"wall": _summary([w for w, _ in r]), "cpu": _summary([c for _, c in r])} for name, r in runs.items()}
+                runs[name].append(timed(command, cwd=ROOT))
+    figures = {name: {"wall": summary([w for w, _ in r]), "cpu": summary([c for _, c in r])} for name, r in runs.items()}
     for name, f in figures.items():
         print(f"{name:16} wall {f['wall']['median']:.2f} s ({f['wall']['min']:.2f}-{f['wall']['max']:.2f})   "
               f"CPU {f['cpu']['median']:.2f} s ({f['cpu']['min']:.2f}-{f['cpu']['max']:.2f})", flush=True)
