@@ -3,7 +3,10 @@ and lost for good once the row is no longer ours (deleted, or reclaimed after ou
 
 Every write a run makes is guarded by the lease (`shared.lifecycle`), so a job that was handed to
 another worker is never written by two. The heartbeat keeps the lease alive through long gaps
-between engine callbacks (network loading, stage set-up, the final quality report).
+between engine callbacks (network loading, stage set-up, the final quality report): one thread per
+process for every lease it holds (a batch holds several), started by the process's first job. No
+thread is started per job, because CPython's `Thread.start` never returns when the new thread dies
+before it runs, as it can in a process short of memory (just after a batch ran out of it).
 """
 from __future__ import annotations
 
@@ -11,11 +14,10 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
-
-from sqlalchemy.exc import SQLAlchemyError
 
 from shared import lifecycle
 from shared.db import with_retries
@@ -32,7 +34,8 @@ class Lease:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.cancel_requested = False
         self.lost = False          # no longer ours: write nothing more
-        self._lock = threading.Lock()  # the engine callback and the heartbeat both renew
+        self.beating = False       # renewed by the heartbeat (while its run is under way)
+        self._lock = threading.RLock()  # the engine callback and the heartbeat both renew
 
     def retrying(self, operation: Callable[[], T], what: str) -> T:
         """`operation` (which opens its own session), retried while the database is unavailable."""
@@ -81,20 +84,56 @@ class Lease:
 
     @contextmanager
     def kept_alive(self) -> Iterator[None]:
-        """Renew every lease/3 seconds in a thread while the body runs."""
-        stopped = threading.Event()
-
-        def beat() -> None:
-            while not stopped.wait(self.settings.lease_seconds / 3):
-                try:
-                    self.renew()
-                except SQLAlchemyError as exc:  # out of retries: the job's own next write fails the same way
-                    log.error("job %s: heartbeat could not renew the lease: %s", self.job_id, exc)
-
-        thread = threading.Thread(target=beat, name=f"heartbeat-{self.job_id}", daemon=True)
-        thread.start()
+        """Renewed by the process's heartbeat while the body runs, and not after it."""
+        with self._lock:
+            self.beating = True
+        _heartbeat.hold(self)
         try:
             yield
         finally:
-            stopped.set()
-            thread.join()
+            _heartbeat.drop(self)
+            with self._lock:  # waits for a renewal under way
+                self.beating = False
+
+    def heartbeat(self) -> None:
+        """The heartbeat's renewal: none once the run has ended."""
+        with self._lock:
+            if self.beating:
+                self.renew()
+
+
+class Heartbeat:
+    """The one thread of a process that renews each lease held there every lease/3 seconds."""
+
+    def __init__(self) -> None:
+        self._leases: set[Lease] = set()
+        self._period = 1.0
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def hold(self, lease: Lease) -> None:
+        """Renew `lease` from now on; start the thread unless it runs (a forked child starts its own)."""
+        with self._lock:
+            self._leases.add(lease)
+            self._period = lease.settings.lease_seconds / 3
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+                self._thread.start()
+
+    def drop(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases.discard(lease)
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(self._period)
+            with self._lock:
+                leases = list(self._leases)
+            for lease in leases:
+                try:
+                    lease.heartbeat()
+                except Exception as exc:  # out of retries (the job's own next write fails the same way), or memory
+                    log.error("job %s: heartbeat could not renew the lease: %s", lease.job_id, exc)
+
+
+_heartbeat = Heartbeat()

@@ -1,6 +1,8 @@
 """The claim, the sweep and checkpoints: a job runs once, survives a lost message or a dead worker."""
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import replace
 from datetime import timedelta
 
@@ -14,6 +16,7 @@ from shared.models import Base, Job, utcnow
 from shared.services import Services
 from tests.service import faults
 from tests.service.helpers import TERMINAL, submit, wait_checkpointed, wait_resent, wait_status
+from worker.lease import Lease
 from worker.sweep import sweep
 
 
@@ -45,6 +48,31 @@ def test_the_claim_is_a_compare_and_set(client, auth, images, settings):
         job = session.get(Job, job_id)
         assert (job.status, job.attempts, job.lease_owner) == ("running", 2, "worker-b")
     db.dispose()
+
+
+def test_one_heartbeat_thread_renews_every_lease_held_and_none_after_its_run(client, auth, images, settings):
+    """A process's leases (a batch holds several) are renewed by one thread, started with the first,
+    through gaps longer than the lease; a run that ended is renewed no more."""
+    services = Services(replace(settings, lease_seconds=1.5))
+    ids = [queued_job(client, auth, images) for _ in range(2)]
+    leases = [Lease(services, job_id) for job_id in ids]
+    assert all(lease.claim() for lease in leases)
+
+    def expires(job_id: str):
+        with services.db.session() as session:
+            return session.get(Job, job_id).lease_expires_at
+
+    with leases[0].kept_alive():
+        with leases[1].kept_alive():
+            time.sleep(4)  # no callback renews them: more than two leases' time
+            assert all(expires(job_id) > utcnow() for job_id in ids)
+            assert [t.name for t in threading.enumerate()].count("heartbeat") == 1
+        ended = expires(ids[1])
+        time.sleep(1.5)
+        assert expires(ids[0]) > utcnow()  # still running: still renewed
+    assert expires(ids[1]) == ended < utcnow()  # its run ended: left to expire
+    assert all(lease.finish(lifecycle.JobStatus.CANCELED) for lease in leases)  # not for a later test's sweep
+    services.db.dispose()
 
 
 def test_cancel_while_running_is_seen_by_the_lease_holder(client, auth, images, settings):
