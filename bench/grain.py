@@ -1,6 +1,6 @@
 """Grain in flat regions against the total-variation weight, at the defaults otherwise.
 
-    .venv/bin/python bench/grain.py --pair golden_gate:the_scream --tv 0,2,6
+    .venv/bin/python bench/grain.py --pair golden_gate:the_scream --tv 0,10,20
 
 Grain is the mean absolute difference between horizontal neighbours (grey levels, 0-255) of the
 result, over the flattest 30% of the content (smallest gradient after a 2 px blur): speckle that
@@ -38,7 +38,7 @@ def grain(result: Image.Image, content: Image.Image) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pair", default="golden_gate:the_scream", help="CONTENT:STYLE from samples/")
-    parser.add_argument("--tv", default="0,2,6", help="comma-separated tv_weight values")
+    parser.add_argument("--tv", default="0,10,20", help="comma-separated tv_weight values")
     parser.add_argument("--size", type=int, default=512)
     args = parser.parse_args()
     content_name, style_name = args.pair.split(":")

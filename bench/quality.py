@@ -6,7 +6,8 @@
 Each pair runs as its own process, `atelier stylize CONTENT STYLE -o OUT --json` with no other flag
 than --size (the defaults, as a user gets them), timed whole: imports, network, targets, the
 optimisation and the quality report. Prints each pair's style_distance and content_distance (lower
-is better) next to the reference, whether both are at least as good, and the seconds; then the load
+is better) next to the reference, whether both are at least as good, its grain (bench/grain.py) next
+to the reference's, and the seconds; then the load
 average before and after (the seconds mean little on a busy machine; the scores are deterministic).
 Writes a contact sheet, one row per pair (content, style, result), to --sheet (docs/quality.jpg) and,
 last, one JSON line with every figure. The references are for 512 px: at other sizes "match" is only
@@ -24,15 +25,18 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from grain import grain  # bench/grain.py
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
-# jcjohnson/neural-style's published results (1000 L-BFGS iterations at 512 px) scored by the
-# quality report: (style_distance, content_distance)
+# jcjohnson/neural-style's published results (1000 L-BFGS iterations at 512 px, its
+# examples/outputs/*.png) scored by the quality report, and their grain by bench/grain.py's measure:
+# (style_distance, content_distance, grain)
 REFERENCES = {
-    ("tubingen", "starry_night"): (0.2708, 0.4001),
-    ("tubingen", "the_scream"): (0.1806, 0.4022),
-    ("tubingen", "shipwreck"): (0.2163, 0.3034),
-    ("golden_gate", "the_scream"): (0.2485, 0.2356),
+    ("tubingen", "starry_night"): (0.2708, 0.4001, 11.59),
+    ("tubingen", "the_scream"): (0.1806, 0.4022, 1.95),
+    ("tubingen", "shipwreck"): (0.2163, 0.3034, 1.96),
+    ("golden_gate", "the_scream"): (0.2485, 0.2356, 3.47),
 }
 ROW_HEIGHT = 256
 CAPTION = 22
@@ -57,12 +61,14 @@ def run_pair(content: str, style: str, size: int, out: Path) -> dict:
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
     seconds = time.perf_counter() - start
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    ref_style, ref_content = REFERENCES[(content, style)]
+    ref_style, ref_content, ref_grain = REFERENCES[(content, style)]
     quality = summary["quality"]
+    measured = round(grain(Image.open(out).convert("RGB"), Image.open(SAMPLES / f"{content}.jpg").convert("RGB")), 2)
     return {"content": content, "style": style, "seconds": round(seconds, 1), "engine_seconds": summary["seconds"],
-            "iterations": summary["iterations"], **quality, "reference_style": ref_style,
-            "reference_content": ref_content,
-            "match": quality["style_distance"] <= ref_style and quality["content_distance"] <= ref_content}
+            "iterations": summary["iterations"], **quality, "grain": measured, "reference_style": ref_style,
+            "reference_content": ref_content, "reference_grain": ref_grain,
+            "match": quality["style_distance"] <= ref_style and quality["content_distance"] <= ref_content,
+            "grain_match": measured <= ref_grain}
 
 
 def contact_sheet(rows: list[dict], results: list[Path], path: Path) -> None:
@@ -84,7 +90,8 @@ def contact_sheet(rows: list[dict], results: list[Path], path: Path) -> None:
             x += image.width + 8
         caption = (f"{row['content']} x {row['style']}: style {row['style_distance']:.4f} "
                    f"(ref {row['reference_style']:.4f}), content {row['content_distance']:.4f} "
-                   f"(ref {row['reference_content']:.4f}) {'match' if row['match'] else 'NO MATCH'}")
+                   f"(ref {row['reference_content']:.4f}) {'match' if row['match'] else 'NO MATCH'}, "
+                   f"grain {row['grain']:.2f} (ref {row['reference_grain']:.2f})")
         draw.text((8, y + ROW_HEIGHT + 4), caption, fill="black")
         y += ROW_HEIGHT + CAPTION + 8
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,15 +116,17 @@ def main() -> None:
             results.append(out)
             print(f"{content} x {style}: style_distance {row['style_distance']:.4f} (ref {row['reference_style']:.4f}), "
                   f"content_distance {row['content_distance']:.4f} (ref {row['reference_content']:.4f}), "
-                  f"match {'yes' if row['match'] else 'no'}, {row['seconds']:.1f} s whole process "
+                  f"match {'yes' if row['match'] else 'no'}, grain {row['grain']:.2f} (ref {row['reference_grain']:.2f}), "
+                  f"{row['seconds']:.1f} s whole process "
                   f"({row['engine_seconds']:.1f} s in the engine, {row['iterations']} iterations)", flush=True)
         contact_sheet(rows, results, args.sheet)
     load_after = Path("/proc/loadavg").read_text().split()[:3]
-    matched = sum(r["match"] for r in rows)
-    print(f"{matched}/{len(rows)} pairs match at {args.size} px; contact sheet {args.sheet}")
+    matched, smooth = sum(r["match"] for r in rows), sum(r["grain_match"] for r in rows)
+    print(f"{matched}/{len(rows)} pairs match at {args.size} px, {smooth}/{len(rows)} with no more grain than "
+          f"the reference; contact sheet {args.sheet}")
     print(f"load average before {' '.join(load_before)}, after {' '.join(load_after)}")
-    print(json.dumps({"size": args.size, "pairs": rows, "matched": matched, "load_before": load_before,
-                      "load_after": load_after}))
+    print(json.dumps({"size": args.size, "pairs": rows, "matched": matched, "grain_matched": smooth,
+                      "load_before": load_before, "load_after": load_after}))
 
 
 if __name__ == "__main__":

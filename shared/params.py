@@ -32,7 +32,7 @@ COARSEST = 128     # auto schedules start here (or at the output size, if smalle
 MAX_SCALES = 6
 COARSE_ITERATIONS = 150  # default schedule, see `plan`
 STAGE_RATIO = 3.5
-FINE_ITERATIONS = 10
+FINE_ITERATIONS = 20
 
 
 class ParamError(ValueError):
@@ -73,7 +73,8 @@ class Params:
     style_weight: float = param(8.4, "weight of the style loss, each layer's loss counted from 1 at the content "
                                      "image and divided by how far the content starts from the style",
                                 low=0, high=1e9)
-    tv_weight: float = param(0.0, "weight of total-variation smoothing", low=0, high=1e9)
+    tv_weight: float = param(10.0, "weight of total variation (the mean gradient magnitude per output pixel), "
+                                   "which clears speckle from flat regions", low=0, high=1e9)
     style_scale: float = param(1.0, "size of the style features relative to the output", low=0.1, high=4.0)
     init: str = param("content", "starting image: the content, noise, or (command line only) an image file",
                       choices=INITS, service_choices=("content", "noise"))

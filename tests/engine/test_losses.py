@@ -42,11 +42,14 @@ def test_style_loss_of_a_content_that_already_has_the_style_stays_bounded():
     assert loss(features() * 2).item() == pytest.approx(9.0 / 0.01)
 
 
-def test_tv_loss_is_mean_squared_neighbour_difference():
-    image = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
-    # horizontal diffs: 1, 1 (mean 1); vertical diffs: 0, 0
-    assert TVLoss()(image).item() == pytest.approx(1.0)
+def test_tv_loss_is_the_mean_gradient_magnitude_linear_in_contrast():
+    # one forward difference per 2x2 image: (dx, dy) = (1, 0), then (1, 1)
+    assert TVLoss()(torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])).item() == pytest.approx(1.0, abs=2e-3)
+    assert TVLoss()(torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]])).item() == pytest.approx(2**0.5, abs=2e-3)
     assert TVLoss()(torch.full((1, 3, 5, 5), 0.3)).item() == 0
+    # absolute, not squared: speckle a tenth as high costs a tenth as much, not a hundredth
+    speckle = torch.rand((1, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    assert TVLoss()(speckle * 0.1).item() == pytest.approx(0.1 * TVLoss()(speckle).item(), rel=0.02)
 
 
 def test_gram_gradient_matches_autograd_of_the_plain_formula():
@@ -59,3 +62,11 @@ def test_gram_gradient_matches_autograd_of_the_plain_formula():
     flat = features.reshape(2, 3, 20)
     ((flat @ flat.transpose(1, 2) / 20) * weights).sum().backward()
     assert torch.allclose(ours, features.grad)
+
+
+def test_tv_loss_is_measured_per_output_pixel_at_every_stage():
+    """The same smooth ramp at half the size, with the stage's scale 0.5, costs what it costs at full size."""
+    full = torch.linspace(0, 1, 64).repeat(1, 3, 64, 1)
+    half = torch.linspace(0, 1, 32).repeat(1, 3, 32, 1)
+    assert TVLoss(0.5)(half).item() == pytest.approx(TVLoss()(full).item(), rel=0.05)
+    assert TVLoss()(half).item() == pytest.approx(2 * TVLoss()(full).item(), rel=0.05)

@@ -100,6 +100,48 @@ def test_coarse_to_fine_runs_each_scale_in_turn(content, style):
     assert result.image.size == (64, 48) and result.iterations == 9
 
 
+def test_a_finer_stage_starts_from_the_curvature_the_coarser_one_ended_with():
+    """warm_start: L-BFGS on a/2 ‖x‖² learns H₀ = 1/a. A finer stage whose loss is a mean over 4x
+    the pixels (a/4 per pixel) starts from 4/a and so reaches its minimum in its first step, where
+    torch's own first step, 1/‖g‖₁ long, barely moves."""
+    from worker.engine.transfer import warm_start
+
+    def lbfgs(x: torch.Tensor) -> torch.optim.LBFGS:
+        return torch.optim.LBFGS([x], lr=1, max_iter=1, tolerance_grad=-1, tolerance_change=-1)
+
+    def step(optimizer: torch.optim.LBFGS, x: torch.Tensor, curvature: float) -> None:
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = curvature / 2 * x.pow(2).sum()
+            loss.backward()
+            return loss
+        optimizer.step(closure)
+
+    a = 3.0
+    coarse = torch.ones(4, requires_grad=True)
+    previous = lbfgs(coarse)
+    for _ in range(2):
+        step(previous, coarse, a)
+    after_first_step = {}
+    for seeded in (True, False):
+        fine = torch.ones(16, requires_grad=True)
+        optimizer = lbfgs(fine)
+        if seeded:
+            warm_start(optimizer, fine, previous)
+        step(optimizer, fine, a / 4)
+        after_first_step[seeded] = fine.detach().abs().max().item()
+    assert after_first_step[True] < 1e-6 and after_first_step[False] > 0.9
+
+
+def test_the_default_total_variation_leaves_a_smoother_image(content, style):
+    from worker.engine.losses import TVLoss
+
+    assert Params().tv_weight > 0
+    smooth = run(content, [style], iterations=10).image
+    rough = run(content, [style], iterations=10, tv_weight=0).image
+    assert TVLoss()(pixels(smooth)).item() < 0.9 * TVLoss()(pixels(rough)).item()
+
+
 def test_adam_and_average_pooling_run(content, style):
     seen: list[float] = []
     run(content, [style], optimizer="adam", pooling="avg", iterations=8,

@@ -75,9 +75,9 @@ def _run(jobs: list[_Job]) -> list[Result | Exception]:
             h, w = content.shape[-2:]
             image = job.transfer._initial_image(content) if job.image is None else resize(job.image, h, w)
             job.image = image.detach().contiguous().clone().requires_grad_(True)
-            job.optimizer = job.transfer._optimizer(job.image)
+            job.optimizer = job.transfer._optimizer(job.image, job.optimizer)
             targets[id(job)] = (content_losses, style_losses)
-        tv = TVLoss()
+        tv = TVLoss(stage.longest / lead.stages[-1].longest)
         for _ in range(stage.iterations):
             if not active:
                 break

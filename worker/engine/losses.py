@@ -64,10 +64,26 @@ class StyleLoss(nn.Module):
         return (gram(features) - self.target).pow(2).sum() / self.norm
 
 
+# Charbonnier smoothing of the gradient magnitude, so that total variation is differentiable where
+# the image is flat (images in [0, 1]).
+TV_EPSILON = 1e-3
+
+
 class TVLoss(nn.Module):
-    """Mean squared difference between neighbouring pixels (images in [0, 1])."""
+    """Total variation: the mean magnitude of the image's gradient (forward differences, per channel).
+
+    The absolute (Rudin-Osher-Fatemi) form, not the squared one: it clears low-amplitude speckle
+    from flat regions and leaves edges, where a squared penalty, proportional to the square of
+    a difference, barely sees speckle a few grey levels high and blurs edges first
+    (BENCHMARKS.md, grain). Measured per pixel of the output: at a coarser stage, `scale` (its
+    size over the output's) times the magnitude per pixel of its own, so that the weight asks for
+    the same smoothness of the same image at every stage."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        dx = image[..., :, 1:] - image[..., :, :-1]
-        dy = image[..., 1:, :] - image[..., :-1, :]
-        return dx.pow(2).mean() + dy.pow(2).mean()
+        dx = image[..., :-1, 1:] - image[..., :-1, :-1]
+        dy = image[..., 1:, :-1] - image[..., :-1, :-1]
+        return self.scale * ((dx.pow(2) + dy.pow(2) + TV_EPSILON**2).sqrt() - TV_EPSILON).mean()
