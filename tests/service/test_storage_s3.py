@@ -158,7 +158,9 @@ def test_a_job_resumes_from_its_checkpoint_in_the_bucket_when_its_worker_dies(re
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2 and 0 < done["progress"]["resumed_from"] <= stopped_at + 10
     assert f"job {job_id}: resuming from iteration" in second.output()
-    assert s3_server.keys(f"{s3_prefix}/jobs/{job_id}/checkpoint.pt") == []
+    # deleted once the outcome is recorded (never before), so a moment after the status says so
+    wait_for(lambda: s3_server.keys(f"{s3_prefix}/jobs/{job_id}/checkpoint.pt") == [], timeout=30,
+             what="the checkpoint to be deleted from the bucket")
     second.stop()
 
 
