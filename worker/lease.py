@@ -34,7 +34,6 @@ class Lease:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.cancel_requested = False
         self.lost = False          # no longer ours: write nothing more
-        self.beating = False       # renewed by the heartbeat (while its run is under way)
         self._lock = threading.RLock()  # the engine callback and the heartbeat both renew
 
     def retrying(self, operation: Callable[[], T], what: str) -> T:
@@ -85,21 +84,11 @@ class Lease:
     @contextmanager
     def kept_alive(self) -> Iterator[None]:
         """Renewed by the process's heartbeat while the body runs, and not after it."""
-        with self._lock:
-            self.beating = True
         _heartbeat.hold(self)
         try:
             yield
         finally:
             _heartbeat.drop(self)
-            with self._lock:  # waits for a renewal under way
-                self.beating = False
-
-    def heartbeat(self) -> None:
-        """The heartbeat's renewal: none once the run has ended."""
-        with self._lock:
-            if self.beating:
-                self.renew()
 
 
 class Heartbeat:
@@ -121,7 +110,8 @@ class Heartbeat:
                 self._thread.start()
 
     def drop(self, lease: Lease) -> None:
-        with self._lock:
+        """Renew `lease` no more; a renewal under way ends first (it holds the lease's lock)."""
+        with lease._lock, self._lock:
             self._leases.discard(lease)
 
     def _beat(self) -> None:
@@ -131,9 +121,15 @@ class Heartbeat:
                 leases = list(self._leases)
             for lease in leases:
                 try:
-                    lease.heartbeat()
+                    with lease._lock:
+                        if self._holds(lease):  # not dropped since the list was taken
+                            lease.renew()
                 except Exception as exc:  # out of retries (the job's own next write fails the same way), or memory
                     log.error("job %s: heartbeat could not renew the lease: %s", lease.job_id, exc)
+
+    def _holds(self, lease: Lease) -> bool:
+        with self._lock:
+            return lease in self._leases
 
 
 _heartbeat = Heartbeat()

@@ -21,7 +21,6 @@ from PIL import Image
 from shared.params import Params, batch_key
 
 from .images import resize
-from .losses import TVLoss
 from .memory import freed_on_out_of_memory
 from .transfer import Callback, Iterate, Result, Transfer, read_losses
 
@@ -77,7 +76,7 @@ def _run(jobs: list[_Job]) -> list[Result | Exception]:
             job.image = image.detach().contiguous().clone().requires_grad_(True)
             job.optimizer = job.transfer._optimizer(job.image, job.optimizer)
             targets[id(job)] = (content_losses, style_losses)
-        tv = TVLoss(stage.longest / lead.stages[-1].longest)
+        tv = lead._tv(stage)
         for _ in range(stage.iterations):
             if not active:
                 break

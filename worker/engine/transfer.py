@@ -216,6 +216,10 @@ class Transfer:
             warm_start(optimizer, image, previous)
         return optimizer
 
+    def _tv(self, stage: Stage) -> TVLoss:
+        """Total variation at `stage`, measured per pixel of the output."""
+        return TVLoss(stage.longest / self.stages[-1].longest)
+
     def _output(self, image: torch.Tensor, stage: Stage) -> Image.Image:
         if self.params.preserve_color == "luminance":
             h, w = image.shape[-2:]
@@ -249,7 +253,7 @@ class Transfer:
             if opt_state is not None:
                 optimizer.load_state_dict(opt_state)
                 opt_state = None
-            tv = TVLoss(stage.longest / self.stages[-1].longest)
+            tv = self._tv(stage)
             layers = frozenset(p.content_layers + p.style_layers)
             terms: dict[str, torch.Tensor] = {}
 
