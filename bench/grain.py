@@ -20,10 +20,6 @@ from PIL import Image, ImageFilter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.images import open_image  # noqa: E402
-from shared.params import Params  # noqa: E402
-from worker.engine import stylize  # noqa: E402
-
 
 def grain(result: Image.Image, content: Image.Image) -> float:
     flat_source = np.asarray(content.resize(result.size, Image.LANCZOS).convert("L")
@@ -41,6 +37,10 @@ def main() -> None:
     parser.add_argument("--tv", default="0,10,20", help="comma-separated tv_weight values")
     parser.add_argument("--size", type=int, default=512)
     args = parser.parse_args()
+    from shared.images import open_image  # the engine only here: bench/quality.py imports `grain` alone
+    from shared.params import Params
+    from worker.engine import stylize
+
     content_name, style_name = args.pair.split(":")
     content = open_image((ROOT / "samples" / f"{content_name}.jpg").read_bytes())
     style = open_image((ROOT / "samples" / f"{style_name}.jpg").read_bytes())
