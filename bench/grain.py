@@ -5,6 +5,11 @@
 Grain is the mean absolute difference between horizontal neighbours (grey levels, 0-255) of the
 result, over the flattest 30% of the content (smallest gradient after a 2 px blur): speckle that
 flat sky or water should not have. Prints one JSON line per weight with the quality report's scores.
+
+    .venv/bin/python bench/grain.py --pair golden_gate:the_scream --image golden_gate_scream.png
+
+measures an image made elsewhere against the pair's content instead (the references' grain in
+bench/quality.py: jcjohnson/neural-style's examples/outputs/*.png).
 """
 from __future__ import annotations
 
@@ -36,12 +41,18 @@ def main() -> None:
     parser.add_argument("--pair", default="golden_gate:the_scream", help="CONTENT:STYLE from samples/")
     parser.add_argument("--tv", default="0,10,20", help="comma-separated tv_weight values")
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--image", type=Path, help="only measure this image's grain (no run)")
     args = parser.parse_args()
+    content_name, style_name = args.pair.split(":")
+    if args.image:
+        content = Image.open(ROOT / "samples" / f"{content_name}.jpg").convert("RGB")
+        print(json.dumps({"pair": args.pair, "image": str(args.image),
+                          "grain": round(grain(Image.open(args.image).convert("RGB"), content), 2)}))
+        return
     from shared.images import open_image  # the engine only here: bench/quality.py imports `grain` alone
     from shared.params import Params
     from worker.engine import stylize
 
-    content_name, style_name = args.pair.split(":")
     content = open_image((ROOT / "samples" / f"{content_name}.jpg").read_bytes())
     style = open_image((ROOT / "samples" / f"{style_name}.jpg").read_bytes())
     for tv in (float(v) for v in args.tv.split(",")):
