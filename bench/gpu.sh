@@ -2,7 +2,8 @@
 # The GPU session's one script (issue 16), in two steps:
 #
 #   bench/gpu.sh prepare   # here (PyPI reachable): the wheels the GPU machine lacks, into .whl/ (git-ignored)
-#   bench/gpu.sh run       # on the GPU machine, with .whl carried: the CUDA tests, bench/gpu.py and the
+#   bench/gpu.sh run       # on the GPU machine, with .whl carried: the CUDA tests, bench/gpu.py, the
+#                          # optimiser step and profiles (bench/optimizer_step.py, bench/iteration_profile.py) and the
 #                          # CUDA calibration of the capacity model; results under $OUT (or ./gpu-out)
 #
 # The GPU machine has Python 3.12 with torch, torchvision, pillow, tqdm, numpy and pytest, and no
@@ -41,6 +42,12 @@ run() {
         tests/service/test_cuda_worker.py 2>&1 | tee "$out/cuda-tests.txt"
     timeout 150 python3 bench/gpu.py --device cuda --sizes ${GPU_SIZES:-256 512 1024} --jobs "${GPU_JOBS:-20}" \
         --out "$out/gpu.json" 2>&1 | tee "$out/gpu-bench.txt"
+    # one L-BFGS step: torch's per job against ours batched (kernels, host reads, ms)
+    timeout 30 python3 bench/optimizer_step.py --device cuda --size 512 --jobs 1 8 2>&1 | tee "$out/optimizer-step.txt"
+    # where an iteration's time goes, at 512 and 1024 px (tables and Chrome traces)
+    for size in 512 1024; do
+        timeout 45 python3 bench/iteration_profile.py --device cuda --size "$size" --out "$out" 2>&1 | tail -n 40
+    done
     if [ "${GPU_CALIBRATE:-1}" = 1 ]; then
         timeout 90 python3 bench/calibrate.py --device cuda --sizes 256 512 1024 --write 2>&1 | tee "$out/calibrate.txt"
         cp shared/capacity_calibration.json "$out/"

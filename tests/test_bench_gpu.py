@@ -27,3 +27,24 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     (jobs,) = report["worker"]
     assert jobs["jobs"] == 2 and jobs["jobs_per_minute"] > 0 and jobs["one_job_end_to_end_seconds"] > 0
     assert jobs["prediction"]["device"] == "cpu"
+
+
+def _bench(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run([sys.executable, *args], cwd=cwd, check=True, timeout=300, capture_output=True, text=True,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}).stdout
+
+
+def test_the_optimizer_step_benchmark_counts_torchs_host_reads_and_none_of_ours():
+    rows = json.loads(_bench("bench/optimizer_step.py", "--device", "cpu", "--size", "32", "--jobs", "1", "3"))
+    one, three = rows
+    assert one["torch_per_job"]["host_reads"] > 0 and three["torch_per_job"]["host_reads"] == 3 * one["torch_per_job"]["host_reads"]
+    assert one["ours_batched"]["host_reads"] == three["ours_batched"]["host_reads"] == 0
+    assert one["ours_batched"]["ops"] == three["ours_batched"]["ops"] < three["torch_per_job"]["ops"]
+
+
+def test_the_profile_runs_and_writes_its_table_and_trace(tmp_path):
+    out = _bench("bench/iteration_profile.py", "--device", "cpu", "--size", "32", "--iterations", "2", "--out", str(tmp_path))
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["device"] == "cpu" and summary["wall_ms_per_iteration"] > 0
+    assert "convolution" in (tmp_path / "profile-32px-auto.txt").read_text()
+    assert json.loads((tmp_path / "profile-32px-auto.json").read_text())["traceEvents"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -75,10 +77,14 @@ def _stylize(args: argparse.Namespace) -> int:
     init_image = None if init_path is None else open_image(init_path)
 
     bar = tqdm(desc="stylize", unit="it", file=sys.stderr, dynamic_ncols=True)
+    shown = [-math.inf]  # when the loss was last read for the bar: at most once a second (it waits for the device)
 
     def callback(it: Iterate) -> None:
         bar.total = it.total
-        bar.set_postfix_str(f"scale {it.scale + 1}/{it.scales} {it.width}x{it.height} loss {it.losses['total']:.4g}")
+        if time.monotonic() - shown[0] >= 1 or it.iteration == it.total:
+            bar.set_postfix_str(f"scale {it.scale + 1}/{it.scales} {it.width}x{it.height} loss {it.losses['total']:.4g}",
+                                refresh=False)
+            shown[0] = time.monotonic()
         bar.update(it.iteration - bar.n)
         if snapshots is not None and it.iteration % args.snapshot_every == 0:
             it.image().save(snapshots / f"{output.stem}_{it.iteration:06d}{output.suffix}")

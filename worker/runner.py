@@ -5,7 +5,8 @@ A `JobRun` lives for one delivery of one job, or for one job claimed as a compan
 delivery to run with it as one batch (`_companions`). Its pieces each read alone: the `Lease` guards
 every write, `JobFiles` moves the bytes, `progress_of` shapes what viewers see, and
 `worker.shutdown` says when to hand the job back. The engine callback runs after every
-iteration; it writes progress (and learns of cancellation) at most every `progress_seconds`.
+iteration; it writes progress (and learns of cancellation) at most every `progress_seconds`, and
+only then reads the losses back from the device.
 """
 from __future__ import annotations
 
@@ -231,8 +232,8 @@ class JobRun:
     def _on_iterate(self, it: Iterate) -> bool:
         if self.lease.lost or self.lease.cancel_requested:
             return True
-        self.progress = progress_of(it, self.resumed_from)
         if shutdown.STOP.is_set():  # SIGTERM: stop after this iteration, checkpoint, hand the job back
+            self.progress = progress_of(it, self.resumed_from)
             self.handing_back = True
             return True
         every = self.params["snapshot_every"]
@@ -243,6 +244,7 @@ class JobRun:
             self._checkpoint(it.checkpoint())
             self._last_checkpoint = now
         if now - self._last_progress >= self.settings.progress_seconds or it.iteration == it.total:
+            self.progress = progress_of(it, self.resumed_from)  # reads the losses: waits for the device
             self.lease.renew(self.progress)
             self.meter.progressed(it.iteration, it.iterations_per_second, self.resumed_from)
             events.publish(self.services.redis, self.job_id, "progress", self.progress)

@@ -1,4 +1,4 @@
-"""Jobs of one shape run as one batch (worker.engine.batch): each ends as it would alone, within
+"""Jobs of one shape run as one batch (worker.engine.loop): each ends as it would alone, within
 float tolerance; one that stops leaves the others running; shapes must match."""
 from __future__ import annotations
 

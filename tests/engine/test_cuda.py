@@ -1,8 +1,10 @@
 """The engine's CUDA paths, run only where a CUDA GPU is (skipped cleanly elsewhere; `bench/gpu.sh`
-runs them on one): the bf16 fast path against fp32, seeded determinism, checkpoint resume and the
-peak memory report, on Tübingen x The Starry Night at 256 px."""
+runs them on one): the bf16 fast path against fp32, seeded determinism, checkpoint resume, the
+peak memory report and an iteration that never waits for the device, on Tübingen x The Starry
+Night at 256 px."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,23 @@ def test_peak_memory_is_the_allocators_peak(pair):
     total_mb = torch.cuda.get_device_properties(0).total_memory / 2**20
     assert 100 < result.peak_memory_mb < total_mb
     assert result.peak_memory_mb == torch.cuda.max_memory_allocated() / 2**20
+
+
+def test_an_iteration_never_waits_for_the_device(pair):
+    """CUDA's own count of synchronising calls (`torch.cuda.set_sync_debug_mode`) is the same for
+    10 iterations as for 40 when nothing asks for the losses: setup, the stage's end and the
+    report wait for the device, no iteration does."""
+    content, style = pair
+    stylize(content, [style], Params(size=256, scales=1, iterations=2), device="cuda")  # weights, style cache
+    counts = []
+    for iterations in (10, 40):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                stylize(content, [style], Params(size=256, scales=1, iterations=iterations), device="cuda",
+                        callback=lambda it: None)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts[0] == counts[1] > 0, counts

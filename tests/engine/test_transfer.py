@@ -2,6 +2,7 @@
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from shared.params import ParamError, Params, plan
 from worker.engine import Iterate, stylize
@@ -98,39 +99,6 @@ def test_coarse_to_fine_runs_each_scale_in_turn(content, style):
     assert by_scale == {0: {(16, 16)}, 1: {(32, 24)}, 2: {(64, 48)}}
     assert [it.scale for it in seen] == sorted(it.scale for it in seen)
     assert result.image.size == (64, 48) and result.iterations == 9
-
-
-def test_a_finer_stage_starts_from_the_curvature_the_coarser_one_ended_with():
-    """warm_start: L-BFGS on a/2 ‖x‖² learns H₀ = 1/a. A finer stage whose loss is a mean over 4x
-    the pixels (a/4 per pixel) starts from 4/a and so reaches its minimum in its first step, where
-    torch's own first step, 1/‖g‖₁ long, barely moves."""
-    from worker.engine.transfer import warm_start
-
-    def lbfgs(x: torch.Tensor) -> torch.optim.LBFGS:
-        return torch.optim.LBFGS([x], lr=1, max_iter=1, tolerance_grad=-1, tolerance_change=-1)
-
-    def step(optimizer: torch.optim.LBFGS, x: torch.Tensor, curvature: float) -> None:
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad()
-            loss = curvature / 2 * x.pow(2).sum()
-            loss.backward()
-            return loss
-        optimizer.step(closure)
-
-    a = 3.0
-    coarse = torch.ones(4, requires_grad=True)
-    previous = lbfgs(coarse)
-    for _ in range(2):
-        step(previous, coarse, a)
-    after_first_step = {}
-    for seeded in (True, False):
-        fine = torch.ones(16, requires_grad=True)
-        optimizer = lbfgs(fine)
-        if seeded:
-            warm_start(optimizer, fine, previous)
-        step(optimizer, fine, a / 4)
-        after_first_step[seeded] = fine.detach().abs().max().item()
-    assert after_first_step[True] < 1e-6 and after_first_step[False] > 0.9
 
 
 def test_the_default_total_variation_leaves_a_smoother_image(content, style):
@@ -232,3 +200,69 @@ def test_the_style_weight_is_divided_by_how_far_the_content_starts_from_the_styl
     # a "painting" that is the photograph mirrored starts close to it: much more pull than a real one
     near = Transfer(content, [content.transpose(Image.FLIP_LEFT_RIGHT)], Params(size=64), device="cpu")
     assert pull(near) > 3 * pull(transfer)
+
+
+class HostReads(TorchDispatchMode):
+    """Counts torch's reads of one value back to the host (`.item()`, `float(t)`, `if t:`), each a
+    device sync on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("callback_reads", [False, True])
+def test_an_iteration_waits_for_the_device_only_when_its_losses_are_asked_for(content, style, monkeypatch,
+                                                                             callback_reads):
+    """What a run reads back is the same for 4 iterations as for 12 (setup, the stage's end, the
+    report), unless the callback asks for every iteration's losses (a progress bar): then one
+    read each. The once-a-second divergence check is off here (slow machines would add reads)."""
+    from worker.engine import loop
+
+    monkeypatch.setattr(loop, "READ_SECONDS", float("inf"))
+    loss_reads: list[int] = []
+    monkeypatch.setattr(loop, "_read", lambda terms, read=loop._read: loss_reads.append(len(terms)) or read(terms))
+    seen: dict[int, tuple[int, int]] = {}
+
+    def callback(it: Iterate) -> None:
+        if callback_reads:
+            assert it.losses["total"] > 0
+
+    for iterations in (4, 12):
+        loss_reads.clear()
+        with HostReads() as host:
+            result = run(content, [style], iterations=iterations, callback=callback)
+        seen[iterations] = host.count, len(loss_reads)
+        assert result.losses and result.quality
+    assert seen[4][0] == seen[12][0]
+    assert seen[12][1] - seen[4][1] == (8 if callback_reads else 0)
+
+
+def test_the_losses_an_iterate_reports_are_its_own_iterations_even_when_read_later(content, style):
+    seen: list[Iterate] = []
+    result = run(content, [style], iterations=6, callback=seen.append)
+    later = [it.losses["total"] for it in seen]
+    live: list[float] = []
+    run(content, [style], iterations=6, callback=lambda it: live.append(it.losses["total"]))
+    assert later == live and later[-1] == result.losses["total"] and len(set(later)) == 6
+
+
+def test_a_loss_that_stops_being_finite_ends_the_run_with_floating_point_error(content, style, tmp_path, monkeypatch):
+    """VGG-19 weights 100x too large overflow float32 by relu5_1. The loop, which reads the losses
+    only at the stage's end here, notices there."""
+    from shared.params import LAYER_NAMES
+    from worker.engine import loop
+    from worker.engine.vgg import load_weights
+
+    monkeypatch.setattr(loop, "READ_SECONDS", float("inf"))
+    tensors = load_weights("caffe").tensors
+    state = {f"features.{i}.{part}": tensors[f"{name}.{part}"] * (100 if part == "weight" else 1)
+             for i, name in enumerate(LAYER_NAMES) if name.startswith("conv") for part in ("weight", "bias")}
+    path = tmp_path / "loud.pth"
+    torch.save(state, path)
+    with pytest.raises(FloatingPointError, match="diverged by iteration 6"):
+        run(content, [style], iterations=6, weights=str(path))

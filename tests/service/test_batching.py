@@ -1,4 +1,4 @@
-"""Batching (worker.engine.batch, JobRun._companions): a worker that takes a job claims the queued
+"""Batching (worker.engine.loop, JobRun._companions): a worker that takes a job claims the queued
 jobs of its shape and runs them with it as one batch, each with its own optimiser and outcome.
 Real worker processes, a real Redis and database; the batch is seen in the worker's log."""
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Of the project it imports only the parameter contract, `shared.params` (standard library only).
 """
-from .batch import Member, stylize_batch
+from .loop import Member, stylize, stylize_batch
 from .memory import OutOfMemory, free_bytes
-from .transfer import DeviceError, Iterate, Result, resolve_device, stylize
+from .transfer import DeviceError, Iterate, Result, resolve_device
 from .vgg import WeightsError, load_network
 
 __all__ = ["DeviceError", "Iterate", "Member", "OutOfMemory", "Result", "WeightsError", "free_bytes", "load_network",

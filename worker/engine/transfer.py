@@ -1,12 +1,12 @@
-"""The Gatys et al. optimisation loop, coarse to fine, with one callback per iteration.
+"""One style-transfer job as the loop (`loop`) runs it: its inputs and resolved parameters, the
+loss targets of each stage, and what it hands its callback, its checkpoint and its result.
 
-The callback is where a caller hooks progress, snapshots, checkpoints and cancellation:
-it receives an `Iterate` and returns True to stop the run cleanly.
+The callback is where a caller hooks progress, snapshots, checkpoints and cancellation: it
+receives an `Iterate` after every iteration and returns True to stop the run cleanly.
 """
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import resource
 import time
@@ -20,23 +20,22 @@ from PIL import Image
 from shared.params import MIN_SIDE, ParamError, Params, Stage, plan, resolve, stage_dims
 
 from . import color
-from .images import fit_longest_side, resize, to_image, to_tensor
+from .images import fit_longest_side, to_image, to_tensor
 from .losses import ContentLoss, StyleLoss, TVLoss, gram
-from .memory import freed_on_out_of_memory
 from .quality import STYLE_LAYERS, YARDSTICK, quality_report
 from .vgg import load_network
 
-CHECKPOINT_VERSION = 1
-# L-BFGS history is 2 x history_size image-sized tensors; beyond this it is cheaper to rebuild.
+CHECKPOINT_VERSION = 2  # 2: the optimiser state is `optimizers`' (1 held torch's; its image still resumes)
+# L-BFGS history is 2 x HISTORY image-sized tensors; beyond this it is cheaper to rebuild.
 MAX_CHECKPOINT_OPTIMIZER_BYTES = 64 * 2**20
-LBFGS_HISTORY = 20
 STYLE_CACHE_SIZE = 32  # Gram targets are small (at most 512x512 floats per layer)
 _STYLE_CACHE: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
 
 
 @dataclass
 class Iterate:
-    """What the callback sees after every iteration. Images and checkpoints are built on demand."""
+    """What the callback sees after every iteration. The losses, images and checkpoints are read
+    from the device on demand: asking for them waits for the device to catch up."""
 
     scale: int            # 0-based index of the current stage
     scales: int
@@ -44,11 +43,15 @@ class Iterate:
     height: int
     iteration: int        # 1-based, counted over all stages
     total: int
-    losses: dict[str, float]
     elapsed: float
     iterations_per_second: float
+    _losses: Callable[[], dict[str, float]] = field(repr=False)
     _image: Callable[[], Image.Image] = field(repr=False)
     _checkpoint: Callable[[], dict] = field(repr=False)
+
+    @property
+    def losses(self) -> dict[str, float]:
+        return self._losses()
 
     def image(self) -> Image.Image:
         return self._image()
@@ -206,16 +209,6 @@ class Transfer:
             return torch.rand(content.shape, generator=generator).to(self.device)
         return content.clone()
 
-    def _optimizer(self, image: torch.Tensor, previous: torch.optim.Optimizer | None) -> torch.optim.Optimizer:
-        """Adam, or L-BFGS; `previous` is the coarser stage's, whose curvature a finer stage starts from."""
-        if self.params.optimizer == "adam":
-            return torch.optim.Adam([image], lr=self.params.learning_rate)
-        optimizer = torch.optim.LBFGS([image], lr=1, max_iter=1, history_size=LBFGS_HISTORY,
-                                      tolerance_grad=-1, tolerance_change=-1)
-        if previous is not None:
-            warm_start(optimizer, image, previous)
-        return optimizer
-
     def _tv(self, stage: Stage) -> TVLoss:
         """Total variation at `stage`, measured per pixel of the output."""
         return TVLoss(stage.longest / self.stages[-1].longest)
@@ -226,71 +219,6 @@ class Transfer:
             content = to_tensor(self.content.resize((w, h), Image.LANCZOS), self.device)
             image = color.recombine(image, content)
         return to_image(image)
-
-    # ---- the loop -------------------------------------------------------------------------
-
-    def run(self, callback: Callback | None = None, checkpoint: dict | None = None) -> Result:
-        p = self.params
-        start = time.perf_counter()
-        if self.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats(self.device)
-        first_stage, done, image, opt_state = 0, 0, None, None
-        if checkpoint is not None:
-            first_stage, done, opt_state = checkpoint["stage"], checkpoint["iteration"], checkpoint.get("optimizer")
-            image = checkpoint["image"].to(self.device)
-        done_at_start, stopped, losses = done, False, {}
-        optimizer = None
-        coarsest = self._targets(self.stages[0])
-        style_weight = p.style_weight * self._style_balance(coarsest[2])
-        stage_start = sum(s.iterations for s in self.stages[:first_stage])
-        for index in range(first_stage, len(self.stages)):
-            stage = self.stages[index]
-            content, content_losses, style_losses = coarsest if index == 0 else self._targets(stage)
-            h, w = content.shape[-2:]
-            image = self._initial_image(content) if image is None else resize(image, h, w)
-            image = image.detach().contiguous().clone().requires_grad_(True)
-            optimizer = self._optimizer(image, optimizer)
-            if opt_state is not None:
-                optimizer.load_state_dict(opt_state)
-                opt_state = None
-            tv = self._tv(stage)
-            layers = frozenset(p.content_layers + p.style_layers)
-            terms: dict[str, torch.Tensor] = {}
-
-            def closure() -> torch.Tensor:
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=self.bf16):
-                    features = self.net(image, layers)
-                terms.update(self._terms(features, image, content_losses, style_losses, tv, style_weight))
-                terms["total"].backward()
-                return terms["total"]
-
-            while done - stage_start < stage.iterations:
-                optimizer.step(closure)
-                if p.optimizer == "adam":
-                    with torch.no_grad():
-                        image.clamp_(0, 1)
-                done += 1
-                losses = read_losses(terms)
-                if not all(math.isfinite(v) for v in losses.values()):
-                    raise FloatingPointError(f"the loss diverged at iteration {done}: {losses}")
-                if callback is not None:
-                    elapsed = time.perf_counter() - start
-                    state = dict(stage=index, iteration=done, image=image, optimizer=optimizer)
-                    it = Iterate(
-                        scale=index, scales=len(self.stages), width=w, height=h, iteration=done,
-                        total=self.total, losses=losses, elapsed=elapsed,
-                        iterations_per_second=(done - done_at_start) / max(elapsed, 1e-9),
-                        _image=lambda: self._output(image, stage),
-                        _checkpoint=lambda s=state: self._checkpoint(**s),
-                    )
-                    if callback(it):
-                        stopped = True
-                        break
-            stage_start += stage.iterations
-            if stopped:
-                break
-        return self._result(index, done, image, optimizer, stopped, losses, start)
 
     def _terms(self, features: dict[str, torch.Tensor], image: torch.Tensor, content_losses: list[ContentLoss],
                style_losses: list[StyleLoss], tv: TVLoss, style_weight: float) -> dict[str, torch.Tensor]:
@@ -304,11 +232,11 @@ class Transfer:
         terms["total"] = p.content_weight * terms["content"] + style_weight * terms["style"] + p.tv_weight * terms["tv"]
         return terms
 
-    def _result(self, stage: int, done: int, image: torch.Tensor, optimizer: torch.optim.Optimizer, stopped: bool,
+    def _result(self, stage: int, done: int, image: torch.Tensor, optimizer: dict | None, stopped: bool,
                 losses: dict[str, float], start: float) -> Result:
         """The run's outcome: the image, a checkpoint (with the optimiser's state if stopped), and,
         if it ran to the end, the quality report."""
-        final = self._checkpoint(stage, done, image, optimizer if stopped else None)
+        final = self._checkpoint(stage, done, image, optimizer)
         output = self._output(image, self.stages[stage])
         quality = None if stopped else quality_report(output, self.content, self.styles, self.style_blend, self.device,
                                                       self._report_targets(self.stages[stage], output))
@@ -318,12 +246,13 @@ class Transfer:
             peak_memory_mb=self._peak_memory_mb(), checkpoint=final, params=self.params,
         )
 
-    def _checkpoint(self, stage: int, iteration: int, image: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> dict:
-        """Everything `run(checkpoint=...)` needs; plain tensors on the CPU, ready for torch.save."""
+    def _checkpoint(self, stage: int, iteration: int, image: torch.Tensor, optimizer: dict | None) -> dict:
+        """Everything `stylize(checkpoint=...)` needs, with the optimiser's `state` of this job;
+        plain tensors on the CPU, ready for torch.save."""
         ckpt = {"version": CHECKPOINT_VERSION, "stage": stage, "iteration": iteration,
                 "image": image.detach().cpu().clone(), "params": self.params.to_dict()}
         if optimizer is not None:
-            state = _to_cpu(optimizer.state_dict())
+            state = _to_cpu(optimizer)
             if _nbytes(state) <= MAX_CHECKPOINT_OPTIMIZER_BYTES:
                 ckpt["optimizer"] = state
         return ckpt
@@ -332,29 +261,6 @@ class Transfer:
         if self.device.startswith("cuda"):
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def warm_start(optimizer: torch.optim.LBFGS, image: torch.Tensor, previous: torch.optim.LBFGS) -> None:
-    """Start a finer stage's L-BFGS from the inverse curvature (H₀) its coarser stage ended with,
-    scaled by the ratio of pixel counts (the losses are means over positions: the gradient per
-    pixel shrinks as the pixels multiply), instead of torch's first step of 1/‖g‖₁. On an image
-    already near its optimum that step is so short that the curvature it measures is rounding
-    noise; the next step then overshoots (at 512 px the loss jumped from 1.2 to 2.2, or from 3.1
-    to 74) and the stage spends its next steps recovering. Seeded as a step that recorded no
-    curvature pair (s = 0), so the first step is −H₀g and the second measures a real pair."""
-    (held,) = previous.param_groups[0]["params"]
-    before = previous.state.get(held, {})
-    if not before.get("old_dirs"):  # the coarser stage measured no curvature (it took one step)
-        return
-    flat = torch.zeros(image.numel(), device=image.device, dtype=image.dtype)
-    optimizer.state[image].update(n_iter=1, d=flat, t=0.0, old_dirs=[], old_stps=[], ro=[],
-                                  H_diag=before["H_diag"] * (image.numel() / held.numel()),
-                                  prev_flat_grad=flat.clone())
-
-
-def read_losses(terms: dict[str, torch.Tensor]) -> dict[str, float]:
-    """The loss terms as numbers, in one device-to-host copy (one sync on a GPU, not one per term)."""
-    return dict(zip(terms, torch.stack([v.detach() for v in terms.values()]).tolist()))
 
 
 def _digest(image: Image.Image) -> str:
@@ -380,10 +286,3 @@ def _nbytes(value) -> int:
         return sum(_nbytes(v) for v in value)
     return 0
 
-
-def stylize(content: Image.Image, styles: Sequence[Image.Image], params: Params, *,
-            init_image: Image.Image | None = None, device: str = "auto",
-            callback: Callback | None = None, checkpoint: dict | None = None) -> Result:
-    """Run (or resume) a style transfer. See `Transfer`. Raises `OutOfMemory` (memory freed) if
-    the device ran out of it."""
-    return freed_on_out_of_memory(lambda: Transfer(content, styles, params, init_image, device).run(callback, checkpoint))

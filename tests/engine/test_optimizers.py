@@ -1,0 +1,139 @@
+"""The batched optimisers (worker.engine.optimizers): each row takes torch's own steps, rows never
+touch each other, a row's state survives a checkpoint and a split, and a step reads nothing back
+from the device (checked on the meta device, where any read raises)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worker.engine.optimizers import HISTORY, LBFGS, Adam
+
+ROWS, PIXELS = 3, 40
+
+
+def problems() -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A smooth non-quadratic loss per row (a different one each) and a start."""
+    generator = torch.Generator().manual_seed(0)
+    curvatures = []
+    for _ in range(ROWS):
+        a = torch.randn(PIXELS, PIXELS, generator=generator, dtype=torch.float64)
+        curvatures.append(a @ a.T / PIXELS + 0.1 * torch.eye(PIXELS, dtype=torch.float64))
+    return curvatures, torch.randn(ROWS, PIXELS, generator=generator, dtype=torch.float64)
+
+
+def loss(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x @ a @ x + 0.1 * x.pow(4).sum()
+
+
+def torch_path(x: torch.Tensor, a: torch.Tensor, steps: int, make) -> list[torch.Tensor]:
+    """torch's optimiser on one row: the point after each step."""
+    x = x.clone().requires_grad_(True)
+    optimizer, path = make(x), []
+    for _ in range(steps):
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            value = loss(x, a)
+            value.backward()
+            return value
+        optimizer.step(closure)
+        path.append(x.detach().clone())
+    return path
+
+
+def batched_step(optimizer, x: torch.Tensor, curvatures: list[torch.Tensor]) -> None:
+    leaf = x.clone().requires_grad_(True)
+    sum(loss(leaf[row], a) for row, a in enumerate(curvatures)).backward()
+    optimizer.step(x, leaf.grad)
+
+
+def torch_lbfgs(x: torch.Tensor) -> torch.optim.LBFGS:
+    return torch.optim.LBFGS([x], lr=1, max_iter=1, history_size=HISTORY, tolerance_grad=-1, tolerance_change=-1)
+
+
+@pytest.mark.parametrize("ours, theirs", [(LBFGS, torch_lbfgs), (lambda x: Adam(x, 0.05),
+                                                                 lambda x: torch.optim.Adam([x], lr=0.05))])
+def test_each_row_takes_the_steps_torch_takes_alone(ours, theirs):
+    curvatures, start = problems()
+    steps = HISTORY + 10  # past the point where the oldest pairs are dropped
+    expected = [torch_path(start[row], a, steps, theirs) for row, a in enumerate(curvatures)]
+    x = start.clone()
+    optimizer = ours(x)
+    for step in range(steps):
+        batched_step(optimizer, x, curvatures)
+        for row in range(ROWS):
+            assert torch.allclose(x[row], expected[row][step], rtol=1e-9, atol=1e-9), (step, row)
+    assert all(loss(x[row], a) < 0.5 * loss(start[row], a) for row, a in enumerate(curvatures))
+
+
+def test_a_finer_stage_starts_from_the_curvature_the_coarser_one_ended_with():
+    """L-BFGS on a/2 ‖x‖² learns H₀ = 1/a. A finer stage whose loss is a mean over 4x the pixels
+    (a/4 per pixel) starts from 4/a and so reaches its minimum in its first step, where torch's
+    own first step, 1/‖g‖₁ long, barely moves. A row whose coarser stage measured no curvature
+    (it took one step) starts as torch does."""
+    a = 3.0
+    coarse = torch.ones(2, 4, dtype=torch.float64)
+    previous = LBFGS(coarse)
+    previous.step(coarse, a * coarse)
+    one_step = LBFGS(coarse.clone())
+    one_step.step(coarse.clone(), a * coarse)
+    previous.step(coarse, a * coarse)
+    for seeded_from, moved in ((previous, 0.0), (one_step, 1.0), (None, 1.0)):
+        fine = torch.ones(2, 16, dtype=torch.float64)
+        optimizer = LBFGS(fine, seeded_from)
+        optimizer.step(fine, a / 4 * fine)
+        assert fine.abs().max().item() == pytest.approx(moved, abs=0.1), seeded_from
+
+
+@pytest.mark.parametrize("make, restore", [(LBFGS, LBFGS.restore),
+                                           (lambda x: Adam(x, 0.05), lambda x, state: Adam.restore(x, 0.05, state))])
+@pytest.mark.parametrize("stop_after", [1, 5, HISTORY + 3])
+def test_a_row_split_off_or_restored_from_its_state_goes_on_as_if_never_touched(make, restore, stop_after):
+    curvatures, start = problems()
+    straight = start.clone()
+    optimizer = make(straight)
+    for _ in range(stop_after + 6):
+        batched_step(optimizer, straight, curvatures)
+
+    x = start.clone()
+    optimizer = make(x)
+    for _ in range(stop_after):
+        batched_step(optimizer, x, curvatures)
+    state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in optimizer.state(1).items()}
+    split = x[[2, 1]].clone()
+    optimizer.keep([2, 1])
+    alone = x[1:2].clone()
+    restored = restore(alone, state)
+    for _ in range(6):
+        batched_step(optimizer, split, [curvatures[2], curvatures[1]])
+        batched_step(restored, alone, [curvatures[1]])
+    assert torch.equal(split[0], straight[2]) and torch.equal(split[1], straight[1])
+    assert torch.allclose(alone[0], straight[1], rtol=0, atol=1e-12)
+
+
+def test_a_pair_without_positive_curvature_is_not_used():
+    """Along a concave direction sᵀy < 0: the pair must not enter H (it would stop being positive
+    definite and the step would climb); the row goes on along −H₀g."""
+    x = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    optimizer = LBFGS(x)
+    optimizer.step(x, torch.tensor([[1.0, 1.0]], dtype=torch.float64))
+    before = x.clone()
+    optimizer.step(x, torch.tensor([[2.0, 2.0]], dtype=torch.float64))  # the gradient grew along -g: concave
+    assert optimizer.rho[0, 0] == 0 and optimizer.h0[0] == 1
+    assert torch.equal(x, before - 2.0)
+
+
+@pytest.mark.parametrize("make", [LBFGS, lambda x: Adam(x, 0.1)])
+def test_a_step_reads_nothing_back_from_the_device(make):
+    """Every value read on the host (`.item()`, `if tensor`, `float(tensor)`) raises on the meta
+    device, which holds no data: a whole run of steps, a warm start and a split run there."""
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        torch.empty(1, device="meta").sum().item()
+    x = torch.empty(3, 8, device="meta")
+    grad = torch.empty(3, 8, device="meta")
+    optimizer = make(x)
+    for _ in range(HISTORY + 2):
+        optimizer.step(x, grad)
+    optimizer.keep([2, 0])
+    if isinstance(optimizer, LBFGS):
+        finer = LBFGS(torch.empty(2, 32, device="meta"), optimizer)
+        finer.step(torch.empty(2, 32, device="meta"), torch.empty(2, 32, device="meta"))
