@@ -48,3 +48,11 @@ def test_the_profile_runs_and_writes_its_table_and_trace(tmp_path):
     assert summary["device"] == "cpu" and summary["wall_ms_per_iteration"] > 0
     assert "convolution" in (tmp_path / "profile-32px-auto.txt").read_text()
     assert json.loads((tmp_path / "profile-32px-auto.json").read_text())["traceEvents"]
+
+
+def test_an_iteration_of_a_batch_costs_the_operators_of_one_job_and_reads_nothing_back():
+    rows = json.loads(_bench("bench/iteration_ops.py", "--jobs", "1", "3", "--size", "32", "--iterations", "2",
+                             "--after", "3"))
+    assert [row["host_reads"] for row in rows] == [0, 0]
+    # equal, but for the loop's once-a-second read of the losses (one operator) on a slow machine
+    assert rows[0]["ops"] > 100 and abs(rows[1]["ops"] - rows[0]["ops"]) <= 1

@@ -15,10 +15,9 @@ of each stage, and when a callback asks for them (`Iterate.losses`).
 """
 from __future__ import annotations
 
-import functools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -27,7 +26,7 @@ from PIL import Image
 from shared.params import Params, batch_key
 
 from .images import resize
-from .losses import ContentLoss, StyleLoss
+from .losses import ContentLoss, StyleLoss, TVLoss
 from .memory import freed_on_out_of_memory
 from .optimizers import LBFGS, Adam
 from .transfer import CHECKPOINT_VERSION, Callback, Iterate, Result, Transfer
@@ -52,16 +51,55 @@ class _Job:
     callback: Callback | None
     style_weight: float = 0.0  # balanced for its style at the coarsest stage (`Transfer._style_balance`)
     targets: tuple[torch.Tensor, list[ContentLoss], list[StyleLoss]] | None = None  # this stage's
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # the last iteration's, on the device
-    losses: dict[str, float] = field(default_factory=dict)  # `terms` read back, at iteration `read_at`
-    read_at: int = -1
+    last: tuple[_Losses, int] | None = None  # its latest losses: the batch's, and its row there
     outcome: Result | Exception | None = None
 
-    def read(self, done: int) -> dict[str, float]:
-        """The losses of iteration `done`: one device-to-host copy, the first time they are asked for."""
-        if self.read_at != done:
-            self.losses, self.read_at = _read([self.terms])[0], done
-        return self.losses
+    def losses(self) -> dict[str, float]:
+        batch, row = self.last
+        return batch.rows()[row]
+
+
+class _Objective:
+    """The batch's loss at one stage, each job's terms a row of one set of kernels: the jobs'
+    targets joined (`PerImage.join`), their weights as columns."""
+
+    def __init__(self, jobs: list[_Job], tv: TVLoss) -> None:
+        p, device = jobs[0].transfer.params, jobs[0].transfer.device  # the layers are the batch's (batch_key)
+        self.content_layers, self.style_layers, self.tv = p.content_layers, p.style_layers, tv
+        self.content = [ContentLoss.join([job.targets[1][i] for job in jobs]) for i in range(len(p.content_layers))]
+        self.style = [StyleLoss.join([job.targets[2][i] for job in jobs]) for i in range(len(p.style_layers))]
+        self.layer_weights = torch.tensor([job.transfer.layer_weights for job in jobs], device=device).T
+        self.weights = torch.tensor([(job.transfer.params.content_weight, job.style_weight, job.transfer.params.tv_weight)
+                                     for job in jobs], device=device).T
+
+    def __call__(self, features: dict[str, torch.Tensor], images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss terms and their weighted total, one value per image (the style weight is each
+        job's `params.style_weight` balanced for its style, `Transfer._style_balance`)."""
+        features = {name: f.float() for name, f in features.items()}  # losses in fp32
+        terms = {"content": sum(loss(features[n]) for loss, n in zip(self.content, self.content_layers)) / len(self.content),
+                 "style": sum(w * loss(features[n]) for w, loss, n in zip(self.layer_weights, self.style, self.style_layers)),
+                 "tv": self.tv(images)}
+        terms["total"] = (self.weights * torch.stack(list(terms.values()))).sum(0)
+        return terms
+
+    def keep(self, rows: torch.Tensor) -> None:
+        for loss in self.content + self.style:
+            loss.keep(rows)
+        self.layer_weights, self.weights = self.layer_weights.index_select(1, rows), self.weights.index_select(1, rows)
+
+
+class _Losses:
+    """One iteration's loss terms of the batch, left on the device until first asked for; then read
+    back in one copy (one sync on a GPU) for every job."""
+
+    def __init__(self, terms: dict[str, torch.Tensor]) -> None:
+        self.terms = {name: value.detach() for name, value in terms.items()}
+        self._rows: list[dict[str, float]] | None = None
+
+    def rows(self) -> list[dict[str, float]]:
+        if self._rows is None:
+            self._rows = _read(self.terms)
+        return self._rows
 
 
 def stylize(content: Image.Image, styles: Sequence[Image.Image], params: Params, *,
@@ -98,7 +136,7 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
     if checkpoint is not None:
         first_stage, done, images = checkpoint["stage"], checkpoint["iteration"], checkpoint["image"].to(device)
         state = checkpoint.get("optimizer") if checkpoint.get("version") == CHECKPOINT_VERSION else None
-    done_at_start, optimizer, last_read = done, None, time.monotonic()
+    done_at_start, optimizer = done, None
     for job in jobs:
         job.targets = job.transfer._targets(lead.stages[0])
         job.style_weight = job.transfer.params.style_weight * job.transfer._style_balance(job.targets[2])
@@ -114,45 +152,45 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
             images = torch.cat([job.transfer._initial_image(job.targets[0]) for job in active])
         images = resize(images, h, w).detach().contiguous().clone().requires_grad_(True)
         optimizer = _optimizer(p, images, optimizer, state)
-        state, tv = None, lead._tv(stage)
+        objective, state, last_read = _Objective(active, lead._tv(stage)), None, time.monotonic()
         while done - stage_start < stage.iterations and active:
             images.grad = None
             with torch.autocast(device.split(":")[0], torch.bfloat16, enabled=lead.bf16):
                 features = net(images, layers)
-            terms = [job.transfer._terms({n: f[row:row + 1] for n, f in features.items()}, images[row:row + 1],
-                                         *job.targets[1:], tv, job.style_weight)
-                     for row, job in enumerate(active)]
-            sum(t["total"] for t in terms).backward()  # each image's gradient is its own loss's
+            terms = objective(features, images)
+            terms["total"].sum().backward()  # each image's gradient is its own loss's
             rows = images.detach().view(len(active), -1)
             optimizer.step(rows, images.grad.view(len(active), -1))
             if p.optimizer == "adam":
                 rows.clamp_(0, 1)
             done += 1
-            for job, job_terms in zip(active, terms):
-                job.terms = {name: value.detach() for name, value in job_terms.items()}
+            losses = _Losses(terms)
+            for row, job in enumerate(active):
+                job.last = losses, row
             if done - stage_start == stage.iterations or time.monotonic() - last_read >= READ_SECONDS:
-                for job, losses in zip(active, _read([job.terms for job in active])):
-                    job.losses, job.read_at = losses, done
-                    if not all(math.isfinite(v) for v in losses.values()):
-                        job.outcome = FloatingPointError(f"the loss diverged by iteration {done}: {losses}")
+                for job, values in zip(active, losses.rows()):
+                    if not all(math.isfinite(v) for v in values.values()):
+                        job.outcome = FloatingPointError(f"the loss diverged by iteration {done}: {values}")
                 last_read = time.monotonic()
             for row, job in enumerate(active):
                 if job.outcome is None and job.callback is not None \
                         and job.callback(_iterate(job, index, done, done_at_start, images, row, optimizer, start)):
                     job.outcome = job.transfer._result(index, done, images.detach()[row:row + 1],
-                                                       optimizer.state(row), True, job.read(done), start)
+                                                       optimizer.state(row), True, job.losses(), start)
             if any(job.outcome is not None for job in active):
                 keep = [row for row, job in enumerate(active) if job.outcome is None]
                 active = [active[row] for row in keep]
                 if active:
-                    images = images.detach()[keep].requires_grad_(True)
+                    index_of = torch.tensor(keep, device=device)
+                    images = images.detach().index_select(0, index_of).requires_grad_(True)
                     optimizer.keep(keep)
+                    objective.keep(index_of)
         stage_start += stage.iterations
         if not active:
             break
     for row, job in enumerate(active):
         job.outcome = job.transfer._result(len(lead.stages) - 1, done, images.detach()[row:row + 1], None, False,
-                                           job.read(done), start)
+                                           job.losses(), start)
     return [job.outcome for job in jobs]
 
 
@@ -165,10 +203,10 @@ def _optimizer(p: Params, images: torch.Tensor, previous: Optimizer | None, stat
     return LBFGS(rows, previous) if state is None else LBFGS.restore(rows, state)
 
 
-def _read(terms: list[dict[str, torch.Tensor]]) -> list[dict[str, float]]:
-    """Loss terms as numbers, in one device-to-host copy (one sync on a GPU)."""
-    values = torch.stack([torch.stack(list(t.values())) for t in terms]).tolist()
-    return [dict(zip(t, row)) for t, row in zip(terms, values)]
+def _read(terms: dict[str, torch.Tensor]) -> list[dict[str, float]]:
+    """A batch's loss terms as numbers, one dict per job, in one device-to-host copy."""
+    columns = torch.stack(list(terms.values())).tolist()
+    return [dict(zip(terms, row)) for row in zip(*columns)]
 
 
 def _iterate(job: _Job, stage_index: int, done: int, done_at_start: int, images: torch.Tensor, row: int,
@@ -176,10 +214,10 @@ def _iterate(job: _Job, stage_index: int, done: int, done_at_start: int, images:
     t = job.transfer
     stage = t.stages[stage_index]
     elapsed = time.perf_counter() - start
-    image, terms = images.detach()[row:row + 1], job.terms
+    image, (losses, _) = images.detach()[row:row + 1], job.last
     return Iterate(scale=stage_index, scales=len(t.stages), width=images.shape[-1], height=images.shape[-2],
                    iteration=done, total=t.total, elapsed=elapsed,
                    iterations_per_second=(done - done_at_start) / max(elapsed, 1e-9),
-                   _losses=functools.cache(lambda: job.losses if job.read_at == done else _read([terms])[0]),
+                   _losses=lambda: losses.rows()[row],
                    _image=lambda: t._output(image, stage),
                    _checkpoint=lambda: t._checkpoint(stage_index, done, image, optimizer.state(row)))

@@ -1,10 +1,19 @@
-"""Loss terms as small modules. Each is normalised so that weights mean the same thing at every
-layer, image size, weight source and style: content by the content's energy, style by how far the
-content image starts from the style."""
+"""Loss terms as small modules, each giving one value per image of a batch. Each is normalised so
+that weights mean the same thing at every layer, image size, weight source and style: content by
+the content's energy, style by how far the content image starts from the style."""
 from __future__ import annotations
+
+from typing import Sequence, TypeVar
 
 import torch
 from torch import nn
+
+L = TypeVar("L", bound="PerImage")
+
+
+def _per_image(values: torch.Tensor) -> torch.Tensor:
+    """Sums over everything but the batch dimension."""
+    return values.flatten(1).sum(1)
 
 
 class _FlatGram(torch.autograd.Function):
@@ -27,16 +36,34 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     return _FlatGram.apply(features.reshape(b, c, h * w)) / (h * w)
 
 
-class ContentLoss(nn.Module):
+class PerImage(nn.Module):
+    """A loss whose buffers hold one row per image: the losses of several jobs join into one that
+    scores their batch in one pass (`join`), and a job that leaves the batch is dropped (`keep`)."""
+
+    @classmethod
+    def join(cls: type[L], losses: Sequence[L]) -> L:
+        joined = cls.__new__(cls)
+        nn.Module.__init__(joined)
+        for name, _ in losses[0].named_buffers(recurse=False):
+            joined.register_buffer(name, torch.cat([loss.get_buffer(name) for loss in losses]))
+        return joined
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Only these rows go on, in this order."""
+        for name, buffer in list(self.named_buffers(recurse=False)):
+            setattr(self, name, buffer.index_select(0, rows))
+
+
+class ContentLoss(PerImage):
     """‖F − P‖² / ‖P‖²: squared feature error relative to the content's own energy."""
 
     def __init__(self, target: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("target", target.detach())
-        self.register_buffer("norm", target.detach().pow(2).sum().clamp_min(1e-8))
+        self.register_buffer("norm", _per_image(target.detach().pow(2)).clamp_min(1e-8))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return (features - self.target).pow(2).sum() / self.norm
+        return _per_image((features - self.target).pow(2)) / self.norm
 
 
 # The start distance counts as at least this fraction of the target's norm: a style that its
@@ -44,7 +71,7 @@ class ContentLoss(nn.Module):
 MIN_START_DISTANCE = 0.1
 
 
-class StyleLoss(nn.Module):
+class StyleLoss(PerImage):
     """‖G(F) − A‖²_F / ‖G(C) − A‖²_F: the squared Gram error as a fraction of the content image's own.
 
     Every layer of every style starts at 1 from the content image, so the style weight asks for the
@@ -56,12 +83,12 @@ class StyleLoss(nn.Module):
     def __init__(self, target_gram: torch.Tensor, start_gram: torch.Tensor) -> None:
         super().__init__()
         target, start = target_gram.detach(), start_gram.detach()
-        floor = MIN_START_DISTANCE**2 * target.pow(2).sum()
+        floor = MIN_START_DISTANCE**2 * _per_image(target.pow(2))
         self.register_buffer("target", target)
-        self.register_buffer("norm", torch.maximum((start - target).pow(2).sum(), floor).clamp_min(1e-8))
+        self.register_buffer("norm", torch.maximum(_per_image((start - target).pow(2)), floor).clamp_min(1e-8))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return (gram(features) - self.target).pow(2).sum() / self.norm
+        return _per_image((gram(features) - self.target).pow(2)) / self.norm
 
 
 # Charbonnier smoothing of the gradient magnitude, so that total variation is differentiable where
@@ -86,4 +113,4 @@ class TVLoss(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         dx = image[..., :-1, 1:] - image[..., :-1, :-1]
         dy = image[..., 1:, :-1] - image[..., :-1, :-1]
-        return self.scale * ((dx.pow(2) + dy.pow(2) + TV_EPSILON**2).sqrt() - TV_EPSILON).mean()
+        return self.scale * ((dx.pow(2) + dy.pow(2) + TV_EPSILON**2).sqrt() - TV_EPSILON).flatten(1).mean(1)

@@ -220,18 +220,6 @@ class Transfer:
             image = color.recombine(image, content)
         return to_image(image)
 
-    def _terms(self, features: dict[str, torch.Tensor], image: torch.Tensor, content_losses: list[ContentLoss],
-               style_losses: list[StyleLoss], tv: TVLoss, style_weight: float) -> dict[str, torch.Tensor]:
-        """The loss terms and their weighted total for the network's features of `image`, with the
-        run's style weight (`params.style_weight` balanced for its style, `_style_balance`)."""
-        p = self.params
-        features = {name: f.float() for name, f in features.items()}  # losses in fp32
-        terms = {"content": sum(l(features[n]) for l, n in zip(content_losses, p.content_layers)) / len(content_losses),
-                 "style": sum(wt * l(features[n]) for wt, l, n in zip(self.layer_weights, style_losses, p.style_layers)),
-                 "tv": tv(image)}
-        terms["total"] = p.content_weight * terms["content"] + style_weight * terms["style"] + p.tv_weight * terms["tv"]
-        return terms
-
     def _result(self, stage: int, done: int, image: torch.Tensor, optimizer: dict | None, stopped: bool,
                 losses: dict[str, float], start: float) -> Result:
         """The run's outcome: the image, a checkpoint (with the optimiser's state if stopped), and,
