@@ -266,3 +266,13 @@ def test_a_loss_that_stops_being_finite_ends_the_run_with_floating_point_error(c
     torch.save(state, path)
     with pytest.raises(FloatingPointError, match="diverged by iteration 6"):
         run(content, [style], iterations=6, weights=str(path))
+
+
+def test_a_checkpoint_taken_at_the_last_iteration_resumes_to_the_result(content, style):
+    """A worker told to stop at a job's last iteration hands it back with that checkpoint; the
+    resumed run has nothing left to do but report."""
+    stopped = run(content, [style], iterations=6, callback=lambda it: it.iteration == 6)
+    assert stopped.stopped and stopped.checkpoint["iteration"] == 6
+    resumed = run(content, [style], iterations=6, checkpoint=stopped.checkpoint)
+    assert not resumed.stopped and resumed.iterations == 6 and resumed.quality is not None
+    assert resumed.image.tobytes() == stopped.image.tobytes()

@@ -2,9 +2,10 @@
 
 A batch runs one network pass per iteration for all its jobs. Jobs batch when the network sees
 the same thing from each (`shared.params.batch_key`: the stage sizes and iterations, layers,
-pooling, weights, precision, optimiser). Their losses are summed for one backward pass; VGG
-treats each image of a batch apart, so each image's gradient is its own loss's gradient, and the
-optimiser steps each job's row on it alone (`optimizers`). A job whose callback asks to stop, or
+pooling, weights, precision, optimiser). Their loss terms are rows of one set of kernels
+(`_Objective`), summed for one backward pass; VGG treats each image of a batch apart, so each
+image's gradient is its own loss's gradient, and the optimiser steps each job's row on it alone
+(`optimizers`). A job whose callback asks to stop, or
 whose loss diverges, leaves the batch with its own outcome; the others go on. Small images leave
 a GPU mostly idle between kernel launches: a batch of them costs about what one does. A job on
 its own is a batch of one, which may resume from a checkpoint.
@@ -55,6 +56,9 @@ class _Job:
     outcome: Result | Exception | None = None
 
     def losses(self) -> dict[str, float]:
+        """Its latest losses, read back if they were not yet; none if it ran no iteration (resumed at its end)."""
+        if self.last is None:
+            return {}
         batch, row = self.last
         return batch.rows()[row]
 
