@@ -19,26 +19,14 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.engine.optimizers import HISTORY, LBFGS  # noqa: E402
 
+from iteration_ops import Dispatched  # noqa: E402  (bench/iteration_ops.py)
+
 FILL, MEASURED = 25, 10
-
-
-class Dispatched(TorchDispatchMode):
-    """Counts the operators dispatched that compute (not views, not `empty`) and the host reads."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = self.reads = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += not func.is_view and func not in (torch.ops.aten.empty.memory_format,)
-        self.reads += func is torch.ops.aten._local_scalar_dense.default
-        return func(*args, **(kwargs or {}))
 
 
 def gradient(x: torch.Tensor, curvature: torch.Tensor) -> torch.Tensor:
