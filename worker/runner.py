@@ -70,6 +70,7 @@ class JobRun:
         self.meter = JobMeter(node_name())
         self.started_at = None
         self.outcome: tuple[JobStatus, str | None] | None = None  # how this delivery ended the job, if it did
+        self.concluded = False  # its run's outcome is recorded (a batch member's as soon as it leaves the batch)
         self._last_progress = self._last_checkpoint = time.monotonic()
 
     # ---- the whole delivery -----------------------------------------------------------------
@@ -104,7 +105,8 @@ class JobRun:
             except Exception as exc:  # what ended every job of the batch (or the one job) alike
                 outcomes = [exc] * len(runs)
         for run, outcome in zip(runs, outcomes):
-            run._conclude(outcome, batch=len(runs))
+            if not run.concluded:
+                run._conclude(outcome, batch=len(runs))
 
     def _started(self) -> tuple[list[str], str | None, str | None]:
         """Read the claimed job: its params, input digests, checkpoint and batch key."""
@@ -180,12 +182,14 @@ class JobRun:
         return companions
 
     def _stylize_batch(self, members: list[tuple[JobRun, list[Image.Image]]]) -> list[Result | Exception]:
-        return stylize_batch([Member(images[0], images[1:], engine_params(run.params), run._on_iterate)
+        return stylize_batch([Member(images[0], images[1:], engine_params(run.params), run._on_iterate,
+                                     ended=lambda outcome, run=run: run._conclude(outcome, batch=len(members)))
                               for run, images in members], device=self.settings.device)
 
     def _conclude(self, outcome: Result | Exception, batch: int) -> None:
         """Record how this job's run ended: a result (done, stopped to cancel or to hand back), or
         the error that ended it, alone or with its whole `batch`."""
+        self.concluded = True
         if isinstance(outcome, Result):
             if self.lease.lost:
                 return

@@ -37,11 +37,14 @@ def test_each_job_of_a_batch_ends_as_it_would_alone(content, style, style2):
 
 
 def test_a_job_that_stops_leaves_the_others_running(content, style):
-    members = [Member(content, [style], Params(**TINY), callback=lambda it: it.iteration == 3),
-               Member(content, [style], Params(**TINY, seed=1, init="noise"))]
+    ended = []  # each job's outcome, told as soon as it is known
+    members = [Member(content, [style], Params(**TINY), callback=lambda it: it.iteration == 3,
+                      ended=lambda outcome: ended.append(outcome)),
+               Member(content, [style], Params(**TINY, seed=1, init="noise"), ended=lambda outcome: ended.append(outcome))]
     stopped, finished = stylize_batch(members, device="cpu")
     assert stopped.stopped and stopped.iterations == 3 and stopped.checkpoint["iteration"] == 3
     assert not finished.stopped and finished.iterations == 8 and finished.quality is not None
+    assert ended == [stopped, finished]
 
 
 def test_jobs_of_different_shapes_are_refused(content, style):

@@ -89,6 +89,8 @@ def test_a_job_canceled_mid_batch_ends_alone_and_the_others_finish(
     assert client.post(f"/v1/jobs/{ids[1]}/cancel", headers=auth).status_code == 202
     canceled = wait_status(client, auth, ids[1], TERMINAL, timeout=120)
     assert canceled["status"] == "canceled" and canceled["progress"]["iteration"] < 200
+    # ended as it left the batch, not when the batch did
+    assert [client.get(f"/v1/jobs/{i}", headers=auth).get_json()["status"] for i in (ids[0], ids[2])] == ["running"] * 2
     for job_id in (ids[0], ids[2]):  # in step with it until then, they go on to the end
         done = wait_status(client, auth, job_id, TERMINAL, timeout=300)
         assert done["status"] == "succeeded" and done["progress"]["iteration"] == 200, done["error"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -38,18 +38,22 @@ Optimizer = LBFGS | Adam
 
 @dataclass
 class Member:
-    """One job of a batch: its inputs, parameters and callback (fresh jobs only: no checkpoint)."""
+    """One job of a batch: its inputs, parameters and callback (fresh jobs only: no checkpoint), and
+    what to call with its outcome as soon as it is known (a job that stops or diverges leaves the
+    batch then, while the others run on)."""
 
     content: Image.Image
     styles: Sequence[Image.Image]
     params: Params
     callback: Callback | None = None
+    ended: Callable[[Result | Exception], None] | None = None
 
 
 @dataclass
 class _Job:
     transfer: Transfer
     callback: Callback | None
+    ended: Callable[[Result | Exception], None] | None = None
     style_weight: float = 0.0  # balanced for its style at the coarsest stage (`Transfer._style_balance`)
     targets: tuple[torch.Tensor, list[ContentLoss], list[StyleLoss]] | None = None  # this stage's
     last: tuple[_Losses, int] | None = None  # its latest losses: the batch's, and its row there
@@ -126,7 +130,7 @@ def stylize_batch(members: Sequence[Member], device: str = "auto") -> list[Resul
     transfers = [Transfer(m.content, m.styles, m.params, device=device) for m in members]
     if len({batch_key(t.params, t.content.size) for t in transfers}) != 1:
         raise ValueError("jobs of different shapes cannot run as one batch")
-    return freed_on_out_of_memory(lambda: _run([_Job(t, m.callback) for t, m in zip(transfers, members)]))
+    return freed_on_out_of_memory(lambda: _run([_Job(t, m.callback, m.ended) for t, m in zip(transfers, members)]))
 
 
 def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exception]:
@@ -183,6 +187,9 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
                                                        optimizer.state(row), True, job.losses(), start)
             if any(job.outcome is not None for job in active):
                 keep = [row for row, job in enumerate(active) if job.outcome is None]
+                for job in active:
+                    if job.outcome is not None and job.ended is not None:
+                        job.ended(job.outcome)
                 active = [active[row] for row in keep]
                 if active:
                     index_of = torch.tensor(keep, device=device)
@@ -195,6 +202,8 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
     for row, job in enumerate(active):
         job.outcome = job.transfer._result(len(lead.stages) - 1, done, images.detach()[row:row + 1], None, False,
                                            job.losses(), start)
+        if job.ended is not None:
+            job.ended(job.outcome)
     return [job.outcome for job in jobs]
 
 
