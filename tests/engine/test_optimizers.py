@@ -100,7 +100,7 @@ def test_a_row_split_off_or_restored_from_its_state_goes_on_as_if_never_touched(
         batched_step(optimizer, x, curvatures)
     state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in optimizer.state(1).items()}
     split = x[[2, 1]].clone()
-    optimizer.keep([2, 1])
+    optimizer.keep(torch.tensor([2, 1]))
     alone = x[1:2].clone()
     restored = restore(alone, state)
     for _ in range(6):
@@ -133,7 +133,7 @@ def test_a_step_reads_nothing_back_from_the_device(make):
     optimizer = make(x)
     for _ in range(HISTORY + 2):
         optimizer.step(x, grad)
-    optimizer.keep([2, 0])
+    optimizer.keep(torch.tensor([2, 0], device="meta"))
     if isinstance(optimizer, LBFGS):
         finer = LBFGS(torch.empty(2, 32, device="meta"), optimizer)
         finer.step(torch.empty(2, 32, device="meta"), torch.empty(2, 32, device="meta"))

@@ -192,10 +192,10 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
                         job.ended(job.outcome)
                 active = [active[row] for row in keep]
                 if active:
-                    index_of = torch.tensor(keep, device=device)
-                    images = images.detach().index_select(0, index_of).requires_grad_(True)
-                    optimizer.keep(keep)
-                    objective.keep(index_of)
+                    rows = torch.tensor(keep, device=device)
+                    images = images.detach().index_select(0, rows).requires_grad_(True)
+                    optimizer.keep(rows)
+                    objective.keep(rows)
         stage_start += stage.iterations
         if not active:
             break

@@ -88,12 +88,11 @@ class LBFGS:
             r.addcmul_(self.s[j], (alphas[j] - beta)[:, None])
         return r
 
-    def keep(self, rows: list[int]) -> None:
+    def keep(self, rows: torch.Tensor) -> None:
         """Only these rows (jobs) go on, in this order."""
-        index = torch.tensor(rows, device=self.h0.device)
-        self.s, self.y, self.rho = (t.index_select(1, index) for t in (self.s, self.y, self.rho))
+        self.s, self.y, self.rho = (t.index_select(1, rows) for t in (self.s, self.y, self.rho))
         self.h0, self.cold, self.prev_grad, self.prev_step, self.scratch = (
-            t.index_select(0, index) for t in (self.h0, self.cold, self.prev_grad, self.prev_step, self.scratch))
+            t.index_select(0, rows) for t in (self.h0, self.cold, self.prev_grad, self.prev_step, self.scratch))
 
     def state(self, row: int) -> dict:
         """One row's state: the pairs recorded so far (at most HISTORY) and the last step."""
@@ -132,9 +131,8 @@ class Adam:
         denom = (self.v.sqrt() / math.sqrt(1 - b2 ** self.steps)).add_(self.EPS)
         x.addcdiv_(self.m, denom, value=-self.lr / (1 - b1 ** self.steps))
 
-    def keep(self, rows: list[int]) -> None:
-        index = torch.tensor(rows, device=self.m.device)
-        self.m, self.v = self.m.index_select(0, index), self.v.index_select(0, index)
+    def keep(self, rows: torch.Tensor) -> None:
+        self.m, self.v = self.m.index_select(0, rows), self.v.index_select(0, rows)
 
     def state(self, row: int) -> dict:
         return {"steps": self.steps, "m": self.m[row], "v": self.v[row]}
