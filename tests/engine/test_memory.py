@@ -3,6 +3,9 @@ what the run held is freed, so the process can run the next job."""
 from __future__ import annotations
 
 import resource
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -38,6 +41,25 @@ def test_the_cpu_allocator_running_out_is_out_of_memory_too():
     finally:
         resource.setrlimit(resource.RLIMIT_DATA, limit)
     assert freed_on_out_of_memory(lambda: torch.ones(4)).sum() == 4
+
+
+def test_a_convolution_that_cannot_allocate_inside_onednn_is_out_of_memory_too():
+    # in a process of its own: once oneDNN failed to allocate, that process's later convolutions
+    # fail too (README, out of memory), which would break every test after this one
+    program = textwrap.dedent("""
+        import resource, torch
+        from worker.engine.memory import OutOfMemory, freed_on_out_of_memory
+        with open("/proc/self/status") as status:
+            held = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:"))
+        x, w = torch.randn(1, 64, 96, 96), torch.randn(64, 64, 3, 3)
+        resource.setrlimit(resource.RLIMIT_DATA, (held, resource.getrlimit(resource.RLIMIT_DATA)[1]))
+        try:
+            freed_on_out_of_memory(lambda: torch.nn.functional.conv2d(x, w, padding=1))
+        except OutOfMemory as error:
+            print("OutOfMemory:", error)
+    """)
+    run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "OutOfMemory: could not create a primitive", run.stdout + run.stderr
 
 
 def test_other_runtime_errors_pass_through_untouched():

@@ -101,9 +101,8 @@ def test_a_batch_that_runs_out_of_memory_goes_back_and_its_jobs_run_alone(
     """The worker's job process gets a memory cap (faults.limit_memory) that holds one 256 px job
     but not two at once: the batch runs out of memory, its jobs go back to the queue (no attempt
     counted), the worker halves its batch size, and claims each job alone. (How those solo runs
-    end is not asserted: on the CPU, oneDNN fails every later convolution of that size in the
-    process once one of its allocations failed, "could not create a primitive", even with memory
-    free again; see README, GPU workers.)"""
+    end is not asserted: on the CPU, once one of oneDNN's allocations failed, the process cannot
+    create convolutions of new sizes, even with memory free again; see README, GPU workers.)"""
     local, client, auth = private(make_redis, own_database, tmp_path / "storage", client_for, max_batch=2,
                                   max_size=256)
     worker = workers(local)
@@ -114,8 +113,8 @@ def test_a_batch_that_runs_out_of_memory_goes_back_and_its_jobs_run_alone(
     assert control.cancel_consumer("gpu", destination=[node], reply=True, timeout=5)  # hold the queue
     ids = [submit(client, auth, images, {"size": 256, "iterations": 3, "snapshot_every": 0, "seed": seed,
                                          "init": "noise"}).get_json()["id"] for seed in (1, 2)]
-    # measured in one process: a 256 px job needs 100-140 MB more than a warm worker holds, two
-    # at once 250-330 MB
+    # bisected with RLIMIT_DATA over a warm engine process (engine alone, 2026-11-26): one 256 px
+    # job runs within 200 MB more than it holds, two at once need 360 MB
     faults.limit_memory(worker, headroom=230 * 2**20)
     assert control.add_consumer("gpu", destination=[node], reply=True, timeout=5)
     for job_id in ids:

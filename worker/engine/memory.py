@@ -1,8 +1,11 @@
 """Running out of device memory: the job that did not fit fails on its own (`OutOfMemory`), and
 the memory it held is given back before the worker takes its next job.
 
-CUDA raises `torch.OutOfMemoryError`; the CPU allocator a plain RuntimeError that says so. Both
-mean the same to a caller: this job, at this size, does not fit on this device now.
+CUDA raises `torch.OutOfMemoryError`; the CPU allocator a plain RuntimeError that says so. On the
+CPU, oneDNN's convolutions allocate on their own, and PyTorch reports a failed allocation there
+as "could not create a primitive" (oneDNN's out-of-memory status is dropped from the message);
+which of the two fails first, when memory runs out mid-iteration, is chance. All of them mean the
+same to a caller: this job, at this size, does not fit on this device now.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Callable, TypeVar
 import torch
 
 T = TypeVar("T")
-CPU_ALLOCATOR_FAILED = "DefaultCPUAllocator: can't allocate memory"
+CPU_ALLOCATOR_FAILED = ("DefaultCPUAllocator: can't allocate memory", "could not create a primitive")
 
 
 class OutOfMemory(RuntimeError):
@@ -20,8 +23,8 @@ class OutOfMemory(RuntimeError):
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or (isinstance(error, RuntimeError)
-                                                         and CPU_ALLOCATOR_FAILED in str(error))
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(words in str(error) for words in CPU_ALLOCATOR_FAILED))
 
 
 def freed_on_out_of_memory(run: Callable[[], T]) -> T:
