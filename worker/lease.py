@@ -70,7 +70,7 @@ class Lease:
         def write() -> bool:
             with self.services.db.session() as session:
                 return lifecycle.finish(session, self.job_id, self.owner, status, **values)
-        return self.retrying(write, f"recording {status.value}")
+        return self._last(write, f"recording {status.value}")
 
     def release(self, progress: dict[str, Any] | None, checkpoint_key: str | None) -> bool:
         """Hand the job back to the queue (the worker is stopping); False if not ours or being canceled."""
@@ -79,7 +79,17 @@ class Lease:
                 if progress is not None:
                     lifecycle.renew(session, self.job_id, self.owner, self.settings.lease_seconds, progress)
                 return lifecycle.release(session, self.job_id, self.owner, checkpoint_key)
-        return self.retrying(write, "hand-back")
+        return self._last(write, "hand-back")
+
+    def _last(self, write: Callable[[], bool], what: str) -> bool:
+        """The run's last write, and no renewal after it: a batch's job that ended early is still
+        held by its process until the batch ends, and a renewal then would find the job no longer
+        running and report the lease lost."""
+        with self._lock:
+            try:
+                return self.retrying(write, what)
+            finally:
+                _heartbeat.drop(self)
 
     @contextmanager
     def kept_alive(self) -> Iterator[None]:

@@ -75,6 +75,23 @@ def test_one_heartbeat_thread_renews_every_lease_held_and_none_after_its_run(cli
     services.db.dispose()
 
 
+def test_a_lease_whose_outcome_is_recorded_is_renewed_no_more_while_its_batch_runs_on(
+        client, auth, images, settings, caplog):
+    """A batch's job that ends early (canceled, diverged) records its outcome while its process
+    still holds the batch's leases: no renewal of it follows, so none finds it ended and reports
+    its lease lost."""
+    services = Services(replace(settings, lease_seconds=0.6))
+    ids = [queued_job(client, auth, images) for _ in range(2)]
+    leases = [Lease(services, job_id) for job_id in ids]
+    assert all(lease.claim() for lease in leases)
+    with leases[0].kept_alive(), leases[1].kept_alive():
+        assert leases[1].finish(lifecycle.JobStatus.CANCELED)
+        time.sleep(1.5)  # several heartbeats
+    assert not leases[1].lost and "lease lost" not in caplog.text
+    assert leases[0].finish(lifecycle.JobStatus.CANCELED)
+    services.db.dispose()
+
+
 def test_cancel_while_running_is_seen_by_the_lease_holder(client, auth, images, settings):
     job_id = queued_job(client, auth, images)
     db = Services(settings).db
