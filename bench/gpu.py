@@ -219,8 +219,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = resolve_device(args.device)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
     report: dict = {"device": device, "name": torch.cuda.get_device_name(device) if device.startswith("cuda")
                     else f"CPU ({os.cpu_count()} cores)", "torch": torch.__version__,
                     "python": platform.python_version(), "command": " ".join(sys.argv),

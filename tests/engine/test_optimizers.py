@@ -122,6 +122,50 @@ def test_a_pair_without_positive_curvature_is_not_used():
     assert torch.equal(x, before - 2.0)
 
 
+def two_loop(g: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]], h0: float) -> torch.Tensor:
+    """−H g by the textbook two-loop recursion over the pairs with positive curvature, oldest first."""
+    used = [(s, y, 1 / float(s @ y)) for s, y in pairs if s @ y > 1e-10]
+    q, alphas = -g, []
+    for s, y, rho in reversed(used):
+        alphas.append(rho * (s @ q))
+        q = q - alphas[-1] * y
+    r = h0 * q
+    for (s, y, rho), alpha in zip(used, reversed(alphas)):
+        r = r + s * (alpha - rho * (y @ r))
+    return r
+
+
+def test_pairs_without_positive_curvature_anywhere_in_the_history_are_left_out_exactly():
+    """On a loss with concave regions some pairs in the middle of the history have sᵀy ≤ 0; each
+    row's steps are still the two-loop recursion's over the other pairs of its last HISTORY steps."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(ROWS, PIXELS, generator=generator, dtype=torch.float64)
+    freqs = 1 + torch.rand(ROWS, PIXELS, generator=generator, dtype=torch.float64)
+
+    def gradient(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:  # of ½‖x‖² + 0.8 Σ cos(f x): concave in places
+        return x - 0.8 * f * torch.sin(f * x)
+
+    optimizer, steps, skipped = LBFGS(x), HISTORY + 15, 0
+    rows = [{"x": x[row].clone(), "pairs": [], "h0": 1.0, "last": None} for row in range(ROWS)]
+    for step in range(steps):
+        optimizer.step(x, gradient(x, freqs))
+        for row, expected in enumerate(rows):
+            g = gradient(expected["x"], freqs[row])
+            if expected["last"] is None:
+                d = -g * min(1.0, 1 / float(g.abs().sum()))
+            else:
+                s, y = expected["last"][1], g - expected["last"][0]
+                expected["pairs"] = (expected["pairs"] + [(s, y)])[-HISTORY:]
+                if s @ y > 1e-10:
+                    expected["h0"] = float(s @ y / (y @ y))
+                else:
+                    skipped += step < steps - 2  # it stays in the history for later steps
+                d = two_loop(g, expected["pairs"], expected["h0"])
+            expected["x"], expected["last"] = expected["x"] + d, (g, d)
+            assert torch.allclose(x[row], expected["x"], rtol=1e-9, atol=1e-9), (row, step)
+    assert skipped >= 2, "too few pairs without positive curvature: the test would prove nothing"
+
+
 @pytest.mark.parametrize("make", [LBFGS, lambda x: Adam(x, 0.1)])
 def test_a_step_reads_nothing_back_from_the_device(make):
     """Every value read on the host (`.item()`, `if tensor`, `float(tensor)`) raises on the meta

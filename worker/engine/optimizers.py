@@ -23,9 +23,21 @@ class LBFGS:
     """torch.optim.LBFGS(lr=1, max_iter=1, no line search, tolerances off), one per row.
 
     The history is a ring of the last `HISTORY` steps' curvature pairs. A pair whose curvature is
-    not positive is kept with ρ = 0, which makes it a no-op in both loops, where torch would leave
-    it out: a row then remembers the pairs of its last `HISTORY` steps rather than its last
-    `HISTORY` pairs. Otherwise each row takes torch's steps.
+    not positive is kept with ρ = 0 and left out of the product, where torch would not record it:
+    a row then remembers the pairs of its last `HISTORY` steps rather than its last `HISTORY`
+    pairs. Otherwise each row takes torch's steps.
+
+    The step −H g is the compact form of Byrd, Nocedal & Schnabel (1994) rather than torch's
+    two-loop recursion, which is the same product in exact arithmetic: a loop over the pairs is
+    nine kernels a pair, 180 a step, each a pass over an image-sized tensor, where the compact
+    form reads the pairs twice in two matrix products and solves two 20×20 triangular systems.
+    With S, Y the pairs oldest first, R the upper triangle of SᵀY, D its diagonal and γ the
+    initial inverse curvature H₀:
+
+        H g = γ g + S u − γ Y w,   R w = Sᵀg,   Rᵀu = (D + γ YᵀY) w − γ Yᵀg.
+
+    SᵀY and YᵀY are kept up to date one pair at a time (a new pair's row and column). A pair left
+    out has its row and column of R cleared and a 1 on the diagonal, which takes it out exactly.
 
     A finer stage starts from the inverse curvature H₀ its coarser stage ended with (`previous`),
     scaled by the ratio of pixel counts (the losses are means over positions: the gradient per
@@ -39,18 +51,22 @@ class LBFGS:
     def __init__(self, x: torch.Tensor, previous: LBFGS | None = None) -> None:
         jobs, pixels = x.shape
         self.steps = 0
-        self.s = x.new_zeros(HISTORY, jobs, pixels)
-        self.y = x.new_zeros(HISTORY, jobs, pixels)
-        self.rho = x.new_zeros(HISTORY, jobs)
+        self.pairs = x.new_zeros(jobs, 2 * HISTORY, pixels)  # s of slot i at i, its y at HISTORY + i
+        self.sy = x.new_zeros(jobs, HISTORY, HISTORY)  # sᵢ·yⱼ by slot
+        self.yy = x.new_zeros(jobs, HISTORY, HISTORY)  # yᵢ·yⱼ by slot
+        self.rho = x.new_zeros(jobs, HISTORY)          # 1 / sᵢ·yᵢ, or 0: the pair is left out
         self.h0 = x.new_ones(jobs)
         self.cold = torch.ones(jobs, dtype=torch.bool, device=x.device)  # first step 1/‖g‖₁ long
         if previous is not None:
-            warm = previous.rho.ne(0).any(0)
-            self.h0 = torch.where(warm, previous.h0 * (pixels / previous.s.shape[-1]), self.h0)
+            warm = previous.rho.ne(0).any(1)
+            self.h0 = torch.where(warm, previous.h0 * (pixels / previous.pairs.shape[-1]), self.h0)
             self.cold = ~warm
         self.prev_grad = x.new_zeros(jobs, pixels)
         self.prev_step = x.new_zeros(jobs, pixels)
-        self.scratch = x.new_empty(jobs, pixels)  # for products: a CPU allocates each large temporary afresh
+        self.products = x.new_empty(jobs, 3, pixels)  # g, the newest y and s: one product with the pairs
+        slots = torch.arange(HISTORY, device=x.device)
+        self._ages = (slots[None, :] + slots[:, None] + 1) % HISTORY  # row k: the slots oldest first, k newest
+        self._pair_ages = torch.cat([self._ages, self._ages + HISTORY], 1)  # the same for [S Y]
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, g: torch.Tensor) -> None:
@@ -59,46 +75,52 @@ class LBFGS:
             t = torch.where(self.cold, g.abs().sum(1).reciprocal().clamp(max=1), 1.0)[:, None]
             d.mul_(t)
         else:
-            slot = (self.steps - 1) % HISTORY
-            y, s = torch.sub(g, self.prev_grad, out=self.y[slot]), self.s[slot].copy_(self.prev_step)
-            ys = self._dot(y, s)
-            ok = ys > CURVATURE
-            self.rho[slot] = torch.where(ok, ys.reciprocal(), 0.0)
-            self.h0 = torch.where(ok, ys / self._dot(y, y), self.h0)
-            d = self._direction(g, slot)
+            d = self._direction(g, (self.steps - 1) % HISTORY)
         x.add_(d)
         self.prev_grad.copy_(g)
         self.prev_step = d
         self.steps += 1
 
-    def _dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Row-wise inner products of (jobs, pixels) tensors."""
-        return torch.mul(a, b, out=self.scratch).sum(1)
-
     def _direction(self, g: torch.Tensor, newest: int) -> torch.Tensor:
-        """−H g by the two-loop recursion over the pairs recorded so far, newest first."""
-        order = [(newest - i) % HISTORY for i in range(min(self.steps, HISTORY))]
-        q, alphas = g.neg(), {}
-        for j in order:
-            alphas[j] = self.rho[j] * self._dot(self.s[j], q)
-            q.addcmul_(self.y[j], alphas[j][:, None], value=-1)
-        r = q.mul_(self.h0[:, None])
-        for j in reversed(order):
-            beta = self.rho[j] * self._dot(self.y[j], r)
-            r.addcmul_(self.s[j], (alphas[j] - beta)[:, None])
-        return r
+        """Record the newest pair in slot `newest`, then −H g by the compact form."""
+        s, y = self.pairs[:, newest], self.pairs[:, HISTORY + newest]
+        torch.sub(g, self.prev_grad, out=y)
+        s.copy_(self.prev_step)
+        self.products[:, 0], self.products[:, 1], self.products[:, 2] = g, y, s
+        dots = torch.bmm(self.pairs, self.products.transpose(1, 2))  # (jobs, 2 HISTORY, 3): [S Y]ᵀ [g y s]
+        self.sy[:, :, newest], self.sy[:, newest, :] = dots[:, :HISTORY, 1], dots[:, HISTORY:, 2]
+        self.yy[:, :, newest] = self.yy[:, newest, :] = dots[:, HISTORY:, 1]
+        ys = self.sy[:, newest, newest]
+        ok = ys > CURVATURE
+        self.rho[:, newest] = torch.where(ok, ys.reciprocal(), 0.0)
+        self.h0 = torch.where(ok, ys / self.yy[:, newest, newest], self.h0)
+
+        age = self._ages[newest]  # the slots, oldest first: R is triangular in this order
+        used = self.rho.index_select(1, age).ne(0).to(g.dtype)
+        both = used[:, :, None] * used[:, None, :]
+        r = self.sy.index_select(1, age).index_select(2, age).triu().mul_(both) + torch.diag_embed(1 - used)
+        yy = self.yy.index_select(1, age).index_select(2, age).mul_(both)
+        sg, yg = (dots[:, side:side + HISTORY, 0].index_select(1, age).mul_(used)[..., None] for side in (0, HISTORY))
+        gamma = self.h0[:, None, None]
+        w = torch.linalg.solve_triangular(r, sg, upper=True)
+        u = torch.linalg.solve_triangular(r.transpose(1, 2), r.diagonal(dim1=1, dim2=2)[..., None] * w
+                                          + gamma * (yy @ w - yg), upper=False)
+        # d = −H g = −γ g − S u + γ Y w: the coefficients of the pairs, put back in slot order
+        coefficients = self.rho.new_zeros(len(g), 2 * HISTORY).index_copy_(
+            1, self._pair_ages[newest], torch.cat([u, -gamma * w], 1).squeeze(2))
+        return torch.baddbmm(g.mul(-self.h0[:, None])[:, None], coefficients[:, None], self.pairs, alpha=-1).squeeze(1)
 
     def keep(self, rows: torch.Tensor) -> None:
         """Only these rows (jobs) go on, in this order."""
-        self.s, self.y, self.rho = (t.index_select(1, rows) for t in (self.s, self.y, self.rho))
-        self.h0, self.cold, self.prev_grad, self.prev_step, self.scratch = (
-            t.index_select(0, rows) for t in (self.h0, self.cold, self.prev_grad, self.prev_step, self.scratch))
+        self.pairs, self.sy, self.yy, self.rho, self.h0, self.cold, self.prev_grad, self.prev_step, self.products = (
+            t.index_select(0, rows) for t in (self.pairs, self.sy, self.yy, self.rho, self.h0, self.cold,
+                                              self.prev_grad, self.prev_step, self.products))
 
     def state(self, row: int) -> dict:
         """One row's state: the pairs recorded so far (at most HISTORY) and the last step."""
         filled = min(max(self.steps - 1, 0), HISTORY)
-        return {"steps": self.steps, "s": self.s[:filled, row], "y": self.y[:filled, row],
-                "rho": self.rho[:filled, row], "h0": self.h0[row], "cold": self.cold[row],
+        return {"steps": self.steps, "s": self.pairs[row, :filled], "y": self.pairs[row, HISTORY:HISTORY + filled],
+                "rho": self.rho[row, :filled], "h0": self.h0[row], "cold": self.cold[row],
                 "prev_grad": self.prev_grad[row], "prev_step": self.prev_step[row]}
 
     @classmethod
@@ -107,8 +129,11 @@ class LBFGS:
         optimizer = cls(x)
         filled = len(state["rho"])
         optimizer.steps = state["steps"]
-        for name in ("s", "y", "rho"):
-            getattr(optimizer, name)[:filled, 0] = state[name].to(x.device)
+        optimizer.pairs[0, :filled] = state["s"].to(x.device)
+        optimizer.pairs[0, HISTORY:HISTORY + filled] = state["y"].to(x.device)
+        s, y = optimizer.pairs[:, :HISTORY], optimizer.pairs[:, HISTORY:]
+        optimizer.sy, optimizer.yy = s @ y.transpose(1, 2), y @ y.transpose(1, 2)
+        optimizer.rho[0, :filled] = state["rho"].to(x.device)
         optimizer.h0[0], optimizer.cold[0] = state["h0"], state["cold"]
         optimizer.prev_grad[0], optimizer.prev_step[0] = state["prev_grad"], state["prev_step"]
         return optimizer

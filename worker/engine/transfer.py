@@ -117,8 +117,10 @@ class Transfer:
         self.content, self.styles, self.params, self.init_image = content, list(styles), params, init_image
         self.device = resolve_device(device)
         if self.device.startswith("cuda"):
-            torch.backends.cuda.matmul.allow_tf32 = True
+            # TF32 for the fp32 path's convolutions; matrix products (Grams, the optimiser's) stay
+            # full fp32: a 10-bit mantissa in L-BFGS's inner products would bend its steps
             torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.net = load_network(params.weights, params.pooling, self.device)
         self.bf16 = use_bf16(params.precision, self.device)
         self.stages = plan(params)
