@@ -39,7 +39,7 @@ run() {
     set +e
     # the CUDA-only tests (each skips cleanly without a GPU; here none may skip)
     timeout 120 python3 -m pytest -q -m cuda -p no:cacheprovider -rs tests/engine/test_cuda.py \
-        tests/service/test_cuda_worker.py 2>&1 | tee "$out/cuda-tests.txt"
+        tests/engine/test_optimizers.py tests/service/test_cuda_worker.py 2>&1 | tee "$out/cuda-tests.txt"
     timeout 150 python3 bench/gpu.py --device cuda --sizes ${GPU_SIZES:-256 512 1024} --jobs "${GPU_JOBS:-20}" \
         --out "$out/gpu.json" 2>&1 | tee "$out/gpu-bench.txt"
     # one L-BFGS step: torch's per job against ours batched (kernels, host reads, ms)
