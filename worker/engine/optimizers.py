@@ -112,9 +112,10 @@ class LBFGS:
 
     def keep(self, rows: torch.Tensor) -> None:
         """Only these rows (jobs) go on, in this order."""
-        self.pairs, self.sy, self.yy, self.rho, self.h0, self.cold, self.prev_grad, self.prev_step, self.products = (
+        self.pairs, self.sy, self.yy, self.rho, self.h0, self.cold, self.prev_grad, self.prev_step = (
             t.index_select(0, rows) for t in (self.pairs, self.sy, self.yy, self.rho, self.h0, self.cold,
-                                              self.prev_grad, self.prev_step, self.products))
+                                              self.prev_grad, self.prev_step))
+        self.products = self.products.new_empty(len(rows), *self.products.shape[1:])  # scratch: nothing to keep
 
     def state(self, row: int) -> dict:
         """One row's state: the pairs recorded so far (at most HISTORY) and the last step."""
