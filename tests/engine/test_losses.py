@@ -64,6 +64,33 @@ def test_gram_gradient_matches_autograd_of_the_plain_formula():
     assert torch.allclose(ours, features.grad)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_losses_give_their_gradient_in_the_features_own_layout(layout):
+    """The network's features are channels last; a gradient in another layout makes every kernel
+    it meets on the way back a strided one (slower on a GPU). Also for a batch a job has left."""
+    def make(seed):
+        torch.manual_seed(seed)
+        return torch.randn(1, 4, 6, 5, dtype=torch.float64).contiguous(memory_format=layout)
+
+    content = ContentLoss.join([ContentLoss(make(1)), ContentLoss(make(2)), ContentLoss(make(3))])
+    style = StyleLoss.join([StyleLoss(gram(make(i)), gram(make(i + 3))) for i in range(3)])
+    content.keep(torch.tensor([2, 0]))
+    style.keep(torch.tensor([2, 0]))
+    leaf = torch.cat([make(7), make(8)]).requires_grad_(True)
+    features, arrived = leaf * 1, {}  # not a leaf: autograd gives a leaf's .grad the leaf's layout itself
+    handle = None
+    for name, loss in (("content", content), ("style", style)):
+        if handle is not None:
+            handle.remove()
+        handle = features.register_hook(lambda grad, name=name: arrived.update({name: grad}))
+        loss(features).sum().backward(retain_graph=True)
+    for grad in arrived.values():
+        assert grad.stride() == features.stride()
+    flat = features.detach().reshape(2, 4, 30).requires_grad_(True)  # the style gradient by the plain formula
+    ((flat @ flat.transpose(1, 2) / 30 - style.target).pow(2).flatten(1).sum(1) / style.norm).sum().backward()
+    assert torch.allclose(arrived["style"], flat.grad.view(2, 4, 6, 5))
+
+
 def test_tv_loss_is_measured_per_output_pixel_at_every_stage():
     """The same smooth ramp at half the size, with the stage's scale 0.5, costs what it costs at full size."""
     full = torch.linspace(0, 1, 64).repeat(1, 3, 64, 1)

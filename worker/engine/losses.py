@@ -17,7 +17,12 @@ def _per_image(values: torch.Tensor) -> torch.Tensor:
 
 
 class _FlatGram(torch.autograd.Function):
-    """F Fᵀ with the symmetric backward (G' + G'ᵀ) F: one matmul where autograd would do two."""
+    """F Fᵀ with the symmetric backward (G' + G'ᵀ) F: one matmul where autograd would do two.
+
+    The gradient comes back in the features' own layout ((Fᵀ S)ᵀ, S symmetric): the network's
+    channels-last features, flattened, are position-major, and a channel-major gradient made every
+    kernel it met on the way back (ReLU's, the sum with the convolution's) a strided one, 2.3 ms of
+    a 9.7 ms iteration at 1024 px on an H100."""
 
     @staticmethod
     def forward(ctx, flat: torch.Tensor) -> torch.Tensor:
@@ -27,7 +32,10 @@ class _FlatGram(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (flat,) = ctx.saved_tensors
-        return (grad + grad.transpose(1, 2)) @ flat
+        symmetric = grad + grad.transpose(1, 2)
+        if flat.stride(1) == 1:  # position-major (channels last)
+            return (flat.transpose(1, 2) @ symmetric).transpose(1, 2)
+        return symmetric @ flat
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:
@@ -49,9 +57,9 @@ class PerImage(nn.Module):
         return joined
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Only these rows go on, in this order."""
+        """Only these rows go on, in this order (and in their layout: channels last stays so)."""
         for name, buffer in list(self.named_buffers(recurse=False)):
-            setattr(self, name, buffer.index_select(0, rows))
+            setattr(self, name, buffer[rows])
 
 
 class ContentLoss(PerImage):
