@@ -11,8 +11,6 @@ batch, `keep`), saved and restored (a checkpoint, `state`/`restore`).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 HISTORY = 20   # L-BFGS curvature pairs per job (2 x HISTORY image-sized tensors)
@@ -51,7 +49,11 @@ class LBFGS:
     def __init__(self, x: torch.Tensor, previous: LBFGS | None = None) -> None:
         jobs, pixels = x.shape
         self.steps = 0
-        self.pairs = x.new_zeros(jobs, 2 * HISTORY, pixels)  # s of slot i at i, its y at HISTORY + i
+        self.chunks = _chunks(pixels)
+        # the pairs chunk-major, (jobs, chunks, 2 HISTORY, pixels / chunks), s of slot i at i, its y at
+        # HISTORY + i: the products with them are batches of short ones (`_inner`), which fill a GPU,
+        # where one product over all the pixels per job ran at a tenth of its bandwidth
+        self.pairs = x.new_zeros(jobs, self.chunks, 2 * HISTORY, pixels // self.chunks)
         self.sy = x.new_zeros(jobs, HISTORY, HISTORY)  # sᵢ·yⱼ by slot
         self.yy = x.new_zeros(jobs, HISTORY, HISTORY)  # yᵢ·yⱼ by slot
         self.rho = x.new_zeros(jobs, HISTORY)          # 1 / sᵢ·yᵢ, or 0: the pair is left out
@@ -59,43 +61,51 @@ class LBFGS:
         self.cold = torch.ones(jobs, dtype=torch.bool, device=x.device)  # first step 1/‖g‖₁ long
         if previous is not None:
             warm = previous.rho.ne(0).any(1)
-            self.h0 = torch.where(warm, previous.h0 * (pixels / previous.pairs.shape[-1]), self.h0)
+            self.h0 = torch.where(warm, previous.h0 * (pixels / previous.prev_grad.shape[-1]), self.h0)
             self.cold = ~warm
         self.prev_grad = x.new_zeros(jobs, pixels)
         self.prev_step = x.new_zeros(jobs, pixels)
-        self.products = x.new_empty(jobs, 3, pixels)  # g, the newest y and s: one product with the pairs
+        self.products = x.new_empty(jobs, self.chunks, 3, pixels // self.chunks)  # g, the newest y and s
+        # the slot the next pair goes to, on the device, so that a step's kernels are the same at
+        # every step (a CUDA graph replays them) and index by it
+        self.slot = torch.full((1,), HISTORY - 1, dtype=torch.long, device=x.device)
         slots = torch.arange(HISTORY, device=x.device)
         self._ages = (slots[None, :] + slots[:, None] + 1) % HISTORY  # row k: the slots oldest first, k newest
         self._pair_ages = torch.cat([self._ages, self._ages + HISTORY], 1)  # the same for [S Y]
 
-    @torch.no_grad()
     def step(self, x: torch.Tensor, g: torch.Tensor) -> None:
+        self.kernels(x, g)
+        self.steps += 1
+
+    @torch.no_grad()
+    def kernels(self, x: torch.Tensor, g: torch.Tensor) -> None:
+        """The step's device work, without counting it (`step` does): what a CUDA graph captures.
+        Every tensor it keeps is updated in place."""
         if self.steps == 0:
             d = g.neg().mul_(self.h0[:, None])
             t = torch.where(self.cold, g.abs().sum(1).reciprocal().clamp(max=1), 1.0)[:, None]
             d.mul_(t)
         else:
-            d = self._direction(g, (self.steps - 1) % HISTORY)
+            d = self._direction(g)
         x.add_(d)
         self.prev_grad.copy_(g)
-        self.prev_step = d
-        self.steps += 1
+        self.prev_step.copy_(d)
+        self.slot.add_(1).remainder_(HISTORY)
 
-    def _direction(self, g: torch.Tensor, newest: int) -> torch.Tensor:
-        """Record the newest pair in slot `newest`, then −H g by the compact form."""
-        s, y = self.pairs[:, newest], self.pairs[:, HISTORY + newest]
-        torch.sub(g, self.prev_grad, out=y)
-        s.copy_(self.prev_step)
-        self.products[:, 0], self.products[:, 1], self.products[:, 2] = g, y, s
-        dots = torch.bmm(self.pairs, self.products.transpose(1, 2))  # (jobs, 2 HISTORY, 3): [S Y]ᵀ [g y s]
-        self.sy[:, :, newest], self.sy[:, newest, :] = dots[:, :HISTORY, 1], dots[:, HISTORY:, 2]
-        self.yy[:, :, newest] = self.yy[:, newest, :] = dots[:, HISTORY:, 1]
-        ys = self.sy[:, newest, newest]
+    def _direction(self, g: torch.Tensor) -> torch.Tensor:
+        """Record the newest pair in `slot`, then −H g by the compact form."""
+        jobs, chunks, newest = len(g), self.chunks, self.slot
+        g_ = g.view(jobs, chunks, -1)
+        self.products[:, :, 0] = g_
+        torch.sub(g_, self.prev_grad.view(jobs, chunks, -1), out=self.products[:, :, 1])
+        self.products[:, :, 2] = self.prev_step.view(jobs, chunks, -1)
+        dots = self._record(newest)
+        ys, yy_newest = self.sy[:, newest, newest].view(jobs), self.yy[:, newest, newest].view(jobs)
         ok = ys > CURVATURE
-        self.rho[:, newest] = torch.where(ok, ys.reciprocal(), 0.0)
-        self.h0 = torch.where(ok, ys / self.yy[:, newest, newest], self.h0)
+        self.rho.index_copy_(1, newest, torch.where(ok, ys.reciprocal(), 0.0)[:, None])
+        self.h0.copy_(torch.where(ok, ys / yy_newest, self.h0))
 
-        age = self._ages[newest]  # the slots, oldest first: R is triangular in this order
+        age = self._ages[newest].view(HISTORY)  # the slots, oldest first: R is triangular in this order
         used = self.rho.index_select(1, age).ne(0).to(g.dtype)
         both = used[:, :, None] * used[:, None, :]
         r = self.sy.index_select(1, age).index_select(2, age).triu().mul_(both) + torch.diag_embed(1 - used)
@@ -106,9 +116,24 @@ class LBFGS:
         u = torch.linalg.solve_triangular(r.transpose(1, 2), r.diagonal(dim1=1, dim2=2)[..., None] * w
                                           + gamma * (yy @ w - yg), upper=False)
         # d = −H g = −γ g − S u + γ Y w: the coefficients of the pairs, put back in slot order
-        coefficients = self.rho.new_zeros(len(g), 2 * HISTORY).index_copy_(
-            1, self._pair_ages[newest], torch.cat([u, -gamma * w], 1).squeeze(2))
-        return torch.baddbmm(g.mul(-self.h0[:, None])[:, None], coefficients[:, None], self.pairs, alpha=-1).squeeze(1)
+        coefficients = self.rho.new_zeros(jobs, 2 * HISTORY).index_copy_(
+            1, self._pair_ages[newest].view(-1), torch.cat([u, -gamma * w], 1).squeeze(2))
+        per_chunk = coefficients[:, None, None].expand(jobs, chunks, 1, 2 * HISTORY).contiguous()
+        return torch.baddbmm(g_.mul(-self.h0[:, None, None]).view(jobs * chunks, 1, -1),
+                             per_chunk.view(jobs * chunks, 1, -1),
+                             self.pairs.view(jobs * chunks, 2 * HISTORY, -1), alpha=-1).view(jobs, -1)
+
+    def _record(self, slot: torch.Tensor) -> torch.Tensor:
+        """Put the pair in `products` ([g y s]) in `slot`, update its row and column of SᵀY and YᵀY,
+        and return [S Y]ᵀ [g y s], (jobs, 2 HISTORY, 3)."""
+        self.pairs.index_copy_(2, torch.cat([slot + HISTORY, slot]), self.products[:, :, 1:])
+        dots = _inner(self.pairs, self.products)
+        self.sy.index_copy_(2, slot, dots[:, :HISTORY, 1:2])
+        self.sy.index_copy_(1, slot, dots[:, HISTORY:, 2][:, None])
+        yy = dots[:, HISTORY:, 1]
+        self.yy.index_copy_(2, slot, yy[..., None])
+        self.yy.index_copy_(1, slot, yy[:, None])
+        return dots
 
     def keep(self, rows: torch.Tensor) -> None:
         """Only these rows (jobs) go on, in this order."""
@@ -118,11 +143,12 @@ class LBFGS:
         self.products = self.products.new_empty(len(rows), *self.products.shape[1:])  # scratch: nothing to keep
 
     def state(self, row: int) -> dict:
-        """One row's state: the pairs recorded so far (at most HISTORY) and the last step."""
+        """One row's state: the pairs recorded so far (at most HISTORY), by slot, and the last step."""
         filled = min(max(self.steps - 1, 0), HISTORY)
-        return {"steps": self.steps, "s": self.pairs[row, :filled], "y": self.pairs[row, HISTORY:HISTORY + filled],
-                "rho": self.rho[row, :filled], "h0": self.h0[row], "cold": self.cold[row],
-                "prev_grad": self.prev_grad[row], "prev_step": self.prev_step[row]}
+        s, y = (self.pairs[row, :, side:side + filled].transpose(0, 1).reshape(filled, len(self.prev_grad[row]))
+                for side in (0, HISTORY))
+        return {"steps": self.steps, "s": s, "y": y, "rho": self.rho[row, :filled], "h0": self.h0[row],
+                "cold": self.cold[row], "prev_grad": self.prev_grad[row], "prev_step": self.prev_step[row]}
 
     @classmethod
     def restore(cls, x: torch.Tensor, state: dict) -> LBFGS:
@@ -130,14 +156,34 @@ class LBFGS:
         optimizer = cls(x)
         filled = len(state["rho"])
         optimizer.steps = state["steps"]
-        optimizer.pairs[0, :filled] = state["s"].to(x.device)
-        optimizer.pairs[0, HISTORY:HISTORY + filled] = state["y"].to(x.device)
-        s, y = optimizer.pairs[:, :HISTORY], optimizer.pairs[:, HISTORY:]
-        optimizer.sy, optimizer.yy = s @ y.transpose(1, 2), y @ y.transpose(1, 2)
+        optimizer.slot.fill_((optimizer.steps - 1) % HISTORY)
+        # the pairs recorded again oldest first, by the step's own products, so that SᵀY and YᵀY
+        # are what they were to the last bit: bf16's passes turn a last-bit difference in a step
+        # into a visible one within ten steps
+        s, y = (state[key].to(x.device).view(
+            filled, optimizer.chunks, optimizer.pairs.shape[-1]) for key in ("s", "y"))
+        optimizer.products.zero_()
+        for step in range(optimizer.steps - filled, optimizer.steps):
+            slot = (step - 1) % HISTORY
+            optimizer.products[0, :, 1], optimizer.products[0, :, 2] = y[slot], s[slot]
+            optimizer._record(torch.tensor([slot], device=x.device))
         optimizer.rho[0, :filled] = state["rho"].to(x.device)
         optimizer.h0[0], optimizer.cold[0] = state["h0"], state["cold"]
         optimizer.prev_grad[0], optimizer.prev_step[0] = state["prev_grad"], state["prev_step"]
         return optimizer
+
+
+CHUNKS = 256  # at most: a product per chunk and job
+
+
+def _chunks(pixels: int) -> int:
+    """The most chunks, up to CHUNKS, that split `pixels` evenly."""
+    return max(c for c in range(1, min(CHUNKS, pixels) + 1) if pixels % c == 0)
+
+
+def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(jobs, chunks, m, n) x (jobs, chunks, k, n) -> (jobs, m, k): inner products over the chunks."""
+    return (a @ b.transpose(-1, -2)).sum(1)
 
 
 class Adam:
@@ -148,14 +194,21 @@ class Adam:
     def __init__(self, x: torch.Tensor, lr: float) -> None:
         self.lr, self.steps = lr, 0
         self.m, self.v = torch.zeros_like(x), torch.zeros_like(x)
+        self.t = x.new_zeros(())  # the step count on the device, for the bias corrections (see `LBFGS.slot`)
+
+    def step(self, x: torch.Tensor, g: torch.Tensor) -> None:
+        self.kernels(x, g)
+        self.steps += 1
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, g: torch.Tensor) -> None:
-        (b1, b2), self.steps = self.BETAS, self.steps + 1
+    def kernels(self, x: torch.Tensor, g: torch.Tensor) -> None:
+        """The step's device work, without counting it (`step` does): what a CUDA graph captures."""
+        b1, b2 = self.BETAS
+        self.t.add_(1)
         self.m.lerp_(g, 1 - b1)
         self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (self.v.sqrt() / math.sqrt(1 - b2 ** self.steps)).add_(self.EPS)
-        x.addcdiv_(self.m, denom, value=-self.lr / (1 - b1 ** self.steps))
+        denom = (self.v.sqrt() / (1 - b2 ** self.t).sqrt()).add_(self.EPS)
+        x.addcdiv_(self.m, denom.mul_((1 - b1 ** self.t) / -self.lr))
 
     def keep(self, rows: torch.Tensor) -> None:
         self.m, self.v = self.m.index_select(0, rows), self.v.index_select(0, rows)
@@ -167,5 +220,6 @@ class Adam:
     def restore(cls, x: torch.Tensor, lr: float, state: dict) -> Adam:
         optimizer = cls(x, lr)
         optimizer.steps = state["steps"]
+        optimizer.t.fill_(state["steps"])
         optimizer.m[0], optimizer.v[0] = state["m"], state["v"]
         return optimizer
