@@ -27,11 +27,12 @@ sys.path.insert(0, str(ROOT))
 from shared.images import open_image  # noqa: E402
 from shared.params import Params  # noqa: E402
 from worker.engine import Iterate, resolve_device, stylize  # noqa: E402
+from worker.engine.loop import GRAPH_AFTER  # noqa: E402
 
 CONTENT = ROOT / "samples" / "tubingen.jpg"
 STYLE = ROOT / "samples" / "starry_night.jpg"
 REFERENCE = {"style_distance": 0.271, "content_distance": 0.400}  # jcjohnson/neural-style, 1000 L-BFGS @ 512
-WARMUP = 3
+WARMUP = GRAPH_AFTER + 2  # steps before the clock starts: past the capture of a CUDA graph
 
 
 def pastiche_seconds_per_step(size: int, steps: int, device: str) -> float:

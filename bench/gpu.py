@@ -9,7 +9,8 @@ TFLOP/s, peak memory, and a real worker's jobs per minute through Redis.
    end of warm-up to the last iteration (the device synchronised at those two callbacks only: the
    loop itself never waits for it, and a worker reads progress once a second): our engine with L-BFGS in fp32 (`precision fp32`) and on its fast path (`auto`: bf16
    autocast on CUDA), and, with Adam (one network evaluation per step each), ours against
-   `pastiche` on the same image and step count. Peak memory of each run.
+   `pastiche` on the same image and step count; and the fast path without CUDA graphs (every
+   iteration eager, `worker.engine.loop.CUDA_GRAPHS`). Peak memory of each run.
 2. Achieved TFLOP/s of the fast path: the network's convolution FLOPs per iteration (forward to
    relu5_1, and the input gradient back: counted from the layer shapes) times iterations per
    second, against the device's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s; none on a CPU).
@@ -32,8 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -42,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.images import open_image  # noqa: E402
 from shared.params import Params, stage_dims  # noqa: E402
-from worker.engine import Iterate, resolve_device, stylize  # noqa: E402
+from worker.engine import Iterate, loop, resolve_device, stylize  # noqa: E402
 
 from engine import CONTENT, STYLE, WARMUP, pastiche_seconds_per_step, sync  # noqa: E402  (bench/engine.py)
 
@@ -97,6 +100,8 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
                      "fp32": ours(size, iterations, device, "fp32", "lbfgs"),
                      "fast": ours(size, iterations, device, "auto", "lbfgs"),
                      "fast_adam": ours(size, iterations, device, "auto", "adam")}
+        with _without_cuda_graphs():
+            row["fast_eager"] = ours(size, iterations, device, "auto", "lbfgs")
         row["tflops"] = flops_per_iteration(h, w) * row["fast"]["iterations_per_second"] / 1e12
         row["share_of_bf16_peak"] = row["tflops"] / peak if peak else None
         if not skip_pastiche:
@@ -105,12 +110,23 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
                                             / row["pastiche_adam"]["iterations_per_second"])
         rows.append(row)
         print(f"{size} px: fp32 {row['fp32']['iterations_per_second']:.1f} it/s, fast "
-              f"{row['fast']['iterations_per_second']:.1f} it/s ({row['tflops']:.1f} TFLOP/s), peak "
+              f"{row['fast']['iterations_per_second']:.1f} it/s ({row['tflops']:.1f} TFLOP/s; without CUDA graphs "
+              f"{row['fast_eager']['iterations_per_second']:.1f} it/s), peak "
               f"{row['fast']['peak_memory_mb']:.0f} MB"
               + (f"; Adam: ours {row['fast_adam']['iterations_per_second']:.1f}, pastiche "
                  f"{row['pastiche_adam']['iterations_per_second']:.1f} it/s" if not skip_pastiche else ""),
               file=sys.stderr, flush=True)
     return rows
+
+
+@contextmanager
+def _without_cuda_graphs() -> Iterator[None]:
+    """Our fast path as it ran before it replayed CUDA graphs: every iteration eager."""
+    loop.CUDA_GRAPHS = False
+    try:
+        yield
+    finally:
+        loop.CUDA_GRAPHS = True
 
 
 def _bf16_peak(device: str) -> float | None:

@@ -1,7 +1,8 @@
 """The engine's CUDA paths, run only where a CUDA GPU is (skipped cleanly elsewhere; `bench/gpu.sh`
 runs them on one): the bf16 fast path against fp32, seeded determinism, checkpoint resume, the
-peak memory report and an iteration that never waits for the device, on Tübingen x The Starry
-Night at 256 px."""
+peak memory report, an iteration that never waits for the device, and iterations replayed as
+CUDA graphs against eager ones, alone and in a batch a job leaves, on Tübingen x The Starry Night
+at 256 px."""
 from __future__ import annotations
 
 import warnings
@@ -12,7 +13,7 @@ import torch
 
 from shared.images import open_image
 from shared.params import Params
-from worker.engine import stylize
+from worker.engine import Member, loop, stylize, stylize_batch
 from worker.engine.images import to_tensor
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -24,12 +25,15 @@ def pair():
     return open_image(SAMPLES / "tubingen.jpg"), open_image(SAMPLES / "starry_night.jpg")
 
 
-def test_the_bf16_fast_path_scores_within_2_percent_of_fp32(pair):
+def test_the_bf16_fast_path_scores_no_more_than_2_percent_worse_than_fp32(pair):
+    """Both scores are distances (lower is better). The two paths round differently, so L-BFGS
+    takes other steps and lands elsewhere: on an H100 the fast path ended 0.9% and 2.4% *better*
+    (style 0.1943 against 0.1960, content 0.2626 against 0.2691); quality is what must hold."""
     content, style = pair
     fp32 = stylize(content, [style], Params(size=256, precision="fp32"), device="cuda")
     bf16 = stylize(content, [style], Params(size=256, precision="bf16"), device="cuda")
     for score in ("style_distance", "content_distance"):
-        assert bf16.quality[score] == pytest.approx(fp32.quality[score], rel=0.02), (score, bf16.quality, fp32.quality)
+        assert bf16.quality[score] <= 1.02 * fp32.quality[score], (score, bf16.quality, fp32.quality)
 
 
 def test_the_same_seed_gives_the_same_image_on_cuda(pair):
@@ -63,12 +67,12 @@ def test_peak_memory_is_the_allocators_peak(pair):
 
 def test_an_iteration_never_waits_for_the_device(pair):
     """CUDA's own count of synchronising calls (`torch.cuda.set_sync_debug_mode`) is the same for
-    10 iterations as for 40 when nothing asks for the losses: setup, the stage's end and the
-    report wait for the device, no iteration does."""
+    20 iterations as for 40 when nothing asks for the losses: setup, the graph's capture, the
+    stage's end and the report wait for the device, no iteration does. A first run is not
+    counted: in it, turning the count on counts one more (seen on an H100: 20, 19, 19)."""
     content, style = pair
-    stylize(content, [style], Params(size=256, scales=1, iterations=2), device="cuda")  # weights, style cache
     counts = []
-    for iterations in (10, 40):
+    for iterations in (20, 20, 40):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
@@ -78,4 +82,37 @@ def test_an_iteration_never_waits_for_the_device(pair):
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(w.message) for w in caught))
-    assert counts[0] == counts[1] > 0, counts
+    assert counts[1] == counts[2] > 0, counts  # the first run warms up
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_iterations_replayed_as_a_cuda_graph_take_the_eager_steps(pair, monkeypatch, optimizer):
+    content, style = pair
+    params = Params(size=256, scales=2, iterations=40, optimizer=optimizer)
+    graphed = stylize(content, [style], params, device="cuda")
+    monkeypatch.setattr(loop, "CUDA_GRAPHS", False)
+    eager = stylize(content, [style], params, device="cuda")
+    assert graphed.iterations == eager.iterations == 40
+    assert float((to_tensor(graphed.image) - to_tensor(eager.image)).abs().max()) <= 2 / 255
+    assert graphed.losses["total"] == pytest.approx(eager.losses["total"], rel=1e-3)
+
+
+def test_a_job_leaving_a_graphed_batch_leaves_the_others_as_in_an_eager_batch(pair, monkeypatch):
+    """The batch is captured, a job stops mid-stage, the rest is captured again without it; the
+    others end as the same batch run eagerly ends. (Against each job run alone, the batch's other
+    convolution kernels round differently in bf16, and 30 L-BFGS steps carry that far: the CPU's
+    batch tests compare with lone runs.)"""
+    content, style = pair
+    params = [Params(size=256, scales=1, iterations=30, seed=seed, init="noise") for seed in (1, 2, 3)]
+
+    def batch() -> list:
+        return stylize_batch([Member(content, [style], p, callback=(lambda it: it.iteration == 12) if i == 1 else None)
+                              for i, p in enumerate(params)], device="cuda")
+
+    graphed = batch()
+    monkeypatch.setattr(loop, "CUDA_GRAPHS", False)
+    eager = batch()
+    assert graphed[1].stopped and graphed[1].iterations == eager[1].iterations == 12
+    for together, alone in zip(graphed, eager):
+        assert together.iterations == alone.iterations
+        assert float((to_tensor(together.image) - to_tensor(alone.image)).abs().max()) <= 2 / 255

@@ -12,7 +12,8 @@ its own is a batch of one, which may resume from a checkpoint.
 
 No iteration waits for the device: the optimisers decide on it, and the losses are read back
 (one copy for the whole batch) at most once a second to notice a job that diverged, at the end
-of each stage, and when a callback asks for them (`Iterate.losses`).
+of each stage, and when a callback asks for them (`Iterate.losses`). On CUDA an iteration is
+captured once per stage and batch as a CUDA graph and replayed (`_Iteration`).
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ from .optimizers import LBFGS, Adam
 from .transfer import CHECKPOINT_VERSION, Callback, Iterate, Result, Transfer
 
 READ_SECONDS = 1.0  # how often the loop reads the losses back to check for divergence
+CUDA_GRAPHS = True  # replay a stage's iterations as a CUDA graph (bench/gpu.py measures without, too)
+GRAPH_AFTER = 3     # eager iterations of a stage first: the first step is another one, cuDNN picks its kernels
+GRAPH_LEFT = 8      # capture only if at least this many iterations of the stage are left
 Optimizer = LBFGS | Adam
 
 
@@ -97,17 +101,78 @@ class _Objective:
 
 
 class _Losses:
-    """One iteration's loss terms of the batch, left on the device until first asked for; then read
-    back in one copy (one sync on a GPU) for every job."""
+    """One iteration's loss terms of the batch (a row per term, a column per job), left on the
+    device until first asked for; then read back in one copy (one sync on a GPU) for every job."""
 
-    def __init__(self, terms: dict[str, torch.Tensor]) -> None:
-        self.terms = {name: value.detach() for name, value in terms.items()}
+    def __init__(self, terms: torch.Tensor) -> None:
+        self.terms = terms
         self._rows: list[dict[str, float]] | None = None
 
     def rows(self) -> list[dict[str, float]]:
         if self._rows is None:
             self._rows = _read(self.terms)
         return self._rows
+
+
+TERMS = ("content", "style", "tv", "total")  # `_Objective`'s, in its order
+
+
+def _read(terms: torch.Tensor) -> list[dict[str, float]]:
+    """A batch's loss terms as numbers, one dict per job, in one device-to-host copy."""
+    return [dict(zip(TERMS, column)) for column in zip(*terms.tolist())]
+
+
+class _Iteration:
+    """One iteration of the batch at one stage: the network's passes, the losses, the backward pass
+    and the optimiser's step. On CUDA, after `GRAPH_AFTER` eager ones (on a side stream, as CUDA
+    graph capture asks), it is captured once as a CUDA graph and replayed: eager, its ~1,400
+    operator calls kept the host busy for ~8 ms an iteration on an H100 machine, more than the
+    GPU's own work up to 1024 px. A job that leaves the batch, or the next stage, makes a new one."""
+
+    def __init__(self, net, layers: frozenset[str], images: torch.Tensor, objective: _Objective,
+                 optimizer: Optimizer, bf16: bool, clamp: bool) -> None:
+        self.net, self.layers, self.images, self.objective, self.optimizer = net, layers, images, objective, optimizer
+        self.bf16, self.clamp, self.eager = bf16, clamp, 0
+        self.device_type = images.device.type
+        self.stream = torch.cuda.Stream(images.device) if CUDA_GRAPHS and self.device_type == "cuda" else None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.captured: torch.Tensor | None = None
+
+    def __call__(self, left: int) -> _Losses:
+        """Runs one (`left`: the stage's iterations left, this one included); its losses."""
+        if self.stream is not None and self.graph is None and self.eager >= GRAPH_AFTER and left >= GRAPH_LEFT:
+            self.images.grad = None
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                self.captured = self._kernels()
+        if self.graph is not None:
+            self.graph.replay()
+            terms = self.captured.clone()  # the next replay overwrites the graph's own
+        elif self.stream is not None:
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
+                terms = self._kernels()
+            torch.cuda.current_stream().wait_stream(self.stream)
+            terms = terms.clone()  # on this stream, which reads it
+        else:
+            terms = self._kernels()
+        self.eager += self.graph is None
+        self.optimizer.steps += 1
+        return _Losses(terms)
+
+    def _kernels(self) -> torch.Tensor:
+        """The iteration's device work; its loss terms stacked (`TERMS`)."""
+        images = self.images
+        images.grad = None
+        with torch.autocast(self.device_type, torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            features = self.net(images, self.layers)
+        terms = self.objective(features, images)
+        terms["total"].sum().backward()  # each image's gradient is its own loss's
+        rows = images.detach().view(len(images), -1)
+        self.optimizer.kernels(rows, images.grad.view(len(images), -1))
+        if self.clamp:
+            rows.clamp_(0, 1)
+        return torch.stack([terms[name] for name in TERMS]).detach()
 
 
 def stylize(content: Image.Image, styles: Sequence[Image.Image], params: Params, *,
@@ -161,18 +226,10 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
         images = resize(images, h, w).detach().contiguous().clone().requires_grad_(True)
         optimizer = _optimizer(p, images, optimizer, state)
         objective, state, last_read = _Objective(active, lead._tv(stage)), None, time.monotonic()
+        iteration = _Iteration(net, layers, images, objective, optimizer, lead.bf16, p.optimizer == "adam")
         while done - stage_start < stage.iterations and active:
-            images.grad = None
-            with torch.autocast(device.split(":")[0], torch.bfloat16, enabled=lead.bf16):
-                features = net(images, layers)
-            terms = objective(features, images)
-            terms["total"].sum().backward()  # each image's gradient is its own loss's
-            rows = images.detach().view(len(active), -1)
-            optimizer.step(rows, images.grad.view(len(active), -1))
-            if p.optimizer == "adam":
-                rows.clamp_(0, 1)
+            losses = iteration(stage.iterations - (done - stage_start))
             done += 1
-            losses = _Losses(terms)
             for row, job in enumerate(active):
                 job.last = losses, row
             if done - stage_start == stage.iterations or time.monotonic() - last_read >= READ_SECONDS:
@@ -196,6 +253,7 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
                     images = images.detach().index_select(0, rows).requires_grad_(True)
                     optimizer.keep(rows)
                     objective.keep(rows)
+                    iteration = _Iteration(net, layers, images, objective, optimizer, lead.bf16, p.optimizer == "adam")
         stage_start += stage.iterations
         if not active:
             break
@@ -214,12 +272,6 @@ def _optimizer(p: Params, images: torch.Tensor, previous: Optimizer | None, stat
     if p.optimizer == "adam":
         return Adam(rows, p.learning_rate) if state is None else Adam.restore(rows, p.learning_rate, state)
     return LBFGS(rows, previous) if state is None else LBFGS.restore(rows, state)
-
-
-def _read(terms: dict[str, torch.Tensor]) -> list[dict[str, float]]:
-    """A batch's loss terms as numbers, one dict per job, in one device-to-host copy."""
-    columns = torch.stack(list(terms.values())).tolist()
-    return [dict(zip(terms, row)) for row in zip(*columns)]
 
 
 def _iterate(job: _Job, stage_index: int, done: int, done_at_start: int, images: torch.Tensor, row: int,
