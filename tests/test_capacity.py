@@ -73,12 +73,13 @@ def test_the_prediction_says_what_it_is_for(calibration):
     assert capacity.device_kind("cuda:1") == "cuda" and capacity.device_kind("cpu") == "cpu"
 
 
-def test_the_repositorys_calibration_has_a_measured_cpu_entry_and_an_estimated_cuda_one():
+def test_the_repositorys_calibration_has_a_cpu_entry_and_a_cuda_one_both_measured():
     entries = json.loads(capacity.CALIBRATION.read_text())
     models = capacity.models()
     assert set(models) == {"cpu", "cuda"}
-    assert models["cpu"].measured and "bench/calibrate.py" in models["cpu"].source
-    assert not models["cuda"].measured and models["cuda"].source.startswith("estimated")
+    for kind in models:
+        assert models[kind].measured and "bench/calibrate.py" in models[kind].source, kind
+    assert "H100" in models["cuda"].source or "H200" in models["cuda"].source
     for kind, model in models.items():
         assert model.mb_per_megapixel > 0 and model.seconds_per_megapixel_iteration > 0, kind
         assert set(entries[kind]) >= {"base_mb", "mb_per_megapixel", "seconds_per_megapixel_iteration"}
