@@ -55,10 +55,17 @@ def test_a_convolution_that_cannot_allocate_inside_onednn_is_out_of_memory_too()
         resource.setrlimit(resource.RLIMIT_DATA, (held, resource.getrlimit(resource.RLIMIT_DATA)[1]))
         try:
             freed_on_out_of_memory(lambda: torch.nn.functional.conv2d(x, w, padding=1))
+            print("ran")
         except OutOfMemory as error:
             print("OutOfMemory:", error)
     """)
-    run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    # a fresh process tries again when this one proved nothing: now and then the heap it already
+    # holds has room enough and the convolution runs, and about one time in twelve oneDNN itself
+    # dies of the failed allocation (SIGSEGV, nothing printed: README, out of memory)
+    for _ in range(10):
+        run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+        if run.returncode == 0 and run.stdout.strip() != "ran":
+            break
     assert run.stdout.strip() == "OutOfMemory: could not create a primitive", run.stdout + run.stderr
 
 
