@@ -2,11 +2,13 @@
 
     python bench/iteration_profile.py [--device cuda] [--size 1024] [--iterations 10] [--precision auto] [--out DIR]
 
-Profiles `--iterations` iterations after 3 of warm-up (Tübingen x The Starry Night, the default
-layers and weights) and prints the operators that took the most time on the device (self time;
-on a CPU, CPU time), the wall time per iteration and, on a GPU, how much of it the device was
-busy (the sum of kernel times over the wall time: what launch overhead and host waits leave).
-With --out, writes the table and a Chrome trace (chrome://tracing, Perfetto) there.
+Profiles `--iterations` iterations after the warm-up (`bench/engine.py`'s WARMUP: past a CUDA
+graph's capture; Tübingen x The Starry Night, the default layers and weights) and prints the
+operators that took the most time on the device (self time; on a CPU, CPU time), the wall time
+per iteration and, on a GPU, how much of it the device was busy (the sum of kernel times over
+the wall time: what launch overhead and host waits leave) and the kernels' time by kind
+(`KINDS`: convolutions, matrix products, pooling, ...). With --out, writes the table and a Chrome
+trace (chrome://tracing, Perfetto) there.
 """
 from __future__ import annotations
 
@@ -28,6 +30,23 @@ from shared.params import Params  # noqa: E402
 from worker.engine import Iterate, resolve_device, stylize  # noqa: E402
 
 from engine import CONTENT, STYLE, WARMUP, sync  # noqa: E402  (bench/engine.py)
+
+
+# kernel kinds by a piece of the kernel's name, first match wins (cuDNN, cuBLAS, CUTLASS, ATen)
+KINDS = (("conv forward", ("fprop",)), ("conv input gradient", ("dgrad",)), ("max pooling", ("max_pool",)),
+         ("matrix products", ("gemm", "gemv", "trsm", "cutlass")), ("ReLU", ("threshold", "clamp")),
+         ("copies and casts", ("copy",)), ("reductions", ("reduce",)), ("other elementwise", ("elementwise",)))
+
+
+def by_kind(kernels: list, iterations: int) -> dict[str, dict[str, float]]:
+    """Kernel time (ms per iteration) and launches per iteration, by `KINDS`."""
+    kinds: dict[str, dict[str, float]] = {}
+    for kernel in kernels:
+        kind = next((k for k, pieces in KINDS if any(piece in kernel.key for piece in pieces)), "other")
+        entry = kinds.setdefault(kind, {"ms": 0.0, "kernels": 0.0})
+        entry["ms"] += kernel.self_device_time_total / 1e3 / iterations
+        entry["kernels"] += kernel.count / iterations
+    return {k: {n: round(v, 3) for n, v in e.items()} for k, e in sorted(kinds.items(), key=lambda i: -i[1]["ms"])}
 
 
 def main() -> None:
@@ -64,7 +83,8 @@ def main() -> None:
     summary = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "size": args.size,
                "precision": args.precision, "iterations": args.iterations, "wall_ms_per_iteration": round(1e3 * wall, 3),
                "device_busy_ms_per_iteration": None if busy is None else round(1e3 * busy, 3),
-               "device_busy_share": None if busy is None else round(busy / wall, 3)}
+               "device_busy_share": None if busy is None else round(busy / wall, 3),
+               "device_ms_by_kind": by_kind(kernels, args.iterations) if cuda else None}
     print(table)
     print(json.dumps(summary))
     if args.out:
