@@ -127,7 +127,8 @@ class _Iteration:
     and the optimiser's step. On CUDA, after `GRAPH_AFTER` eager ones (on a side stream, as CUDA
     graph capture asks), it is captured once as a CUDA graph and replayed: eager, its ~1,400
     operator calls kept the host busy for ~8 ms an iteration on an H100 machine, more than the
-    GPU's own work up to 1024 px. A job that leaves the batch, or the next stage, makes a new one."""
+    GPU's own work up to 512 px (3 ms). A job that leaves the batch, or the next stage, makes a
+    new one."""
 
     def __init__(self, net, layers: frozenset[str], images: torch.Tensor, objective: _Objective,
                  optimizer: Optimizer, bf16: bool, clamp: bool) -> None:
