@@ -9,8 +9,10 @@ TFLOP/s, peak memory, and a real worker's jobs per minute through Redis.
    end of warm-up to the last iteration (the device synchronised at those two callbacks only: the
    loop itself never waits for it, and a worker reads progress once a second): our engine with L-BFGS in fp32 (`precision fp32`) and on its fast path (`auto`: bf16
    autocast on CUDA), and, with Adam (one network evaluation per step each), ours against
-   `pastiche` on the same image and step count; and the fast path without CUDA graphs (every
-   iteration eager, `worker.engine.loop.CUDA_GRAPHS`). Peak memory of each run.
+   `pastiche` on the same image and step count; the fast path without CUDA graphs (every
+   iteration eager, `worker.engine.loop.CUDA_GRAPHS`), and with torch.compile
+   (`worker.engine.loop.COMPILE`; its compilation is in the warm-up's seconds, which each run
+   reports). Peak memory of each run.
 2. Achieved TFLOP/s of the fast path: the network's convolution FLOPs per iteration (forward to
    relu5_1, and the input gradient back: counted from the layer shapes) times iterations per
    second, against the device's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s; none on a CPU).
@@ -69,7 +71,7 @@ def flops_per_iteration(height: int, width: int) -> float:
 
 def ours(size: int, iterations: int, device: str, precision: str, optimizer: str) -> dict:
     """Iterations per second and peak memory of our engine, one scale."""
-    stamps: list[float] = []
+    stamps = [time.perf_counter()]
 
     def callback(it: Iterate) -> None:
         if it.iteration in (WARMUP, WARMUP + iterations):
@@ -78,8 +80,8 @@ def ours(size: int, iterations: int, device: str, precision: str, optimizer: str
 
     params = Params(size=size, scales=1, iterations=WARMUP + iterations, precision=precision, optimizer=optimizer)
     result = stylize(open_image(CONTENT), [open_image(STYLE)], params, device=device, callback=callback)
-    seconds = stamps[1] - stamps[0]
-    return {"iterations_per_second": iterations / seconds, "peak_memory_mb": result.peak_memory_mb}
+    return {"iterations_per_second": iterations / (stamps[2] - stamps[1]), "peak_memory_mb": result.peak_memory_mb,
+            "warmup_seconds": stamps[1] - stamps[0]}
 
 
 def pastiche(size: int, iterations: int, device: str) -> dict:
@@ -100,8 +102,10 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
                      "fp32": ours(size, iterations, device, "fp32", "lbfgs"),
                      "fast": ours(size, iterations, device, "auto", "lbfgs"),
                      "fast_adam": ours(size, iterations, device, "auto", "adam")}
-        with _without_cuda_graphs():
+        with _switched("CUDA_GRAPHS", False):
             row["fast_eager"] = ours(size, iterations, device, "auto", "lbfgs")
+        with _switched("COMPILE", True):
+            row["fast_compiled"] = ours(size, iterations, device, "auto", "lbfgs")
         row["tflops"] = flops_per_iteration(h, w) * row["fast"]["iterations_per_second"] / 1e12
         row["share_of_bf16_peak"] = row["tflops"] / peak if peak else None
         if not skip_pastiche:
@@ -111,7 +115,9 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
         rows.append(row)
         print(f"{size} px: fp32 {row['fp32']['iterations_per_second']:.1f} it/s, fast "
               f"{row['fast']['iterations_per_second']:.1f} it/s ({row['tflops']:.1f} TFLOP/s; without CUDA graphs "
-              f"{row['fast_eager']['iterations_per_second']:.1f} it/s), peak "
+              f"{row['fast_eager']['iterations_per_second']:.1f} it/s; compiled "
+              f"{row['fast_compiled']['iterations_per_second']:.1f} it/s after "
+              f"{row['fast_compiled']['warmup_seconds']:.1f} s of warm-up), peak "
               f"{row['fast']['peak_memory_mb']:.0f} MB"
               + (f"; Adam: ours {row['fast_adam']['iterations_per_second']:.1f}, pastiche "
                  f"{row['pastiche_adam']['iterations_per_second']:.1f} it/s" if not skip_pastiche else ""),
@@ -120,13 +126,14 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
 
 
 @contextmanager
-def _without_cuda_graphs() -> Iterator[None]:
-    """Our fast path as it ran before it replayed CUDA graphs: every iteration eager."""
-    loop.CUDA_GRAPHS = False
+def _switched(flag: str, value: bool) -> Iterator[None]:
+    """The loop with one of its switches (`CUDA_GRAPHS`, `COMPILE`) the other way."""
+    before = getattr(loop, flag)
+    setattr(loop, flag, value)
     try:
         yield
     finally:
-        loop.CUDA_GRAPHS = True
+        setattr(loop, flag, before)
 
 
 def _bf16_peak(device: str) -> float | None:

@@ -21,8 +21,9 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["command"].startswith("bench/gpu.py")
     (row,) = report["engine"]
-    for path in ("fp32", "fast", "fast_adam", "pastiche_adam"):
+    for path in ("fp32", "fast", "fast_adam", "fast_eager", "fast_compiled", "pastiche_adam"):
         assert row[path]["iterations_per_second"] > 0, path
+    assert row["fast_compiled"]["warmup_seconds"] > row["fast"]["warmup_seconds"]  # the compilation
     assert row["tflops"] > 0 and row["share_of_bf16_peak"] is None  # no bf16 peak on a CPU
     (jobs,) = report["worker"]
     assert jobs["jobs"] == 2 and jobs["jobs_per_minute"] > 0 and jobs["one_job_end_to_end_seconds"] > 0
@@ -42,12 +43,16 @@ def test_the_optimizer_step_benchmark_counts_torchs_host_reads_and_none_of_ours(
     assert one["ours_batched"]["ops"] == three["ours_batched"]["ops"] < three["torch_per_job"]["ops"]
 
 
-def test_the_profile_runs_and_writes_its_table_and_trace(tmp_path):
-    out = _bench("bench/iteration_profile.py", "--device", "cpu", "--size", "32", "--iterations", "2", "--out", str(tmp_path))
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_profile_runs_and_writes_its_table_and_trace(tmp_path, compiled):
+    out = _bench("bench/iteration_profile.py", "--device", "cpu", "--size", "32", "--iterations", "2", "--out", str(tmp_path),
+                 *(["--compile"] if compiled else []))
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["device"] == "cpu" and summary["wall_ms_per_iteration"] > 0
-    assert "convolution" in (tmp_path / "profile-32px-auto.txt").read_text()
-    assert json.loads((tmp_path / "profile-32px-auto.json").read_text())["traceEvents"]
+    assert summary["device"] == "cpu" and summary["wall_ms_per_iteration"] > 0 and summary["compile"] == compiled
+    stem = "profile-32px-auto" + ("-compiled" if compiled else "")
+    table = (tmp_path / f"{stem}.txt").read_text()
+    assert "convolution" in table and ("CompiledFunction" in table) == compiled  # torch.compile's autograd node
+    assert json.loads((tmp_path / f"{stem}.json").read_text())["traceEvents"]
 
 
 def test_an_iteration_of_a_batch_costs_the_operators_of_one_job_and_reads_nothing_back():

@@ -1,9 +1,11 @@
-"""Tiny inputs for engine tests: the project's sample images shrunk to a few dozen pixels."""
+"""Tiny inputs for engine tests (the project's sample images shrunk to a few dozen pixels), and the
+devices a test may run on."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from shared.images import open_image
@@ -30,3 +32,10 @@ def style() -> Image.Image:
 @pytest.fixture(scope="session")
 def style2() -> Image.Image:
     return _small("the_scream.jpg", 64)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def device(request) -> str:
+    """Each device a test runs on: the CPU here, CUDA too where a GPU is (`-m cuda`, bench/gpu.sh)."""
+    return request.param

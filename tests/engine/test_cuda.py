@@ -1,8 +1,8 @@
 """The engine's CUDA paths, run only where a CUDA GPU is (skipped cleanly elsewhere; `bench/gpu.sh`
 runs them on one): the bf16 fast path against fp32, seeded determinism, checkpoint resume, the
-peak memory report, an iteration that never waits for the device, and iterations replayed as
-CUDA graphs against eager ones, alone and in a batch a job leaves, on Tübingen x The Starry Night
-at 256 px."""
+peak memory report, an iteration that never waits for the device, iterations replayed as CUDA
+graphs against eager ones, alone and in a batch a job leaves, and the loop through torch.compile,
+on Tübingen x The Starry Night at 256 px."""
 from __future__ import annotations
 
 import warnings
@@ -116,3 +116,18 @@ def test_a_job_leaving_a_graphed_batch_leaves_the_others_as_in_an_eager_batch(pa
     for together, alone in zip(graphed, eager):
         assert together.iterations == alone.iterations
         assert float((to_tensor(together.image) - to_tensor(alone.image)).abs().max()) <= 2 / 255
+
+
+def test_the_compiled_loop_scores_as_the_uncompiled_one(pair, monkeypatch):
+    """`loop.COMPILE`: torch.compile's fused kernels, captured in the CUDA graphs. A fused kernel
+    keeps fp32 where the eager ones round each result to bf16, so L-BFGS takes other steps and
+    lands elsewhere: quality must hold, within 2% of the uncompiled fast path (as for bf16)."""
+    content, style = pair
+    params = Params(size=256, scales=1, iterations=100)
+    plain = stylize(content, [style], params, device="cuda")
+    torch._dynamo.reset()
+    monkeypatch.setattr(loop, "COMPILE", True)
+    compiled = stylize(content, [style], params, device="cuda")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    for score in ("style_distance", "content_distance"):
+        assert compiled.quality[score] <= 1.02 * plain.quality[score], (score, compiled.quality, plain.quality)

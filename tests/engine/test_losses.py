@@ -65,6 +65,26 @@ def test_gram_gradient_matches_autograd_of_the_plain_formula():
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_a_gram_of_bf16_features_is_fp32_and_its_gradient_bf16_in_their_layout(layout, device):
+    """The fast path's features are bf16: their Gram is accumulated and kept in fp32 (the same
+    numbers as an fp32 copy's; on CUDA straight from the bf16 operands), and its gradient goes
+    back in bf16 and the features' own layout, within bf16's rounding of the exact one."""
+    torch.manual_seed(0)
+    exact = torch.rand(2, 64, 48, 40, dtype=torch.float64, device=device).contiguous(memory_format=layout)
+    features = exact.bfloat16().contiguous(memory_format=layout).requires_grad_(True)
+    upcast = features.detach().double().requires_grad_(True)
+    g = gram(features)
+    assert g.dtype == torch.float32
+    assert torch.allclose(g.double(), gram(upcast), rtol=1e-6, atol=0)
+    weights = torch.randn(2, 64, 64, dtype=torch.float64, device=device)
+    (g * weights).sum().backward()
+    (gram(upcast) * weights).sum().backward()
+    assert features.grad.dtype == torch.bfloat16 and features.grad.stride() == features.stride()
+    error = (features.grad.double() - upcast.grad).norm() / upcast.grad.norm()
+    assert error < 2**-7, error
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_the_losses_give_their_gradient_in_the_features_own_layout(layout):
     """The network's features are channels last; a gradient in another layout makes every kernel
     it meets on the way back a strided one (slower on a GPU). Also for a batch a job has left."""

@@ -9,9 +9,6 @@ import torch
 from worker.engine.optimizers import HISTORY, LBFGS, Adam
 
 ROWS, PIXELS = 3, 40
-# the CUDA runs (`-m cuda`, bench/gpu.sh) check the same steps through cuBLAS and its triangular solves
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                                  reason="needs a CUDA GPU")])]
 
 
 def problems() -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -53,7 +50,6 @@ def torch_lbfgs(x: torch.Tensor) -> torch.optim.LBFGS:
     return torch.optim.LBFGS([x], lr=1, max_iter=1, history_size=HISTORY, tolerance_grad=-1, tolerance_change=-1)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("ours, theirs", [(LBFGS, torch_lbfgs), (lambda x: Adam(x, 0.05),
                                                                  lambda x: torch.optim.Adam([x], lr=0.05))])
 def test_each_row_takes_the_steps_torch_takes_alone(ours, theirs, device):

@@ -13,10 +13,13 @@ its own is a batch of one, which may resume from a checkpoint.
 No iteration waits for the device: the optimisers decide on it, and the losses are read back
 (one copy for the whole batch) at most once a second to notice a job that diverged, at the end
 of each stage, and when a callback asks for them (`Iterate.losses`). On CUDA an iteration is
-captured once per stage and batch as a CUDA graph and replayed (`_Iteration`).
+captured once per stage and batch as a CUDA graph and replayed (`_Iteration`). With `COMPILE`,
+the network's passes and the losses go through torch.compile (`_compiled_terms`): off until a
+GPU run shows what it gains against what it costs to compile each new shape.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -35,6 +38,7 @@ from .transfer import CHECKPOINT_VERSION, Callback, Iterate, Result, Transfer
 
 READ_SECONDS = 1.0  # how often the loop reads the losses back to check for divergence
 CUDA_GRAPHS = True  # replay a stage's iterations as a CUDA graph (bench/gpu.py measures without, too)
+COMPILE = False     # torch.compile the network's passes and the losses (`_terms`): bench/gpu.py measures it
 GRAPH_AFTER = 3     # eager iterations of a stage first: the first step is another one, cuDNN picks its kernels
 GRAPH_LEFT = 8      # capture only if at least this many iterations of the stage are left
 Optimizer = LBFGS | Adam
@@ -86,8 +90,9 @@ class _Objective:
 
     def __call__(self, features: dict[str, torch.Tensor], images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss terms and their weighted total, one value per image (the style weight is each
-        job's `params.style_weight` balanced for its style, `Transfer._style_balance`)."""
-        features = {name: f.float() for name, f in features.items()}  # losses in fp32
+        job's `params.style_weight` balanced for its style, `Transfer._style_balance`). In fp32
+        from bf16 features too, without an fp32 copy of them: the Grams accumulate in fp32
+        (`losses.gram`), the content error is promoted against its fp32 target."""
         terms = {"content": sum(loss(features[n]) for loss, n in zip(self.content, self.content_layers)) / len(self.content),
                  "style": sum(w * loss(features[n]) for w, loss, n in zip(self.layer_weights, self.style, self.style_layers)),
                  "tv": self.tv(images)}
@@ -165,15 +170,30 @@ class _Iteration:
         """The iteration's device work; its loss terms stacked (`TERMS`)."""
         images = self.images
         images.grad = None
-        with torch.autocast(self.device_type, torch.bfloat16, enabled=self.bf16, cache_enabled=False):
-            features = self.net(images, self.layers)
-        terms = self.objective(features, images)
-        terms["total"].sum().backward()  # each image's gradient is its own loss's
+        terms = (_compiled_terms() if COMPILE else _terms)(self.net, self.layers, self.objective, images, self.bf16)
+        terms[TERMS.index("total")].sum().backward()  # each image's gradient is its own loss's
         rows = images.detach().view(len(images), -1)
         self.optimizer.kernels(rows, images.grad.view(len(images), -1))
         if self.clamp:
             rows.clamp_(0, 1)
-        return torch.stack([terms[name] for name in TERMS]).detach()
+        return terms.detach()
+
+
+def _terms(net, layers: frozenset[str], objective: _Objective, images: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """The network's passes and the batch's loss terms, stacked (`TERMS`)."""
+    with torch.autocast(images.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
+        features = net(images, layers)
+    terms = objective(features, images)
+    return torch.stack([terms[name] for name in TERMS])
+
+
+@functools.cache
+def _compiled_terms() -> Callable[..., torch.Tensor]:
+    """`_terms` through torch.compile (TorchInductor): the passes between the convolutions (bias,
+    ReLU, pooling, casts, the losses' elementwise terms) fused, forward and backward. Compiled at
+    a stage's first (eager) iteration, before any CUDA graph capture; again for each new shape
+    until torch marks the sizes dynamic."""
+    return torch.compile(_terms)
 
 
 def stylize(content: Image.Image, styles: Sequence[Image.Image], params: Params, *,

@@ -17,7 +17,16 @@ def _per_image(values: torch.Tensor) -> torch.Tensor:
 
 
 class _FlatGram(torch.autograd.Function):
-    """F Fᵀ with the symmetric backward (G' + G'ᵀ) F: one matmul where autograd would do two.
+    """F Fᵀ in fp32, with the symmetric backward (G' + G'ᵀ) F: one matmul where autograd would do two.
+
+    The fast path's bf16 features are multiplied as they are, accumulating in fp32 (`_fp32_product`):
+    an fp32 copy of them cost a pass over the activations, and its product ran on an H100's FMA
+    units rather than its tensor cores (the relu1_1 Gram alone 0.36 ms of a 7.7 ms iteration at
+    1024 px). The features being bf16 already, the Gram is the same numbers. The backward is then
+    a bf16 product too, as the network's own are: it rounds (G' + G'ᵀ) to bf16, where the fp32
+    product rounded its result to bf16 on the way into the network. Measured against fp64 on
+    VGG's bf16 features at 256 px: 1.76e-3 relative error against 1.68e-3 with the start's
+    gradient, 2.4e-3 against 1.7e-3 with a random symmetric one.
 
     The gradient comes back in the features' own layout ((Fᵀ S)ᵀ, S symmetric): the network's
     channels-last features, flattened, are position-major, and a channel-major gradient made the
@@ -27,19 +36,29 @@ class _FlatGram(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flat: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(flat)
-        return flat @ flat.transpose(1, 2)
+        return _fp32_product(flat, flat.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (flat,) = ctx.saved_tensors
-        symmetric = grad + grad.transpose(1, 2)
+        symmetric = (grad + grad.transpose(1, 2)).to(flat.dtype)
         if flat.stride(1) == 1:  # position-major (channels last)
             return (flat.transpose(1, 2) @ symmetric).transpose(1, 2)
         return symmetric @ flat
 
 
+def _fp32_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b accumulated and returned in fp32 at least: on CUDA, bf16 operands go to the tensor
+    cores as they are (`out_dtype`, which CPUs lack: there they are upcast)."""
+    if a.dtype not in (torch.bfloat16, torch.float16):
+        return a @ b
+    if a.is_cuda:
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
+
+
 def gram(features: torch.Tensor) -> torch.Tensor:
-    """Gram matrix of (B, C, H, W) features divided by the number of positions H*W."""
+    """Gram matrix of (B, C, H, W) features divided by the number of positions H*W, in fp32."""
     b, c, h, w = features.shape
     return _FlatGram.apply(features.reshape(b, c, h * w)) / (h * w)
 
