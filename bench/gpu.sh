@@ -45,8 +45,8 @@ run() {
     set +e
     step() { echo "== $(date -u +%T) ($SECONDS s) $*" >&2; }
     step "the CUDA-only tests (each skips cleanly without a GPU; here none may skip)"
-    timeout 240 python3 -m pytest -q -m cuda -p no:cacheprovider -rs tests/engine/test_cuda.py tests/engine/test_losses.py \
-        tests/engine/test_optimizers.py tests/service/test_cuda_worker.py 2>&1 | tee "$out/cuda-tests.txt"
+    timeout 240 python3 -m pytest -q -m cuda -p no:cacheprovider -rs tests/engine/test_losses.py tests/engine/test_optimizers.py \
+        tests/service/test_cuda_worker.py tests/engine/test_cuda.py 2>&1 | tee "$out/cuda-tests.txt"
     if [ "${GPU_CALIBRATE:-1}" = 1 ]; then   # first, so the benchmark's worker predicts with it
         step "calibration"
         timeout 120 python3 bench/calibrate.py --device cuda --sizes 256 512 1024 --write 2>&1 | tee "$out/calibrate.txt"
