@@ -135,10 +135,13 @@ class _Iteration:
     GPU's own work up to 512 px (3 ms). A job that leaves the batch, or the next stage, makes a
     new one."""
 
-    def __init__(self, net, layers: frozenset[str], images: torch.Tensor, objective: _Objective,
-                 optimizer: Optimizer, bf16: bool, clamp: bool) -> None:
-        self.net, self.layers, self.images, self.objective, self.optimizer = net, layers, images, objective, optimizer
-        self.bf16, self.clamp, self.eager = bf16, clamp, 0
+    def __init__(self, lead: Transfer, images: torch.Tensor, objective: _Objective, optimizer: Optimizer) -> None:
+        """`lead`: a job of the batch, whose network, layers, precision and optimiser are the batch's
+        (`batch_key`)."""
+        p = lead.params
+        self.net, self.layers = lead.net, frozenset(p.content_layers + p.style_layers)
+        self.images, self.objective, self.optimizer = images, objective, optimizer
+        self.bf16, self.clamp, self.eager = lead.bf16, p.optimizer == "adam", 0
         self.device_type = images.device.type
         self.stream = torch.cuda.Stream(images.device) if CUDA_GRAPHS and self.device_type == "cuda" else None
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -221,8 +224,7 @@ def stylize_batch(members: Sequence[Member], device: str = "auto") -> list[Resul
 
 def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exception]:
     lead = jobs[0].transfer
-    p, net, device = lead.params, lead.net, lead.device
-    layers = frozenset(p.content_layers + p.style_layers)
+    p, device = lead.params, lead.device
     start = time.perf_counter()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
@@ -247,7 +249,7 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
         images = resize(images, h, w).detach().contiguous().clone().requires_grad_(True)
         optimizer = _optimizer(p, images, optimizer, state)
         objective, state, last_read = _Objective(active, lead._tv(stage)), None, time.monotonic()
-        iteration = _Iteration(net, layers, images, objective, optimizer, lead.bf16, p.optimizer == "adam")
+        iteration = _Iteration(lead, images, objective, optimizer)
         while done - stage_start < stage.iterations and active:
             losses = iteration(stage.iterations - (done - stage_start))
             done += 1
@@ -274,7 +276,7 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
                     images = images.detach().index_select(0, rows).requires_grad_(True)
                     optimizer.keep(rows)
                     objective.keep(rows)
-                    iteration = _Iteration(net, layers, images, objective, optimizer, lead.bf16, p.optimizer == "adam")
+                    iteration = _Iteration(lead, images, objective, optimizer)
         stage_start += stage.iterations
         if not active:
             break

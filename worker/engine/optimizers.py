@@ -11,13 +11,29 @@ batch, `keep`), saved and restored (a checkpoint, `state`/`restore`).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 
 HISTORY = 20   # L-BFGS curvature pairs per job (2 x HISTORY image-sized tensors)
 CURVATURE = 1e-10  # torch's: a pair with sᵀy at or below this is not used
 
 
-class LBFGS:
+class _Counted(ABC):
+    """A step is the device work (`kernels`, what a CUDA graph captures and replays) and its count
+    on the host (`steps`: what a checkpoint and the first L-BFGS step go by)."""
+
+    steps: int
+
+    @abstractmethod
+    def kernels(self, x: torch.Tensor, g: torch.Tensor) -> None: ...
+
+    def step(self, x: torch.Tensor, g: torch.Tensor) -> None:
+        self.kernels(x, g)
+        self.steps += 1
+
+
+class LBFGS(_Counted):
     """torch.optim.LBFGS(lr=1, max_iter=1, no line search, tolerances off), one per row.
 
     The history is a ring of the last `HISTORY` steps' curvature pairs. A pair whose curvature is
@@ -73,14 +89,9 @@ class LBFGS:
         self._ages = (slots[None, :] + slots[:, None] + 1) % HISTORY  # row k: the slots oldest first, k newest
         self._pair_ages = torch.cat([self._ages, self._ages + HISTORY], 1)  # the same for [S Y]
 
-    def step(self, x: torch.Tensor, g: torch.Tensor) -> None:
-        self.kernels(x, g)
-        self.steps += 1
-
     @torch.no_grad()
     def kernels(self, x: torch.Tensor, g: torch.Tensor) -> None:
-        """The step's device work, without counting it (`step` does): what a CUDA graph captures.
-        Every tensor it keeps is updated in place."""
+        """Every tensor it keeps is updated in place."""
         if self.steps == 0:
             d = g.neg().mul_(self.h0[:, None])
             t = torch.where(self.cold, g.abs().sum(1).reciprocal().clamp(max=1), 1.0)[:, None]
@@ -186,7 +197,7 @@ def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a @ b.transpose(-1, -2)).sum(1)
 
 
-class Adam:
+class Adam(_Counted):
     """torch.optim.Adam(lr, betas (0.9, 0.999), eps 1e-8), one per row."""
 
     BETAS, EPS = (0.9, 0.999), 1e-8
@@ -196,13 +207,8 @@ class Adam:
         self.m, self.v = torch.zeros_like(x), torch.zeros_like(x)
         self.t = x.new_zeros(())  # the step count on the device, for the bias corrections (see `LBFGS.slot`)
 
-    def step(self, x: torch.Tensor, g: torch.Tensor) -> None:
-        self.kernels(x, g)
-        self.steps += 1
-
     @torch.no_grad()
     def kernels(self, x: torch.Tensor, g: torch.Tensor) -> None:
-        """The step's device work, without counting it (`step` does): what a CUDA graph captures."""
         b1, b2 = self.BETAS
         self.t.add_(1)
         self.m.lerp_(g, 1 - b1)
