@@ -1,10 +1,12 @@
 """The engine's CUDA paths, run only where a CUDA GPU is (skipped cleanly elsewhere; `bench/gpu.sh`
 runs them on one): the bf16 fast path against fp32, seeded determinism, checkpoint resume, the
 peak memory report, an iteration that never waits for the device, iterations replayed as CUDA
-graphs against eager ones, alone and in a batch a job leaves, and the loop through torch.compile,
-on Tübingen x The Starry Night at 256 px."""
+graphs against eager ones, alone and in a batch a job leaves, a graph that does not fit, and the
+loop through torch.compile, on Tübingen x The Starry Night at 256 px (512 px where memory is
+measured)."""
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -117,6 +119,29 @@ def test_a_job_leaving_a_graphed_batch_leaves_the_others_as_in_an_eager_batch(pa
         assert together.iterations == alone.iterations
         assert float((to_tensor(together.image) - to_tensor(alone.image)).abs().max()) <= 2 / 255
 
+
+def test_a_stage_whose_graph_does_not_fit_runs_on_eagerly(pair, monkeypatch, caplog):
+    """A captured graph's own pool holds the iteration's tensors (peak 990 against 612 MB at 512 px
+    on an H100): with room for the eager iterations only, the capture runs out of memory and the
+    job still ends, eagerly, as the eager run does; the log says why."""
+    content, style = pair
+    params = Params(size=512, scales=1, iterations=20)
+    monkeypatch.setattr(loop, "CUDA_GRAPHS", False)
+    eager = stylize(content, [style], params, device="cuda")
+    monkeypatch.setattr(loop, "CUDA_GRAPHS", True)
+    graphed = stylize(content, [style], params, device="cuda")
+    assert graphed.peak_memory_mb > 1.2 * eager.peak_memory_mb, (graphed.peak_memory_mb, eager.peak_memory_mb)
+    torch.cuda.empty_cache()
+    room = (eager.peak_memory_mb + graphed.peak_memory_mb) / 2 * 2**20
+    torch.cuda.set_per_process_memory_fraction(room / torch.cuda.get_device_properties(0).total_memory)
+    try:
+        with caplog.at_level(logging.WARNING, logger=loop.__name__):
+            squeezed = stylize(content, [style], params, device="cuda")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert "did not fit" in caplog.text
+    assert squeezed.iterations == 20
+    assert float((to_tensor(squeezed.image) - to_tensor(eager.image)).abs().max()) <= 2 / 255
 
 def test_the_compiled_loop_scores_as_the_uncompiled_one(pair, monkeypatch):
     """`loop.COMPILE`: torch.compile's fused kernels, captured in the CUDA graphs. A fused kernel
