@@ -124,10 +124,17 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
 
 def compiled_figures(rows: list[dict], iterations: int, device: str) -> None:
     """The fast path through torch.compile at each size of `rows` (into them): last, after the
-    worker's figures, so that compilations that overrun the script's time cost only these."""
+    worker's figures, so that compilations that overrun the script's time cost only these. It is
+    an experiment: a compilation that fails is its result (the error, in the row), not the end of
+    the report."""
     for row in rows:
-        with _switched("COMPILE", True):
-            row["fast_compiled"] = ours(row["size"], iterations, device, "auto", "lbfgs")
+        try:
+            with _switched("COMPILE", True):
+                row["fast_compiled"] = ours(row["size"], iterations, device, "auto", "lbfgs")
+        except Exception as error:  # Dynamo, Inductor and Triton raise many types
+            row["fast_compiled"] = {"error": f"{type(error).__name__}: {str(error)[:2000]}"}
+            print(f"{row['size']} px: compiled run failed: {row['fast_compiled']['error'][:300]}", file=sys.stderr, flush=True)
+            continue
         print(f"{row['size']} px: compiled {row['fast_compiled']['iterations_per_second']:.1f} it/s after "
               f"{row['fast_compiled']['warmup_seconds']:.1f} s of warm-up, peak "
               f"{row['fast_compiled']['peak_memory_mb']:.0f} MB", file=sys.stderr, flush=True)

