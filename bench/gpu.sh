@@ -60,8 +60,8 @@ run() {
     for compiled in "${profiled[@]}"; do
         step "where an iteration's time goes at 1024 px $compiled"
         timeout 90 python3 bench/iteration_profile.py --device cuda --size 1024 $compiled --out "$profiles" 2>&1 | tail -n 30
+        tar -czf "$out/profiles.tgz" -C "$profiles" .   # after each: a call cut off at its limit keeps what is done
     done
-    tar -czf "$out/profiles.tgz" -C "$profiles" .
     step "done"
 }
 
