@@ -36,7 +36,8 @@ from engine import CONTENT, STYLE, WARMUP, sync  # noqa: E402  (bench/engine.py)
 
 # kernel kinds by a piece of the kernel's name, first match wins (TorchInductor's Triton, cuDNN,
 # cuBLAS, CUTLASS, ATen)
-KINDS = (("fused by torch.compile (Triton)", ("triton_",)), ("conv forward", ("fprop",)), ("conv input gradient", ("dgrad",)), ("max pooling", ("max_pool",)),
+KINDS = (("fused by torch.compile (Triton)", ("triton_",)), ("conv forward", ("fprop",)),
+         ("conv input gradient", ("dgrad",)), ("max pooling", ("max_pool",)),
          ("matrix products", ("gemm", "gemv", "trsm", "cutlass")), ("ReLU", ("threshold", "clamp")),
          ("copies and casts", ("copy",)), ("reductions", ("reduce",)), ("other elementwise", ("elementwise",)))
 
@@ -86,7 +87,8 @@ def main() -> None:
     kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # kernels and copies, not the ops that launch them
     busy = sum(e.self_device_time_total for e in kernels) / 1e6 / args.iterations if cuda else None
     summary = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "size": args.size,
-               "precision": args.precision, "compile": args.compile, "iterations": args.iterations, "wall_ms_per_iteration": round(1e3 * wall, 3),
+               "precision": args.precision, "compile": args.compile, "iterations": args.iterations,
+               "wall_ms_per_iteration": round(1e3 * wall, 3),
                "device_busy_ms_per_iteration": None if busy is None else round(1e3 * busy, 3),
                "device_busy_share": None if busy is None else round(busy / wall, 3),
                "device_ms_by_kind": by_kind(kernels, args.iterations) if cuda else None}

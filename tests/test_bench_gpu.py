@@ -40,6 +40,7 @@ def test_a_compilation_that_fails_is_the_compiled_rows_result_not_the_reports_en
     assert row["fast"]["iterations_per_second"] > 0
     assert row["fast_compiled"]["error"].startswith(("NotADirectoryError", "FileExistsError"))
 
+
 def _bench(*args: str, cwd: Path = ROOT) -> str:
     return subprocess.run([sys.executable, *args], cwd=cwd, check=True, timeout=300, capture_output=True, text=True,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}).stdout
@@ -71,3 +72,11 @@ def test_an_iteration_of_a_batch_costs_the_operators_of_one_job_and_reads_nothin
     assert [row["host_reads"] for row in rows] == [0, 0]
     # equal, but for the loop's once-a-second read of the losses (one operator) on a slow machine
     assert rows[0]["ops"] > 100 and abs(rows[1]["ops"] - rows[0]["ops"]) <= 1
+
+
+def test_the_gram_precision_bench_compares_both_ways_on_every_style_layer():
+    rows = [json.loads(line) for line in _bench("bench/gram_precision.py", "--size", "32").splitlines()]
+    assert [row["layer"] for row in rows] == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    for row in rows:
+        for errors in (row["start_gradient"], row["random_gradient"]):
+            assert 0 < errors["fp32_rounded_to_bf16"] < 1e-2 and 0 < errors["ours_bf16"] < 1e-2, row

@@ -1,5 +1,5 @@
-"""Tiny inputs for engine tests (the project's sample images shrunk to a few dozen pixels), and the
-devices a test may run on."""
+"""Tiny inputs for engine tests (the project's sample images shrunk to a few dozen pixels), the
+devices a test may run on, and the loop through torch.compile."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from shared.images import open_image
+from worker.engine import loop
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -39,3 +40,14 @@ def style2() -> Image.Image:
 def device(request) -> str:
     """Each device a test runs on: the CPU here, CUDA too where a GPU is (`-m cuda`, bench/gpu.sh)."""
     return request.param
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """The loop with `COMPILE` on, from a fresh Dynamo (nothing compiled, nothing counted) and
+    left without what it compiled."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    monkeypatch.setattr(loop, "COMPILE", True)
+    yield torch._dynamo.utils.counters
+    torch._dynamo.reset()
