@@ -85,7 +85,7 @@ class Params:
     preserve_color: str = param("none", "keep the content's colours: on luminance only, or by matching the "
                                         "style's colour histogram", choices=COLOR_MODES)
     weights: str = param("caffe", "VGG-19 weights: caffe, torchvision or a state-dict file", service=False)
-    precision: str = param("auto", "network precision (auto: bf16 on CUDA, fp32 elsewhere)", choices=PRECISIONS,
+    precision: str = param("auto", "network precision (auto: bf16 where the device multiplies it natively, else fp32)", choices=PRECISIONS,
                            service=False)
     content_layers: tuple[str, ...] = param(("relu4_2",), "layers whose features the content loss matches",
                                             choices=LAYER_NAMES)

@@ -6,6 +6,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from shared.params import ParamError, Params, plan
 from worker.engine import Iterate, stylize
+from worker.engine.transfer import use_bf16
 from worker.engine.images import to_tensor
 
 TINY = dict(size=48, iterations=6, scales=1)
@@ -276,3 +277,11 @@ def test_a_checkpoint_taken_at_the_last_iteration_resumes_to_the_result(content,
     resumed = run(content, [style], iterations=6, checkpoint=stopped.checkpoint)
     assert not resumed.stopped and resumed.iterations == 6 and resumed.quality is not None
     assert resumed.image.tobytes() == stopped.image.tobytes()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_on_cpus_that_multiply_it_natively(monkeypatch, native):
+    """The CPU's instruction set is the edge of the world here: both kinds of CPU, on one machine."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    assert use_bf16("auto", "cpu") is native
+    assert use_bf16("fp32", "cpu") is False and use_bf16("bf16", "cpu") is True
