@@ -33,7 +33,8 @@ def mark_gone(client: redis.Redis, node: str) -> None:
 
 
 def read_devices(client: redis.Redis) -> dict[str, dict]:
-    """Node name -> device description (`device`, `name`, `memory_bytes`), as the workers last reported."""
+    """Node name -> device description (`device`, `name`, `memory_bytes`, `precision`), as the
+    workers last reported."""
     return {name.decode(): json.loads(value) for name, value in client.hgetall(DEVICES_KEY).items()}
 
 

@@ -17,7 +17,7 @@ from celery.signals import (celeryd_after_setup, heartbeat_sent, worker_process_
 from shared import metrics
 from shared.devices import mark_alive, mark_gone, report_device
 from shared.services import Services
-from worker.engine import DeviceError, resolve_device
+from worker.engine import DeviceError, resolve_device, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +26,19 @@ _main: dict[str, Services] = {}  # the main process's own, made at its first hea
 
 
 def describe(device: str) -> dict[str, object]:
-    """`{"device", "name", "memory_bytes"}` for a settings device (auto | cpu | cuda[:N]); a CPU's
-    memory is the machine's."""
+    """`{"device", "name", "memory_bytes", "precision"}` for a settings device (auto | cpu |
+    cuda[:N]); a CPU's memory is the machine's. The precision is what jobs run in by default
+    there (`precision auto`), which differs between CPUs."""
     try:
         resolved = resolve_device(device)
     except DeviceError as exc:
-        return {"device": device, "name": f"unavailable: {exc}", "memory_bytes": None}
+        return {"device": device, "name": f"unavailable: {exc}", "memory_bytes": None, "precision": None}
+    precision = "bf16" if use_bf16("auto", resolved) else "fp32"
     if resolved == "cpu":
         return {"device": "cpu", "name": f"CPU ({os.cpu_count()} cores)",
-                "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
+                "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "precision": precision}
     props = torch.cuda.get_device_properties(torch.device(resolved))
-    return {"device": resolved, "name": props.name, "memory_bytes": props.total_memory}
+    return {"device": resolved, "name": props.name, "memory_bytes": props.total_memory, "precision": precision}
 
 
 def node_name() -> str:

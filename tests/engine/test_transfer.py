@@ -5,8 +5,7 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from shared.params import ParamError, Params, plan
-from worker.engine import Iterate, stylize
-from worker.engine.transfer import use_bf16
+from worker.engine import Iterate, stylize, use_bf16
 from worker.engine.images import to_tensor
 
 TINY = dict(size=48, iterations=6, scales=1)

@@ -29,11 +29,11 @@ def test_a_job_runs_on_the_gpu_and_the_system_page_shows_the_device(
 
     (device,) = live_devices(Services(local).redis).values()
     props = torch.cuda.get_device_properties(0)
-    assert device == {"device": "cuda", "name": props.name, "memory_bytes": props.total_memory}
+    assert device == {"device": "cuda", "name": props.name, "memory_bytes": props.total_memory, "precision": "bf16"}
     operator = make_operator(local)
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/admin/sign-in").get_data(as_text=True)).group(1)
     signed_in = client.post("/admin/sign-in", data={"name": operator, "password": OPERATOR_PASSWORD, "csrf_token": token})
     assert signed_in.status_code == 303
     html = wait_for(lambda: h if props.name in (h := client.get("/admin/system").get_data(as_text=True)) else None,
                     timeout=30, what="the GPU on the System page")
-    assert f"{props.total_memory / 2**30:.1f} GiB" in html
+    assert f"{props.total_memory / 2**30:.1f} GiB · <span" in html and ">bf16</span>" in html
