@@ -76,8 +76,8 @@ def parse(request: Request, settings: Settings) -> Submission:
 
 def predict(submission: Submission, client: Redis) -> dict[str, Any] | None:
     """The job's predicted run time and peak memory (`shared.capacity`) on the live workers'
-    fastest device kind (CUDA if any); None when no worker is live, or Redis cannot say (a job is
-    never refused for that). A 422 naming the parameter when it fits on no live worker's device."""
+    fastest device; None when no worker is live, or Redis cannot say (a job is never refused for
+    that). A 422 naming the parameter when it fits on no live worker's device."""
     try:
         live = [d for d in live_devices(client).values() if not str(d.get("name", "")).startswith("unavailable")]
     except (RedisError, OSError) as exc:
@@ -85,14 +85,21 @@ def predict(submission: Submission, client: Redis) -> dict[str, Any] | None:
         return None
     if not live:
         return None
-    devices = [capacity.Device(capacity.device_kind(d["device"]), d.get("memory_bytes")) for d in live]
+    devices = [_device(d) for d in live]
     work = capacity.workload(engine_params(submission.params), submission.content.size,
                              [s.size for s in submission.styles])
     if (why := capacity.too_big(work, devices)) is not None:
         largest = max(devices, key=lambda d: d.memory_bytes or 0)
-        raise invalid(f"params.{capacity.limiting_field(work, largest.kind)}", why)
-    kind = "cuda" if any(d.kind == "cuda" for d in devices) else "cpu"
-    return capacity.predict(work, kind).to_dict()
+        raise invalid(f"params.{capacity.limiting_field(work, largest.kind, largest.precision)}", why)
+    return min((capacity.predict(work, d.kind, d.precision) for d in devices), key=lambda p: p.seconds).to_dict()
+
+
+def _device(report: dict[str, Any]) -> capacity.Device:
+    """A worker's device report as the capacity model reads it. A report without a precision is
+    from a worker older than the field, which ran bf16 on CUDA only."""
+    kind = capacity.device_kind(report["device"])
+    precision = report.get("precision") or ("bf16" if kind == "cuda" else "fp32")
+    return capacity.Device(kind, report.get("memory_bytes"), precision)
 
 
 def idempotency_key(request: Request) -> str | None:

@@ -1,14 +1,16 @@
 """Calibrate the memory and time model (`shared.capacity`) on this machine's device.
 
-    .venv/bin/python bench/calibrate.py [--device cpu|cuda] [--sizes 128 256 384 512] [--write]
+    .venv/bin/python bench/calibrate.py [--device cpu|cuda] [--precision auto|fp32|bf16] [--sizes 128 256 384 512]
+                                        [--write]
 
 Runs small jobs (Tübingen x The Starry Night, one scale) over a spread of sizes, iteration counts,
 style counts and style scales, each in a fresh process so its peak memory is its own (CUDA: the
 allocator's peak; CPU: the process's peak resident set during the job, the network and runtime
 included, the weights file's one-off loading peak not), timed
 warm (the network loaded first, as in a worker). Fits the model's coefficients by non-negative
-least squares and prints the runs, the fit and its worst errors; `--write` stores the fit as this
-device kind's entry of shared/capacity_calibration.json (other kinds are kept).
+least squares and prints the runs, the fit and its worst errors; `--write` stores the fit as the
+entry of this device kind in the precision the jobs ran in (`cpu-bf16`: `--precision auto` is
+what a worker here runs) in shared/capacity_calibration.json, keeping the other entries.
 Prints, last, one JSON line with every figure.
 """
 from __future__ import annotations
@@ -39,9 +41,11 @@ class Sample:
     iterations: int
     styles: int = 1
     style_scale: float = 1.0
+    precision: str = "auto"
 
     def params(self) -> Params:
-        return Params(size=self.size, iterations=self.iterations, scales=1, style_scale=self.style_scale)
+        return Params(size=self.size, iterations=self.iterations, scales=1, style_scale=self.style_scale,
+                      precision=self.precision)
 
 
 # two iteration counts per size, far enough apart that a GPU's per-iteration cost stands out of
@@ -50,19 +54,20 @@ class Sample:
 ITERATIONS = {"cpu": (4, 12), "cuda": (20, 80)}
 
 
-def samples(sizes: list[int], device: str) -> list[Sample]:
+def samples(sizes: list[int], device: str, precision: str) -> list[Sample]:
     """Every size at two iteration counts (per-iteration cost apart from per-job cost), and, at the
     second size, two styles and a doubled style scale (the style passes' share)."""
     few, many = ITERATIONS[device.split(":")[0]]
-    runs = [Sample(size, iterations) for size in sizes for iterations in (few, many)]
+    runs = [Sample(size, iterations, precision=precision) for size in sizes for iterations in (few, many)]
     middle = sizes[min(1, len(sizes) - 1)]
-    return runs + [Sample(middle, few, styles=2), Sample(middle, few, style_scale=2.0)]
+    return runs + [Sample(middle, few, styles=2, precision=precision),
+                   Sample(middle, few, style_scale=2.0, precision=precision)]
 
 
 def run_sample(sample: Sample, device: str) -> dict:
     """One sample in this process (called in a fresh one): warm up, then the timed run."""
     from shared.images import open_image
-    from worker.engine import stylize
+    from worker.engine import resolve_precision, stylize
 
     content, styles = open_image(CONTENT), [open_image(p) for p in STYLES[:sample.styles]]
     stylize(content, styles, Params(size=32, iterations=1, scales=1), device=device)  # loads the network
@@ -71,6 +76,7 @@ def run_sample(sample: Sample, device: str) -> dict:
     result = stylize(content, styles, sample.params(), device=device)
     memory_mb = result.peak_memory_mb if device != "cpu" else _resident_peak_mb()
     return {"seconds": result.seconds, "memory_mb": memory_mb, "device": result.device,
+            "precision": resolve_precision(sample.precision, result.device),
             "content": list(content.size), "styles": [list(s.size) for s in styles]}
 
 
@@ -112,6 +118,8 @@ def fit(runs: list[tuple[capacity.Workload, dict]], source: str) -> capacity.Mod
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="the jobs' (default auto: what a worker here runs)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 384, 512])
     parser.add_argument("--write", action="store_true", help="store the fit in shared/capacity_calibration.json")
     parser.add_argument("--sample", help=argparse.SUPPRESS)  # internal: run one sample in this process
@@ -122,7 +130,7 @@ def main() -> None:
 
     load_before = os.getloadavg()
     runs, table = [], []
-    for number, sample in enumerate(samples(args.sizes, args.device), start=1):
+    for number, sample in enumerate(samples(args.sizes, args.device, args.precision), start=1):
         started = time.perf_counter()
         measured = measure(sample, args.device)
         work = capacity.workload(sample.params(), tuple(measured["content"]), [tuple(s) for s in measured["styles"]])
@@ -130,21 +138,23 @@ def main() -> None:
         table.append(asdict(sample) | {"seconds": round(measured["seconds"], 3), "memory_mb": round(measured["memory_mb"])})
         print(f"[{number}] {sample}: {measured['seconds']:.2f} s, {measured['memory_mb']:.0f} MB "
               f"({time.perf_counter() - started:.0f} s with start-up)", file=sys.stderr, flush=True)
-    device = runs[0][1]["device"]
-    kind = capacity.device_kind(device)
-    command = f"bench/calibrate.py --device {args.device} --sizes {' '.join(map(str, args.sizes))}"
+    device, precision = runs[0][1]["device"], runs[0][1]["precision"]
+    key = capacity.model_key(capacity.device_kind(device), precision)
+    command = (f"bench/calibrate.py --device {args.device} --precision {args.precision} "
+               f"--sizes {' '.join(map(str, args.sizes))}")
     model = fit(runs, f"measured: {command} on {_device_name(device)}")
     errors = [{"sample": row, "predicted_seconds": round(model.seconds(w), 3),
                "predicted_memory_mb": round(model.memory_mb(w))} for row, (w, _) in zip(table, runs)]
     worst_time = max(abs(model.seconds(w) / m["seconds"] - 1) for w, m in runs)
     worst_memory = max(abs(model.memory_mb(w) / m["memory_mb"] - 1) for w, m in runs)
-    print(f"{kind}: {asdict(model)}\nworst relative error: time {worst_time:.1%}, memory {worst_memory:.1%}",
+    print(f"{key}: {asdict(model)}\nworst relative error: time {worst_time:.1%}, memory {worst_memory:.1%}",
           file=sys.stderr)
     if args.write:
-        entries = capacity.models(capacity.CALIBRATION) | {kind: model}
+        entries = capacity.models(capacity.CALIBRATION) | {key: model}
         capacity.write(capacity.CALIBRATION, entries)
-        print(f"wrote the {kind} entry of {capacity.CALIBRATION.relative_to(ROOT)}", file=sys.stderr)
-    print(json.dumps({"device": device, "name": _device_name(device), "model": asdict(model), "runs": errors,
+        print(f"wrote the {key} entry of {capacity.CALIBRATION.relative_to(ROOT)}", file=sys.stderr)
+    print(json.dumps({"device": device, "precision": precision, "key": key, "name": _device_name(device),
+                      "model": asdict(model), "runs": errors,
                       "worst_relative_error": {"seconds": round(worst_time, 3), "memory": round(worst_memory, 3)},
                       "load_average_before": [round(x, 2) for x in load_before],
                       "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),

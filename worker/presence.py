@@ -17,7 +17,7 @@ from celery.signals import (celeryd_after_setup, heartbeat_sent, worker_process_
 from shared import metrics
 from shared.devices import mark_alive, mark_gone, report_device
 from shared.services import Services
-from worker.engine import DeviceError, resolve_device, use_bf16
+from worker.engine import DeviceError, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def describe(device: str) -> dict[str, object]:
         resolved = resolve_device(device)
     except DeviceError as exc:
         return {"device": device, "name": f"unavailable: {exc}", "memory_bytes": None, "precision": None}
-    precision = "bf16" if use_bf16("auto", resolved) else "fp32"
+    precision = resolve_precision("auto", resolved)
     if resolved == "cpu":
         return {"device": "cpu", "name": f"CPU ({os.cpu_count()} cores)",
                 "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "precision": precision}

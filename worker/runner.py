@@ -36,8 +36,8 @@ from shared.services import Services
 from shared.storage import StorageError, StorageKeyError
 from shared.webhooks import outbox
 from worker import shutdown
-from worker.engine import (DeviceError, Iterate, Member, OutOfMemory, Result, free_bytes, resolve_device, stylize,
-                           stylize_batch)
+from worker.engine import (DeviceError, Iterate, Member, OutOfMemory, Result, free_bytes, resolve_device,
+                           resolve_precision, stylize, stylize_batch)
 from worker.job_files import JobFiles
 from worker.job_metrics import JobMeter
 from worker.lease import Lease
@@ -161,8 +161,10 @@ class JobRun:
             device = resolve_device(self.settings.device)
         except DeviceError:
             return []  # the run itself reports it
-        work = capacity.workload(engine_params(self.params), images[0].size, [s.size for s in images[1:]])
-        size = capacity.batch_size(work, capacity.device_kind(device), free_bytes(device), limit)
+        params = engine_params(self.params)
+        work = capacity.workload(params, images[0].size, [s.size for s in images[1:]])
+        size = capacity.batch_size(work, capacity.device_kind(device), resolve_precision(params.precision, device),
+                                   free_bytes(device), limit)
         if size <= 1:
             return []
         with self.services.db.session() as session:

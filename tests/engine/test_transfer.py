@@ -5,7 +5,7 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from shared.params import ParamError, Params, plan
-from worker.engine import Iterate, stylize, use_bf16
+from worker.engine import Iterate, resolve_precision, stylize
 from worker.engine.images import to_tensor
 
 TINY = dict(size=48, iterations=6, scales=1)
@@ -282,5 +282,5 @@ def test_a_checkpoint_taken_at_the_last_iteration_resumes_to_the_result(content,
 def test_auto_precision_is_bf16_on_cpus_that_multiply_it_natively(monkeypatch, native):
     """The CPU's instruction set is the edge of the world here: both kinds of CPU, on one machine."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
-    assert use_bf16("auto", "cpu") is native
-    assert use_bf16("fp32", "cpu") is False and use_bf16("bf16", "cpu") is True
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"

@@ -305,7 +305,7 @@ def test_a_finished_job_has_its_loss_history_snapshots_result_and_stats(live_app
     html = wait_for(lambda: h if "CPU (" in (h := client.get("/admin/system").get_data(as_text=True)) else None,
                     timeout=30, what="the worker and its device on the System page")
     assert "No worker answered" not in html
-    # the precision jobs run in there by default: this CPU's kind decides it (transfer.use_bf16)
+    # the precision jobs run in there by default: this CPU's kind decides it (resolve_precision)
     shown = re.search(r"CPU \(\d+ cores\) · [\d.]+ GiB · <span[^>]*>(\w+)</span>", html).group(1)
     assert shown == ("bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32")
     finished = int(re.search(r'<th>last hour</th><td class="num">(\d+)</td>', html).group(1))

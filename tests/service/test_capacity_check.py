@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from shared import capacity
-from shared.devices import ALIVE_SECONDS, live_devices
+from shared.devices import ALIVE_SECONDS, live_devices, report_device
 from shared.schemas import engine_params
 from shared.services import Services
 from tests.service import faults
@@ -36,6 +36,7 @@ def test_too_big_for_every_live_device_is_refused_and_a_job_that_fits_gets_its_p
     worker = workers(local)
     (device,) = wait_for(lambda: live(local), timeout=30, what="the worker to report its device").values()
     assert device["device"] == "cpu" and device["memory_bytes"] > 2**30  # the machine's memory
+    assert device["precision"] in ("bf16", "fp32")  # this CPU's own (tests/engine: resolve_precision)
 
     body = assert_problem(submit(client, auth, images, HUGE), 422, "params.size")
     assert "needs ~" in body["detail"] and "GiB of device memory" in body["detail"]
@@ -44,7 +45,7 @@ def test_too_big_for_every_live_device_is_refused_and_a_job_that_fits_gets_its_p
 
     job = submit(client, auth, images, SMALL).get_json()
     work = capacity.workload(engine_params(job["params"]), (48, 36), [(32, 32)])  # the `images` fixture's sizes
-    assert job["prediction"] == capacity.predict(work, "cpu").to_dict()
+    assert job["prediction"] == capacity.predict(work, "cpu", device["precision"]).to_dict()
     assert job["prediction"]["measured"] is True and job["prediction"]["seconds"] > 0
     done = wait_status(client, auth, job["id"], TERMINAL, timeout=120)
     assert done["status"] == "succeeded" and done["prediction"] == job["prediction"]
@@ -64,3 +65,37 @@ def test_a_live_worker_stays_live_and_leaves_at_once_when_it_stops(make_redis, w
     assert live(local)
     worker.stop()  # SIGTERM: a warm shutdown marks it gone
     assert live(local) == {}
+
+
+@pytest.mark.parametrize("report, model", [
+    ({"device": "cpu", "name": "CPU (64 cores)", "memory_bytes": 2**40, "precision": "bf16"}, "cpu-bf16"),
+    ({"device": "cpu", "name": "CPU (64 cores)", "memory_bytes": 2**40, "precision": "fp32"}, "cpu-fp32"),
+    ({"device": "cpu", "name": "CPU (64 cores)", "memory_bytes": 2**40}, "cpu-fp32"),  # a worker from before
+    ({"device": "cuda:1", "name": "NVIDIA H100", "memory_bytes": 80 * 2**30}, "cuda-bf16"),  # the precision field
+])
+def test_the_prediction_is_the_model_of_the_reported_devices_precision(make_redis, worker_settings, private_database,
+                                                                       client_for, images, report, model):
+    local = replace(worker_settings, redis_url=make_redis().url(0), database_url=private_database)
+    services = Services(local)
+    report_device(services.redis, "other@host", report)
+    client, auth = client_for(local)
+    job = submit(client, auth, images, SMALL).get_json()
+    work = capacity.workload(engine_params(job["params"]), (48, 36), [(32, 32)])
+    expected = capacity.models()[model]
+    assert job["prediction"] == {"device": capacity.device_kind(report["device"]), "seconds": round(expected.seconds(work), 1),
+                                 "memory_mb": round(expected.memory_mb(work)), "measured": True}
+    services.redis.close()
+
+
+def test_the_eta_is_the_fastest_live_devices(make_redis, worker_settings, private_database, client_for, images):
+    local = replace(worker_settings, redis_url=make_redis().url(0), database_url=private_database)
+    services = Services(local)
+    for node, precision in (("slow@host", "fp32"), ("fast@host", "bf16")):
+        report_device(services.redis, node, {"device": "cpu", "name": "CPU", "memory_bytes": 2**40,
+                                             "precision": precision})
+    client, auth = client_for(local)
+    job = submit(client, auth, images, SMALL).get_json()
+    work = capacity.workload(engine_params(job["params"]), (48, 36), [(32, 32)])
+    assert job["prediction"] == capacity.predict(work, "cpu", "bf16").to_dict()
+    assert capacity.predict(work, "cpu", "bf16").seconds < capacity.predict(work, "cpu", "fp32").seconds
+    services.redis.close()

@@ -4,8 +4,8 @@ Of the project it imports only the parameter contract, `shared.params` (standard
 """
 from .loop import Member, stylize, stylize_batch
 from .memory import OutOfMemory, free_bytes
-from .transfer import DeviceError, Iterate, Result, resolve_device, use_bf16
+from .transfer import DeviceError, Iterate, Result, resolve_device, resolve_precision
 from .vgg import WeightsError, load_network
 
 __all__ = ["DeviceError", "Iterate", "Member", "OutOfMemory", "Result", "WeightsError", "free_bytes", "load_network",
-           "resolve_device", "stylize", "stylize_batch", "use_bf16"]
+           "resolve_device", "resolve_precision", "stylize", "stylize_batch"]

@@ -96,16 +96,19 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def use_bf16(precision: str, device: str) -> bool:
-    """bf16 autocast for the network passes (the Grams accumulate in fp32; losses and optimiser
-    are fp32). `auto` uses it where the hardware multiplies bf16 natively: CUDA GPUs that support
-    it, and CPUs with AVX512-BF16 (AMX CPUs have it too), where a default job ran 1.4-1.7x faster
-    than in fp32 at 64 to 512 px (BENCHMARKS.md). Other CPUs would emulate it: they stay fp32."""
+def resolve_precision(precision: str, device: str) -> str:
+    """What a job asking for `precision` runs its network passes in on `device`: `bf16` (autocast;
+    the Grams accumulate in fp32, losses and optimiser are fp32) or `fp32`. `auto` is bf16 where
+    the hardware multiplies bf16 natively: CUDA GPUs that support it, and CPUs with AVX512-BF16
+    (AMX CPUs have it too), where a default job ran 1.4-1.7x faster than in fp32 at 64 to 512 px
+    (BENCHMARKS.md). Other CPUs would emulate it: they stay fp32."""
     if precision != "auto":
-        return precision == "bf16"
+        return precision
     if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported()
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = torch.cpu._is_avx512_bf16_supported()
+    return "bf16" if native else "fp32"
 
 
 class Transfer:
@@ -126,7 +129,7 @@ class Transfer:
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cuda.matmul.allow_tf32 = False
         self.net = load_network(params.weights, params.pooling, self.device)
-        self.bf16 = use_bf16(params.precision, self.device)
+        self.bf16 = resolve_precision(params.precision, self.device) == "bf16"
         self.stages = plan(params)
         self.total = sum(s.iterations for s in self.stages)
         self.style_blend = [w / sum(params.style_weights) for w in params.style_weights]
