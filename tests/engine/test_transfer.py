@@ -279,8 +279,11 @@ def test_a_checkpoint_taken_at_the_last_iteration_resumes_to_the_result(content,
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_precision_is_bf16_on_cpus_that_multiply_it_natively(monkeypatch, native):
-    """The CPU's instruction set is the edge of the world here: both kinds of CPU, on one machine."""
+def test_auto_precision_is_bf16_where_the_hardware_multiplies_it_natively(monkeypatch, native):
+    """What the CPU and GPU can do is the edge of the world here: both kinds of each, on one
+    machine. A GPU that only emulates bf16 (before Ampere) counts as without it."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
-    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    expected = "bf16" if native else "fp32"
+    assert resolve_precision("auto", "cpu") == expected and resolve_precision("auto", "cuda:0") == expected
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"

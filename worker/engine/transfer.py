@@ -99,13 +99,13 @@ def resolve_device(device: str = "auto") -> str:
 def resolve_precision(precision: str, device: str) -> str:
     """What a job asking for `precision` runs its network passes in on `device`: `bf16` (autocast;
     the Grams accumulate in fp32, losses and optimiser are fp32) or `fp32`. `auto` is bf16 where
-    the hardware multiplies bf16 natively: CUDA GPUs that support it, and CPUs with AVX512-BF16
+    the hardware multiplies bf16 natively: CUDA GPUs from Ampere on, and CPUs with AVX512-BF16
     (AMX CPUs have it too), where a default job ran 1.4-1.7x faster than in fp32 at 64 to 512 px
-    (BENCHMARKS.md). Other CPUs would emulate it: they stay fp32."""
+    (BENCHMARKS.md). Older GPUs and other CPUs would emulate it: they stay fp32."""
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
-        native = torch.cuda.is_bf16_supported()
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
     else:
         native = torch.cpu._is_avx512_bf16_supported()
     return "bf16" if native else "fp32"
