@@ -35,6 +35,12 @@ def style2() -> Image.Image:
     return _small("the_scream.jpg", 64)
 
 
+@pytest.fixture(scope="session")
+def pair() -> tuple[Image.Image, Image.Image]:
+    """Tübingen and The Starry Night whole: the benchmarks' pair, for the tests that judge quality."""
+    return open_image(SAMPLES / "tubingen.jpg"), open_image(SAMPLES / "starry_night.jpg")
+
+
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
 def device(request) -> str:
