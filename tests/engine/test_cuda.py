@@ -1,8 +1,9 @@
 """The engine's CUDA paths, run only where a CUDA GPU is (skipped cleanly elsewhere; `bench/gpu.sh`
-runs them on one): seeded determinism, checkpoint resume, the peak memory report, an iteration that never waits for the device, iterations replayed as CUDA
-graphs against eager ones, alone and in a batch a job leaves, a graph that does not fit, and the
-loop through torch.compile, on Tübingen x The Starry Night at 256 px (512 px where memory is
-measured)."""
+runs them on one): seeded determinism, checkpoint resume, the peak memory report, an iteration
+that never waits for the device, iterations replayed as CUDA graphs against eager ones, alone and
+in a batch a job leaves, a graph that does not fit, and the loop through torch.compile, on
+Tübingen x The Starry Night at 256 px (512 px where memory is measured). bf16 against fp32 is in
+test_transfer.py, on every device."""
 from __future__ import annotations
 
 import logging
