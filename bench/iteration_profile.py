@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.images import open_image  # noqa: E402
 from shared.params import Params  # noqa: E402
-from worker.engine import Iterate, loop, resolve_device, stylize  # noqa: E402
+from worker.engine import Iterate, loop, resolve_device, resolve_precision, stylize  # noqa: E402
 
 from engine import CONTENT, STYLE, WARMUP, sync  # noqa: E402  (bench/engine.py)
 
@@ -87,7 +87,7 @@ def main() -> None:
     kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # kernels and copies, not the ops that launch them
     busy = sum(e.self_device_time_total for e in kernels) / 1e6 / args.iterations if cuda else None
     summary = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "size": args.size,
-               "precision": args.precision, "compile": args.compile, "iterations": args.iterations,
+               "precision": resolve_precision(args.precision, device), "compile": args.compile, "iterations": args.iterations,
                "wall_ms_per_iteration": round(1e3 * wall, 3),
                "device_busy_ms_per_iteration": None if busy is None else round(1e3 * busy, 3),
                "device_busy_share": None if busy is None else round(busy / wall, 3),

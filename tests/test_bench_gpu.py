@@ -26,6 +26,7 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
         assert row[path]["iterations_per_second"] > 0, path
     assert row["fast_compiled"]["warmup_seconds"] > row["fast"]["warmup_seconds"]  # the compilation
     assert row["tflops"] > 0 and row["share_of_bf16_peak"] is None  # no bf16 peak on a CPU
+    assert report["fast_precision"] in ("bf16", "fp32")  # what `auto` is on this CPU
     (jobs,) = report["worker"]
     assert jobs["jobs"] == 2 and jobs["jobs_per_minute"] > 0 and jobs["one_job_end_to_end_seconds"] > 0
     assert jobs["prediction"]["device"] == "cpu"
@@ -82,6 +83,7 @@ def test_the_profile_runs_and_writes_its_table_and_trace(tmp_path, compiled):
                  *(["--compile"] if compiled else []))
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["device"] == "cpu" and summary["wall_ms_per_iteration"] > 0 and summary["compile"] == compiled
+    assert summary["precision"] in ("bf16", "fp32")  # what `auto` ran in
     stem = "profile-32px-auto" + ("-compiled" if compiled else "")
     table = (tmp_path / f"{stem}.txt").read_text()
     assert "convolution" in table and ("CompiledFunction" in table) == compiled  # torch.compile's autograd node

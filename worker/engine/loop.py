@@ -214,8 +214,9 @@ def _terms(net, layers: frozenset[str], objective: _Objective, images: torch.Ten
 def _compiled_terms() -> Callable[..., torch.Tensor]:
     """`_terms` through torch.compile (TorchInductor): the passes between the convolutions (bias,
     ReLU, pooling, casts, the losses' elementwise terms) fused, forward and backward. Compiled at
-    a stage's first (eager) iteration, before any CUDA graph capture; again for each new shape
-    until torch marks the sizes dynamic."""
+    a stage's first (eager) iteration, before any CUDA graph capture, and again for each new
+    shape (stage size or batch size): dynamic sizes did not make one compilation serve every
+    size on the CPU (BENCHMARKS.md)."""
     return torch.compile(_terms)
 
 
