@@ -104,7 +104,8 @@ def _stylize(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(f"{output}: {result.image.width}x{result.image.height}, {result.iterations} iterations in "
-              f"{result.seconds:.1f} s on {result.device}; quality {result.quality}", file=sys.stderr)
+              f"{result.seconds:.1f} s on {result.device} in {result.params.precision}; quality {result.quality}",
+              file=sys.stderr)
     return 0
 
 

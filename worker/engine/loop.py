@@ -141,7 +141,7 @@ class _Iteration:
         """`lead`: a job of the batch, whose network, layers, precision and optimiser are the batch's
         (`batch_key`)."""
         p = lead.params
-        self.net, self.layers = lead.net, frozenset(p.content_layers + p.style_layers)
+        self.net, self.layers = lead.loop_net, frozenset(p.content_layers + p.style_layers)
         self.images, self.objective, self.optimizer = images, objective, optimizer
         self.bf16, self.clamp, self.eager = lead.bf16, p.optimizer == "adam", 0
         self.device_type = images.device.type

@@ -11,7 +11,7 @@ import re
 import resource
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -118,18 +118,22 @@ class Transfer:
                  init_image: Image.Image | None = None, device: str = "auto") -> None:
         if not styles:
             raise ValueError("at least one style image is needed")
-        params = resolve(params, len(styles))  # explicit blends and schedule, as the result reports them
         if (params.init == "image") != (init_image is not None):
             raise ParamError("init", "init 'image' and an init image go together")
-        self.content, self.styles, self.params, self.init_image = content, list(styles), params, init_image
         self.device = resolve_device(device)
+        # explicit blends, schedule and precision, as the result reports them
+        params = replace(resolve(params, len(styles)), precision=resolve_precision(params.precision, self.device))
+        self.content, self.styles, self.params, self.init_image = content, list(styles), params, init_image
         if self.device.startswith("cuda"):
             # TF32 for the fp32 path's convolutions; matrix products (Grams, the optimiser's) stay
             # full fp32: a 10-bit mantissa in L-BFGS's inner products would bend its steps
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cuda.matmul.allow_tf32 = False
-        self.net = load_network(params.weights, params.pooling, self.device)
-        self.bf16 = resolve_precision(params.precision, self.device) == "bf16"
+        self.net = load_network(params.weights, params.pooling, self.device)  # the targets' passes, in fp32
+        self.bf16 = params.precision == "bf16"
+        # the optimisation's passes: in bf16 on the fast path, with the weights held in bf16
+        self.loop_net = (load_network(params.weights, params.pooling, self.device, torch.bfloat16) if self.bf16
+                         else self.net)
         self.stages = plan(params)
         self.total = sum(s.iterations for s in self.stages)
         self.style_blend = [w / sum(params.style_weights) for w in params.style_weights]
