@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -95,11 +95,18 @@ def models(path: Path | None = None) -> dict[str, Model]:
 
 
 def model(kind: str, precision: str) -> Model:
-    """The model of `kind` in `precision`; if that pair was never calibrated (a GPU without bf16),
-    the kind's other precision, a prediction rather than none."""
+    """The model of `kind` in `precision`. A pair never calibrated (a GPU without bf16 runs fp32)
+    borrows the kind's other precision, marked estimated; borrowed for fp32 from bf16, its memory
+    per megapixel doubles, an upper bound (the activations kept take twice the bytes, the Grams
+    and losses are fp32 in both), so that a job it cannot hold is refused, not run out of memory."""
     entries = models()
-    return entries.get(model_key(kind, precision)) or next(
-        m for key, m in sorted(entries.items()) if key.startswith(f"{kind}-"))
+    if (exact := entries.get(model_key(kind, precision))) is not None:
+        return exact
+    key, borrowed = next((key, m) for key, m in sorted(entries.items()) if key.startswith(f"{kind}-"))
+    scale = 2.0 if precision == "fp32" and key == model_key(kind, "bf16") else 1.0
+    return replace(borrowed, measured=False, source=f"estimated from {key}: {borrowed.source}",
+                   mb_per_megapixel=scale * borrowed.mb_per_megapixel,
+                   mb_per_style_megapixel=scale * borrowed.mb_per_style_megapixel)
 
 
 @functools.cache

@@ -3,6 +3,7 @@ calibration file it reads."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_a_job_is_refused_only_when_it_fits_on_no_live_device(calibration):
 
 def test_a_devices_precision_picks_its_model(calibration):
     """A CPU that runs jobs in bf16 needs less memory for them than one in fp32: the same job can
-    fit the one and not the other. A pair never calibrated (a GPU in fp32) borrows its kind's."""
+    fit the one and not the other."""
     w = workload(Params(size=2048, scales=1), (1000, 1000), [(1000, 1000)])  # 4 MP
     fp32, bf16 = MODEL.memory_mb(w), HALF.memory_mb(w)
     assert bf16 < 9 * GiB * 0.9 / MB < fp32
@@ -80,7 +81,24 @@ def test_a_devices_precision_picks_its_model(calibration):
     assert too_big(w, [Device("cpu", 9 * GiB, "fp32")]).startswith(f"needs ~{fp32 / 1024:.1f} GiB")
     assert capacity.predict(w, "cpu", "bf16").memory_mb == bf16
     assert capacity.batch_size(w, "cpu", "bf16", 40 * GiB, 8) > capacity.batch_size(w, "cpu", "fp32", 40 * GiB, 8)
-    assert capacity.model("cuda", "fp32") == MODEL
+
+
+def test_a_precision_never_calibrated_borrows_its_kinds_model_and_says_it_is_estimated(calibration, monkeypatch):
+    """A GPU without native bf16 runs fp32, which no entry covers: it borrows cuda-bf16's, with
+    twice the memory per megapixel (fp32 activations), so what it cannot hold is refused."""
+    w = workload(Params(size=2048, scales=1), (1000, 1000), [(1000, 1000)])  # 4 MP
+    borrowed = capacity.model("cuda", "fp32")
+    assert not borrowed.measured and borrowed.source.startswith("estimated from cuda-bf16")
+    assert borrowed.memory_mb(w) - MODEL.base_mb == 2 * (MODEL.memory_mb(w) - MODEL.base_mb)
+    assert borrowed.seconds(w) == MODEL.seconds(w)
+    prediction = capacity.predict(w, "cuda", "fp32")
+    assert prediction.measured is False and prediction.memory_mb == borrowed.memory_mb(w)
+    assert too_big(w, [Device("cuda", 16 * GiB, "bf16")]) is None  # ~11 GB in bf16
+    assert too_big(w, [Device("cuda", 16 * GiB, "fp32")]).startswith(f"needs ~{borrowed.memory_mb(w) / 1024:.1f} GiB")
+    fp32_only = calibration.with_name("fp32-only.json")  # the other way round: bf16 borrows fp32's as it is
+    capacity.write(fp32_only, {"cuda-fp32": MODEL})
+    monkeypatch.setattr(capacity, "CALIBRATION", fp32_only)
+    assert capacity.model("cuda", "bf16") == replace(MODEL, measured=False, source="estimated from cuda-fp32: test")
 
 
 def test_the_prediction_says_what_it_is_for(calibration):
