@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -229,11 +230,16 @@ def worker_figures(job_sizes: list[int], jobs: int, iterations: int | None, devi
             first = min(datetime.fromisoformat(j["created_at"]) for j in queued)
             last = max(datetime.fromisoformat(j["finished_at"]) for j in queued)
             minutes = (last - first).total_seconds() / 60
+            batch_sizes = Counter(j["run"]["batch_size"] for j in queued)
             rows.append({"size": size, "one_job_end_to_end_seconds": span(alone),
                          "one_job_run_seconds": span(alone, "started_at"), "jobs": jobs,
-                         "jobs_per_minute": jobs / minutes, "prediction": alone["prediction"]})
-            print(f"worker, {size} px defaults: one job {span(alone):.2f} s end to end; {jobs} queued: "
-                  f"{jobs / minutes:.1f} jobs/min", file=sys.stderr, flush=True)
+                         "jobs_per_minute": jobs / minutes, "prediction": alone["prediction"], "run": alone["run"],
+                         "batch_sizes": {str(n): count for n, count in sorted(batch_sizes.items())}})
+            print(f"worker, {size} px defaults: one job {span(alone):.2f} s end to end, its run "
+                  f"{alone['run']['seconds']:.2f} s and {alone['run']['peak_memory_mb']} MB (predicted "
+                  f"{alone['prediction']['seconds']} s, {alone['prediction']['memory_mb']} MB); {jobs} queued: "
+                  f"{jobs / minutes:.1f} jobs/min (jobs by their batch's size: {dict(sorted(batch_sizes.items()))})",
+                  file=sys.stderr, flush=True)
         batches = (directory / "worker.log").read_text().count("running as a batch of")
         for row in rows:
             row["batches_logged"] = batches

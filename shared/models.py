@@ -138,6 +138,9 @@ class Job(Base):
     result_width: Mapped[int | None]
     result_height: Mapped[int | None]
     result_quality: Mapped[dict[str, Any] | None]
+    # how the attempt that finished it ran (worker, device, precision, seconds, peak memory, batch),
+    # to set against its prediction; None for jobs finished before it was recorded
+    result_run: Mapped[dict[str, Any] | None]
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     # where to POST this job's events (shared.webhooks), and which ones; None: no webhook

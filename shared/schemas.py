@@ -120,6 +120,19 @@ class PredictionOut(BaseModel):
     measured: bool = Field(description="The model was calibrated on that kind of device; false: estimated.")
 
 
+class RunOut(BaseModel):
+    """How the attempt that finished a job ran, to set against its `prediction`. (Which worker ran
+    it is the operators' to see, on the admin job page.)"""
+
+    device: str = Field(description="`cpu`, `cuda` or `cuda:N`.")
+    device_name: str = Field(description="The GPU's name, or the CPU and its cores.")
+    precision: str = Field(description="What the network passes ran in, `bf16` or `fp32`: what `precision auto` chose.")
+    seconds: float = Field(description="The run on the worker, from its start (or resume) to the stored result.")
+    peak_memory_mb: int = Field(description="Peak device memory, MiB; on a CPU, the worker process's peak "
+                                            "resident set.")
+    batch_size: int = Field(description="How many jobs ran together as one batch, sharing this time and memory.")
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -134,6 +147,8 @@ class JobOut(BaseModel):
     attempts: int
     prediction: PredictionOut | None = Field(description="Predicted run time and peak memory; null when no worker "
                                                          "was live at submission.")
+    run: RunOut | None = Field(description="How it ran, once it succeeded; null before, and for jobs that ended "
+                                           "before this was recorded.")
     data_removed: bool = Field(description="The job's result and snapshots were removed under the retention policy "
                                            "(ATELIER_RETENTION_DAYS, or the account's own); the job itself stays.")
     urls: dict[str, str]
@@ -180,5 +195,6 @@ def job_out(job: Job) -> JobOut:
         result=result,
         error=ErrorOut(code=job.error_code, message=job.error_message or "") if job.error_code else None,
         attempts=job.attempts, prediction=PredictionOut(**job.prediction) if job.prediction else None,
+        run=RunOut.model_validate(job.result_run) if job.result_run else None,
         data_removed=job.data_removed_at is not None, urls=urls,
     )

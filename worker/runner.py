@@ -41,7 +41,7 @@ from worker.engine import (DeviceError, Iterate, Member, OutOfMemory, Result, fr
 from worker.job_files import JobFiles
 from worker.job_metrics import JobMeter
 from worker.lease import Lease
-from worker.presence import node_name
+from worker.presence import describe, node_name
 from worker.progress import progress_of
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class JobRun:
             elif outcome.stopped:
                 self._end(JobStatus.CANCELED, progress=self.progress)
             else:
-                self._succeed(outcome)
+                self._succeed(outcome, batch)
         elif isinstance(outcome, DeviceError):  # this worker's device, not the job, is at fault
             self._device_unavailable(outcome)
         elif isinstance(outcome, OutOfMemory) and batch > 1:
@@ -306,7 +306,7 @@ class JobRun:
 
     # ---- outcomes ---------------------------------------------------------------------------
 
-    def _succeed(self, result: Result) -> None:
+    def _succeed(self, result: Result, batch: int) -> None:
         try:
             stored = self.files.put_result(result.image)
         except StorageError as exc:
@@ -318,11 +318,20 @@ class JobRun:
                                             "eta_seconds": 0.0, "losses": result.losses}
         ended = self._end(JobStatus.SUCCEEDED, progress=progress, result_key=stored.key, result_sha256=stored.sha256,
                           result_bytes=stored.size, result_width=result.image.width,
-                          result_height=result.image.height, result_quality=result.quality, checkpoint_key=None,
-                          checkpoint_bytes=None)
+                          result_height=result.image.height, result_quality=result.quality,
+                          result_run=self._ran(result, batch), checkpoint_key=None, checkpoint_bytes=None)
         self.files.delete(self.files.checkpoint_key if ended else stored.key)
         self.meter.peak_memory(result.device, result.peak_memory_mb)
         log.info("job %s: succeeded in %.1fs on %s", self.job_id, result.seconds, result.device)
+
+    @staticmethod
+    def _ran(result: Result, batch: int) -> dict:
+        """How the run went, to set against the job's prediction: where, in what precision (what
+        `auto` chose), how long, in how much memory (a CPU's is the worker process's peak
+        resident set), and with how many jobs sharing those."""
+        return {"worker": node_name(), "device": result.device, "device_name": describe(result.device)["name"],
+                "precision": result.params.precision, "seconds": round(result.seconds, 2),
+                "peak_memory_mb": round(result.peak_memory_mb), "batch_size": batch}
 
     def _end(self, status: JobStatus, **values: object) -> bool:
         ended = self.lease.finish(status, **values)

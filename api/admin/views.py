@@ -56,6 +56,6 @@ def job_state(job: Job, losses: list[LossPoint]) -> dict[str, Any]:
         "losses": [[p.iteration, *(p.losses.get(k) for k in LOSS_SERIES)] for p in losses],
         "snapshots": [{"iteration": s.iteration, "url": url_for("admin.snapshot", job_id=job.id, iteration=s.iteration)}
                       for s in job.snapshots],
-        "result": result,
+        "result": result, "run": job.result_run,
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
     }

@@ -30,7 +30,8 @@ class Job:
 
     @property
     def params(self) -> dict[str, Any]:
-        """The effective parameters: what was asked, every default and automatic choice filled in."""
+        """The effective parameters: what was asked, every default and automatic choice filled in
+        but `precision auto`, which the worker's device decides (`run`)."""
         return self.data["params"]
 
     @property
@@ -41,6 +42,12 @@ class Job:
     def result(self) -> dict[str, Any] | None:
         """`url`, `width`, `height`, `quality` once it succeeded."""
         return self.data.get("result")
+
+    @property
+    def run(self) -> dict[str, Any] | None:
+        """How it ran, once it succeeded: `device`, `device_name`, `precision` (what
+        `auto` chose), `seconds`, `peak_memory_mb`, `batch_size`."""
+        return self.data.get("run")
 
     @property
     def error(self) -> dict[str, Any] | None:

@@ -19,6 +19,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
 from api.stack import free_port
+from shared.models import Job
+from shared.services import Services
 from tests.service.helpers import OPERATOR_PASSWORD, bearer, make_operator, new_key, submit, wait_for, wait_status
 
 CHROMIUM = os.environ.get("ATELIER_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -118,6 +120,37 @@ def test_a_job_appears_progresses_live_shows_snapshots_and_is_canceled(page, ser
         expect(page.locator("main h1")).to_be_visible()
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
     screenshot(page, tmp_path, "admin-jobs-phone.png")
+
+
+def ran_on(settings, job_id: str) -> str:
+    """The worker that ran a job, as recorded for operators (not in the API's job)."""
+    services = Services(settings)
+    with services.db.session() as session:
+        worker = session.get(Job, job_id).result_run["worker"]
+    services.db.dispose()
+    return worker
+
+
+def test_a_job_page_shows_the_result_its_quality_and_how_it_ran(page, server, worker_settings, images):
+    """The page open while the job runs turns into its result, without a reload."""
+    base, app = server
+    client = app.test_client()
+    sign_in(page, base, make_operator(worker_settings))
+    auth = bearer(new_key(worker_settings, "browser-tenant"))
+    job = submit(client, auth, images, {"size": 32, "iterations": 30}).get_json()
+    page.goto(f"{base}/admin/jobs/{job['id']}")
+    expect(page.locator("#run")).to_be_hidden()
+    page.evaluate("window.notReloaded = true")
+    expect(page.locator("#status")).to_have_text("succeeded")
+    done = client.get(f"/v1/jobs/{job['id']}", headers=auth).get_json()
+    expect(page.locator("#result-img")).to_be_visible()
+    assert page.evaluate("document.getElementById('result-img').naturalWidth") == done["result"]["width"]
+    expect(page.locator("#quality")).to_contain_text("style distance")
+    run, worker = done["run"], ran_on(worker_settings, job["id"])
+    expect(page.locator("#run")).to_have_text(re.compile(
+        re.escape(f"Ran on {worker} ({run['device_name']}, cpu) in {run['precision']}: ")
+        + r"\d+\.\d s, " + re.escape(f"peak memory {run['peak_memory_mb']} MB") + "$"))
+    assert page.evaluate("window.notReloaded") is True
 
 
 def test_revoking_a_key(page, server, worker_settings):

@@ -55,6 +55,7 @@ def test_queued_jobs_of_one_shape_run_as_one_batch_and_end_as_they_would_alone(
         done = wait_status(client, auth, job_id, TERMINAL, timeout=180)
         assert done["status"] == "succeeded", done["error"]
         assert done["progress"]["iteration"] == 6 and done["attempts"] == 1
+        assert done["run"]["batch_size"] == (1 if job_id == other else 3)  # the time and memory it shared
     assert batches(worker.output()) == [set(together)]  # one batch of three; the other shape ran alone
     assert worker.output().count(f"job {other}: claimed by") == 1
     for job_id in together[1:]:  # each companion's own message found it taken or ended, and was dropped

@@ -48,7 +48,13 @@ def test_too_big_for_every_live_device_is_refused_and_a_job_that_fits_gets_its_p
     assert job["prediction"] == capacity.predict(work, "cpu", device["precision"]).to_dict()
     assert job["prediction"]["measured"] is True and job["prediction"]["seconds"] > 0
     done = wait_status(client, auth, job["id"], TERMINAL, timeout=120)
-    assert done["status"] == "succeeded" and done["prediction"] == job["prediction"]
+    assert done["status"] == "succeeded" and done["prediction"] == job["prediction"] and job["run"] is None
+    # how it ran, to set against the prediction: on the worker's own device, in the precision it
+    # reported (which worker is for operators only: the admin job page)
+    assert done["run"] | {"seconds": 0, "peak_memory_mb": 0} == {
+        "device": "cpu", "device_name": device["name"], "precision": device["precision"],
+        "seconds": 0, "peak_memory_mb": 0, "batch_size": 1}
+    assert 0 < done["run"]["seconds"] and done["run"]["peak_memory_mb"] > 100  # a process holding torch and VGG
 
     faults.kill_worker(worker)  # a crashed worker drops out once its heartbeats stop
     wait_for(lambda: not live(local), timeout=ALIVE_SECONDS + 10, what="the dead worker to drop out")

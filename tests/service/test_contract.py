@@ -85,7 +85,8 @@ def test_an_api_job_and_atelier_stylize_give_byte_identical_images(live_client, 
     assert cli.returncode == 0, cli.stderr
     assert (tmp_path / "out.png").read_bytes() == served
     ran = json.loads(cli.stdout.splitlines()[-1])["params"]
-    assert ran == {k: v for k, v in done["params"].items() if k not in ("snapshot_every", "output_format")}
+    asked = {k: v for k, v in done["params"].items() if k not in ("snapshot_every", "output_format")}
+    assert asked["precision"] == "auto" and ran == asked | {"precision": done["run"]["precision"]}  # what auto chose
 
 
 def test_the_api_process_never_imports_torch(settings, tmp_path, images):

@@ -67,6 +67,13 @@
         ...Object.entries(s.result.quality).flatMap(([k, v]) => [el("dt", {}, k.replaceAll("_", " ")),
           el("dd", {}, typeof v === "number" ? v.toPrecision(4) : v)]));
     }
+    $("run").hidden = !s.run;
+    if (s.run) {
+      const r = s.run;
+      $("run").textContent = `Ran on ${r.worker} (${r.device_name}, ${r.device}) in ${r.precision}: `
+        + `${r.seconds.toFixed(1)} s, peak memory ${r.peak_memory_mb} MB`
+        + (r.batch_size > 1 ? `, shared by a batch of ${r.batch_size} jobs` : "");
+    }
     $("error").hidden = !s.error;
     if (s.error) $("error").replaceChildren(el("strong", {}, s.error.code), ": ", s.error.message);
     return s.status === "queued" || s.status === "running";
