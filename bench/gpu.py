@@ -235,14 +235,12 @@ def worker_figures(job_sizes: list[int], jobs: int, iterations: int | None, devi
                          "one_job_run_seconds": span(alone, "started_at"), "jobs": jobs,
                          "jobs_per_minute": jobs / minutes, "prediction": alone["prediction"], "run": alone["run"],
                          "batch_sizes": {str(n): count for n, count in sorted(batch_sizes.items())}})
+            predicted = alone["prediction"] or {"seconds": None, "memory_mb": None}  # None: no live worker then
             print(f"worker, {size} px defaults: one job {span(alone):.2f} s end to end, its run "
                   f"{alone['run']['seconds']:.2f} s and {alone['run']['peak_memory_mb']} MB (predicted "
-                  f"{alone['prediction']['seconds']} s, {alone['prediction']['memory_mb']} MB); {jobs} queued: "
+                  f"{predicted['seconds']} s, {predicted['memory_mb']} MB); {jobs} queued: "
                   f"{jobs / minutes:.1f} jobs/min (jobs by their batch's size: {dict(sorted(batch_sizes.items()))})",
                   file=sys.stderr, flush=True)
-        batches = (directory / "worker.log").read_text().count("running as a batch of")
-        for row in rows:
-            row["batches_logged"] = batches
     finally:
         os.killpg(worker.pid, 15)
         worker.wait(60)
