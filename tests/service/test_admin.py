@@ -19,7 +19,7 @@ from api.admin.storage import human_bytes
 from shared import retention
 from shared.models import Account, Job, LossPoint, Operator, WebhookEvent, WebhookStatus
 from shared.services import Services
-from shared.storage import input_key, job_prefix, sha256
+from shared.storage import checkpoint_key, input_key, job_prefix, sha256
 from tests.service import faults
 from tests.service.helpers import (OPERATOR_PASSWORD, ROOT, bearer, make_operator, new_key, png, submit, wait_for,
                                    wait_status)
@@ -325,6 +325,8 @@ def test_system_page_shows_each_accounts_disk_usage_and_sets_its_retention(live_
     job = submit(client, auth, own, {"size": 32, "iterations": 4, "snapshot_every": 2}).get_json()
     assert wait_status(client, auth, job["id"], {"succeeded", "failed"})["status"] == "succeeded"
     storage = live_app.extensions["atelier"].storage
+    # the worker deletes the checkpoint just after it records the result: the disk settles then
+    wait_for(lambda: not storage.exists(checkpoint_key(job["id"])), timeout=30, what="the checkpoint to be deleted")
     on_disk = sum(f.stat().st_size for f in (storage.root / job_prefix(job["id"])).rglob("*") if f.is_file()) \
         + len(own["content"]) + len(own["style"])
 
