@@ -169,7 +169,7 @@ def _save(client: "Client", job: "Job", output: Path, snapshots: Path | None) ->
     client.download_result(job, output)
     result = job.result
     quality = ", ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in (result["quality"] or {}).items())
-    ran = f" in {job.run['seconds']:.1f} s on {job.run['device_name']} ({job.run['precision']})" if job.run else ""
+    ran = f" in {job.run['seconds']:.1f} s on {job.run['device_name']}, {job.run['precision']}" if job.run else ""
     print(f"{output}: {result['width']}x{result['height']}, {job.params['iterations']} iterations{ran}"
           + (f"; {quality}" if quality else ""), file=sys.stderr)
     return 0

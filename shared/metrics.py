@@ -43,6 +43,12 @@ JOB_QUEUE_WAIT_SECONDS = Histogram("atelier_job_queue_wait_seconds", "A job's ti
 ITERATIONS = Counter("atelier_engine_iterations_total", "Optimiser iterations run, per worker", ["worker"])
 ITERATIONS_PER_SECOND = Gauge("atelier_worker_iterations_per_second", "The running job's optimiser iterations per "
                               "second (0 while idle), per worker", ["worker"], multiprocess_mode="livemax")
+PREDICTION_RATIO = Histogram("atelier_job_prediction_ratio", "A succeeded job's run time (measure=seconds) and, on "
+                             "a GPU, peak memory (measure=memory) over what the capacity model predicts for the device "
+                             "it ran on, by the model's calibration entry (cuda-bf16): how far the calibration is off "
+                             "on this fleet. Only jobs that ran alone from the start: a batch shares its time and "
+                             "memory, a resumed run did part of the work, and a CPU's peak is its process's whole life's",
+                             ["model", "measure"], buckets=(0.25, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 4))
 DEVICE_MEMORY = Gauge("atelier_worker_device_memory_bytes", "Per worker: its device's memory (`total`: the GPU's, or the machine's on a CPU) and "
                       "the last job's peak use (`peak`: CUDA allocations, or the process's peak RSS on a CPU)",
                       ["worker", "device", "kind"], multiprocess_mode="livemax")

@@ -1,11 +1,12 @@
 """What one run of a job adds to the worker's Prometheus metrics (`shared.metrics`): queue wait
 at its first claim, iterations and iterations per second as progress is written, run time by
-outcome at the end, and the device memory it peaked at."""
+outcome at the end, the device memory it peaked at, and how both compare with the capacity
+model's prediction."""
 from __future__ import annotations
 
 from datetime import datetime
 
-from shared import metrics
+from shared import capacity, metrics
 from shared.models import utcnow
 
 
@@ -33,3 +34,13 @@ class JobMeter:
 
     def peak_memory(self, device: str, megabytes: float) -> None:
         metrics.DEVICE_MEMORY.labels(self.worker, device, "peak").set(megabytes * 2**20)
+
+    def against_prediction(self, work: capacity.Workload, device: str, precision: str, seconds: float,
+                           peak_memory_mb: float) -> None:
+        """Actual over predicted, for a job that ran alone from the start, by the model that
+        predicted it: the fleet's running check of the calibration (`bench/calibrate.py`)."""
+        kind = capacity.device_kind(device)
+        model, predicted = capacity.model_key(kind, precision), capacity.predict(work, kind, precision)
+        metrics.PREDICTION_RATIO.labels(model, "seconds").observe(seconds / predicted.seconds)
+        if kind == "cuda":  # a CPU's peak resident set is its process's over its life, not this job's
+            metrics.PREDICTION_RATIO.labels(model, "memory").observe(peak_memory_mb / predicted.memory_mb)

@@ -69,6 +69,7 @@ class JobRun:
         self.files: JobFiles | None = None
         self.meter = JobMeter(node_name())
         self.started_at = None
+        self.work: capacity.Workload | None = None  # a lone run from the start (`_stylize`): its prediction
         self.outcome: tuple[JobStatus, str | None] | None = None  # how this delivery ended the job, if it did
         self.concluded = False  # its run's outcome is recorded (a batch member's as soon as it leaves the batch)
         self._last_progress = self._last_checkpoint = time.monotonic()
@@ -144,6 +145,8 @@ class JobRun:
         if checkpoint is not None:
             self.resumed_from = int(checkpoint["iteration"])
             log.info("job %s: resuming from iteration %d", self.job_id, self.resumed_from)
+        else:
+            self.work = capacity.workload(engine_params(self.params), images[0].size, [s.size for s in images[1:]])
         return stylize(images[0], images[1:], engine_params(self.params), device=self.settings.device,
                        callback=self._on_iterate, checkpoint=checkpoint)
 
@@ -322,6 +325,9 @@ class JobRun:
                           result_run=self._ran(result, batch), checkpoint_key=None, checkpoint_bytes=None)
         self.files.delete(self.files.checkpoint_key if ended else stored.key)
         self.meter.peak_memory(result.device, result.peak_memory_mb)
+        if ended and self.work is not None:
+            self.meter.against_prediction(self.work, result.device, result.params.precision, result.seconds,
+                                          result.peak_memory_mb)
         log.info("job %s: succeeded in %.1fs on %s", self.job_id, result.seconds, result.device)
 
     @staticmethod

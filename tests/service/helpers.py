@@ -37,6 +37,8 @@ from typing import Callable, Iterator
 
 import redis
 from PIL import Image
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import create_engine, text
 
 from api.stack import free_port
@@ -207,6 +209,20 @@ def make_operator(settings: Settings) -> str:
 
 
 # ---- images and jobs --------------------------------------------------------------------------
+
+def metrics_dir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A multiprocess metrics directory, and the environment that makes workers write into it."""
+    path = tmp_path / "metrics"
+    path.mkdir()
+    return path, {"PROMETHEUS_MULTIPROC_DIR": str(path)}
+
+
+def metric(path: Path, name: str, **labels: str) -> float | None:
+    """One sample summed over the processes that wrote into the multiprocess directory `path`."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(path))
+    return registry.get_sample_value(name, labels)
+
 
 def png(width: int, height: int, seed: int) -> bytes:
     image = Image.new("RGB", (width, height))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from shared.broker import create_celery
 from tests.service import faults
-from tests.service.helpers import TERMINAL, make_settings, submit, wait_for, wait_status
+from tests.service.helpers import TERMINAL, make_settings, metric, metrics_dir, submit, wait_for, wait_status
 from worker.engine.images import to_tensor
 
 pytestmark = pytest.mark.slow
@@ -50,13 +50,17 @@ def test_queued_jobs_of_one_shape_run_as_one_batch_and_end_as_they_would_alone(
     variants = [{"style_weight": 5.0}, {"style_weight": 20.0}, {"init": "noise", "seed": 7}]
     together = [submit(client, auth, images, SHAPE | v).get_json()["id"] for v in variants]
     other = submit(client, auth, images, SHAPE | {"size": 32}).get_json()["id"]  # another shape
-    worker = workers(local)  # all four are queued when it takes the first
+    metrics, env = metrics_dir(tmp_path)
+    worker = workers(local, env=env)  # all four are queued when it takes the first
     for job_id in [*together, other]:
         done = wait_status(client, auth, job_id, TERMINAL, timeout=180)
         assert done["status"] == "succeeded", done["error"]
         assert done["progress"]["iteration"] == 6 and done["attempts"] == 1
         assert done["run"]["batch_size"] == (1 if job_id == other else 3)  # the time and memory it shared
     assert batches(worker.output()) == [set(together)]  # one batch of three; the other shape ran alone
+    # only the lone job is set against the capacity model's prediction for one job
+    assert metric(metrics, "atelier_job_prediction_ratio_count", model=f"cpu-{done['run']['precision']}",
+                  measure="seconds") == 1
     assert worker.output().count(f"job {other}: claimed by") == 1
     for job_id in together[1:]:  # each companion's own message found it taken or ended, and was dropped
         wait_for(lambda: f"job {job_id}: not claimed (status" in worker.output(), timeout=60,

@@ -54,7 +54,7 @@ def test_submit_shows_progress_and_saves_the_result_and_snapshots(files, env, tm
     assert re.search(r"\d+%\|.*\| scale 1/1 · iteration \d+/12 · loss [\d.e+-]+ \(content .*, style .*\) · ETA ", frames)
     assert re.search(r"100%\|#*\| succeeded in ", frames.replace("█", "#")), frames[-500:]
     assert "Traceback" not in done.stderr
-    assert re.search(rf"{re.escape(str(out))}: 64x48, 12 iterations in [\d.]+ s on CPU \(\d+ cores\) \((bf16|fp32)\); "
+    assert re.search(rf"{re.escape(str(out))}: 64x48, 12 iterations in [\d.]+ s on CPU \(\d+ cores\), (bf16|fp32); "
                      r"style distance [\d.]+, content distance [\d.]+$",
                      done.stderr.strip()), done.stderr[-300:]
     assert Image.open(out).size == (64, 48)

@@ -10,22 +10,26 @@ import torch
 
 from shared.devices import live_devices
 from shared.services import Services
-from tests.service.helpers import TERMINAL, OPERATOR_PASSWORD, make_operator, submit, wait_for, wait_status
+from tests.service.helpers import (TERMINAL, OPERATOR_PASSWORD, make_operator, metric, metrics_dir, submit, wait_for,
+                                   wait_status)
 
 pytestmark = [pytest.mark.cuda, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def test_a_job_runs_on_the_gpu_and_the_system_page_shows_the_device(
-        make_redis, worker_settings, private_database, workers, client_for, images):
+        make_redis, worker_settings, private_database, workers, client_for, images, tmp_path):
     local = replace(worker_settings, redis_url=make_redis().url(0), database_url=private_database, device="cuda")
     client, auth = client_for(local)
-    worker = workers(local)
+    metrics, env = metrics_dir(tmp_path)
+    worker = workers(local, env=env)
     job_id = submit(client, auth, images, {"size": 128, "iterations": 20, "snapshot_every": 5}).get_json()["id"]
     done = wait_status(client, auth, job_id, TERMINAL, timeout=120)
     assert done["status"] == "succeeded", done["error"]
     assert f"job {job_id}: succeeded in" in worker.output() and "on cuda" in worker.output()
     assert done["result"]["quality"] and len(done["snapshots"]) == 3
+    for measure in ("seconds", "memory"):  # set against the cuda-bf16 model's prediction, memory too on a GPU
+        assert metric(metrics, "atelier_job_prediction_ratio_count", model="cuda-bf16", measure=measure) == 1
 
     (device,) = live_devices(Services(local).redis).values()
     props = torch.cuda.get_device_properties(0)

@@ -12,7 +12,7 @@ from shared.broker import create_celery
 from shared.models import Job
 from shared.services import Services
 from tests.service import faults
-from tests.service.helpers import TERMINAL, read_events, submit, wait_for, wait_status
+from tests.service.helpers import TERMINAL, metric, metrics_dir, read_events, submit, wait_for, wait_status
 from worker.sweep import sweep
 
 pytestmark = pytest.mark.slow
@@ -77,9 +77,10 @@ def test_a_job_killed_on_every_attempt_fails_with_a_reason_instead_of_looping(ma
 
 @pytest.mark.parametrize("whole_group", [False, True], ids=["main-process", "process-group"])
 def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis, worker_settings, private_database,
-                                                                    workers, client_for, images, whole_group):
+                                                                    workers, client_for, images, whole_group, tmp_path):
     local, client, auth = private(client_for, make_redis(), worker_settings, private_database)
-    first, second = workers(local), workers(local)
+    metrics, env = metrics_dir(tmp_path)
+    first, second = workers(local, env=env), workers(local, env=env)
     job_id = submit(client, auth, images, {"size": 32, "iterations": 400, "snapshot_every": 0}).get_json()["id"]
     running_at(client, auth, job_id, 5)
     holder, other = (first, second) if f"job {job_id}: claimed by" in first.output() else (second, first)
@@ -96,6 +97,10 @@ def test_a_worker_stopped_with_sigterm_hands_its_job_back_to_another(make_redis,
     assert done["progress"]["resumed_from"] and done["progress"]["resumed_from"] >= 5  # from the hand-back checkpoint
     assert done["progress"]["iteration"] == 400
     assert done["attempts"] == 1  # a graceful hand-back is not a failed attempt
+    # a resumed run did part of the work: it is not set against the whole job's predicted time
+    assert metric(metrics, "atelier_job_run_seconds_count", status="succeeded") == 1
+    assert metric(metrics, "atelier_job_prediction_ratio_count", model=f"cpu-{done['run']['precision']}",
+                  measure="seconds") is None
 
 
 def test_a_job_longer_than_the_visibility_timeout_runs_once(make_redis, worker_settings, private_database, workers,

@@ -20,6 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.stack import free_port, gunicorn_command
+from shared import capacity
+from shared.schemas import engine_params
 from tests.service import faults
 from tests.service.helpers import (OPERATOR_PASSWORD, ROOT, TERMINAL, bearer, make_settings, new_key, submit, wait_for,
                                    wait_status)
@@ -141,6 +143,15 @@ def test_a_gunicorn_api_and_a_worker_report_into_one_scrape(make_redis, private_
     assert value(scrape, "atelier_engine_iterations_total", worker=name) == 8
     assert value(scrape, "atelier_worker_iterations_per_second", worker=name) == 0  # idle again
     assert value(scrape, "atelier_worker_device_memory_bytes", worker=name, device="cpu", kind="peak") > 2**20
+    # the job's time over what the capacity model of the device and precision it ran in predicts;
+    # a CPU's memory is left out (its peak is the worker process's, not the job's)
+    run, model = done["run"], f"cpu-{done['run']['precision']}"
+    work = capacity.workload(engine_params(done["params"]), (48, 36), [(32, 32)])
+    predicted = capacity.predict(work, "cpu", run["precision"]).seconds
+    assert value(scrape, "atelier_job_prediction_ratio_count", model=model, measure="seconds") == 1
+    assert value(scrape, "atelier_job_prediction_ratio_sum", model=model, measure="seconds") == \
+        pytest.approx(run["seconds"] / predicted, abs=0.006 / predicted)  # `run` rounds to 10 ms
+    assert value(scrape, "atelier_job_prediction_ratio_count", model=model, measure="memory") is None
     assert value(scrape, "atelier_webhook_deliveries_total", outcome="delivered") == 1
 
 
