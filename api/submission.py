@@ -85,21 +85,13 @@ def predict(submission: Submission, client: Redis) -> dict[str, Any] | None:
         return None
     if not live:
         return None
-    devices = [_device(d) for d in live]
+    devices = [capacity.Device.from_report(d) for d in live]
     work = capacity.workload(engine_params(submission.params), submission.content.size,
                              [s.size for s in submission.styles])
     if (why := capacity.too_big(work, devices)) is not None:
         largest = max(devices, key=lambda d: d.memory_bytes or 0)
         raise invalid(f"params.{capacity.limiting_field(work, largest.kind, largest.precision)}", why)
     return min((capacity.predict(work, d.kind, d.precision) for d in devices), key=lambda p: p.seconds).to_dict()
-
-
-def _device(report: dict[str, Any]) -> capacity.Device:
-    """A worker's device report as the capacity model reads it. A report without a precision is
-    from a worker older than the field, which ran bf16 on CUDA only."""
-    kind = capacity.device_kind(report["device"])
-    precision = report.get("precision") or ("bf16" if kind == "cuda" else "fp32")
-    return capacity.Device(kind, report.get("memory_bytes"), precision)
 
 
 def idempotency_key(request: Request) -> str | None:

@@ -149,6 +149,14 @@ class Device:
     memory_bytes: int | None  # None: not known (no limit assumed)
     precision: str            # what its jobs run in (`precision auto` there)
 
+    @classmethod
+    def from_report(cls, report: dict[str, object]) -> "Device":
+        """A worker's device report (`shared.devices`) as the model reads it. A report without a
+        precision is from a worker older than the field, which ran bf16 on CUDA only."""
+        kind = device_kind(str(report["device"]))
+        precision = str(report.get("precision") or ("bf16" if kind == "cuda" else "fp32"))
+        return cls(kind, report.get("memory_bytes"), precision)
+
 
 def too_big(w: Workload, devices: Iterable[Device]) -> str | None:
     """Why the job fits on none of `devices` (each judged by its own kind's model), or None if it

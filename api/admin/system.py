@@ -14,6 +14,7 @@ from api.app import services
 from api.admin.blueprint import bp
 from api.admin.stats import all_windows
 from api.admin.storage import human_bytes, usage
+from shared import capacity
 from shared.models import Job
 from shared.broker import RUN_JOB, queue_depths
 from shared.devices import read_devices
@@ -23,7 +24,8 @@ INSPECT_TIMEOUT = 1.0  # seconds to wait for workers' replies; a busy worker sti
 
 
 def _workers() -> list[dict[str, Any]]:
-    """Online workers (those answering `inspect active` in time), what each runs, on what device."""
+    """Online workers (those answering `inspect active` in time), what each runs, on what device,
+    predicted by which capacity model."""
     try:
         active = current_app.extensions["celery"].control.inspect(timeout=INSPECT_TIMEOUT).active() or {}
         devices = read_devices(services().redis)
@@ -34,8 +36,17 @@ def _workers() -> list[dict[str, Any]]:
     for name in sorted(active):
         running = [{"task": t.get("name"), "job_id": (t.get("args") or [None])[0] if t.get("name") == RUN_JOB else None,
                     "started": t.get("time_start")} for t in active[name]]
-        workers.append({"name": name, "running": running, "device": devices.get(name)})
+        device = devices.get(name)
+        workers.append({"name": name, "running": running, "device": device,
+                        "model": device and _capacity_model(capacity.Device.from_report(device))})
     return workers
+
+
+def _capacity_model(device: capacity.Device) -> dict[str, Any]:
+    """The capacity model that predicts jobs on `device`, and whether it was measured on such a
+    device or estimated (then `bench/calibrate.py` should run there)."""
+    m = capacity.model(device.kind, device.precision)
+    return {"key": capacity.model_key(device.kind, device.precision), "measured": m.measured, "source": m.source}
 
 
 @bp.get("/system")

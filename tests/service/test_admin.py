@@ -16,7 +16,7 @@ import torch
 from sqlalchemy import select
 
 from api.admin.storage import human_bytes
-from shared import retention
+from shared import capacity, retention
 from shared.models import Account, Job, LossPoint, Operator, WebhookEvent, WebhookStatus
 from shared.services import Services
 from shared.storage import checkpoint_key, input_key, job_prefix, sha256
@@ -284,7 +284,8 @@ def test_system_page_shows_readiness_queues_and_windows(admin, images, auth):
 
 # ---- with the real worker -----------------------------------------------------------------------
 
-def test_a_finished_job_has_its_loss_history_snapshots_result_and_stats(live_app, worker_settings, images, live_auth):
+def test_a_finished_job_has_its_loss_history_snapshots_result_and_stats(live_app, worker_settings, images, live_auth,
+                                                                          tmp_path, monkeypatch):
     client = live_app.test_client()
     assert sign_in(client, make_operator(worker_settings)).status_code == 303
     job = submit(client, live_auth, images, {"size": 32, "iterations": 6, "snapshot_every": 2}).get_json()
@@ -308,6 +309,14 @@ def test_a_finished_job_has_its_loss_history_snapshots_result_and_stats(live_app
     # the precision jobs run in there by default: this CPU's kind decides it (resolve_precision)
     shown = re.search(r"CPU \(\d+ cores\) · [\d.]+ GiB · <span[^>]*>(\w+)</span>", html).group(1)
     assert shown == ("bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32")
+    # and the capacity model that predicts its jobs: measured, or estimated where none was
+    assert f"capacity model cpu-{shown}: measured" in html
+    others = {key: m for key, m in capacity.models().items() if key != f"cpu-{shown}"}
+    capacity.write(tmp_path / "calibration.json", others)
+    monkeypatch.setattr(capacity, "CALIBRATION", tmp_path / "calibration.json")
+    estimated = client.get("/admin/system").get_data(as_text=True)
+    assert f"capacity model cpu-{shown}: estimated, not yet calibrated on such a device" in estimated
+    assert re.search(r'title="estimated from cpu-\w+: measured: bench/calibrate.py', estimated)
     finished = int(re.search(r'<th>last hour</th><td class="num">(\d+)</td>', html).group(1))
     assert finished >= 1
 
