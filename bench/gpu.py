@@ -39,10 +39,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager
+from unittest.mock import patch
 
 import torch
 
@@ -149,37 +149,24 @@ def compiled_figures(rows: list[dict], iterations: int, device: str, save: Calla
         save()
 
 
-@contextmanager
-def _switched(flag: str, value: bool) -> Iterator[None]:
+def _switched(flag: str, value: bool) -> ContextManager:
     """The loop with one of its switches (`CUDA_GRAPHS`, `COMPILE`) the other way."""
-    before = getattr(loop, flag)
-    setattr(loop, flag, value)
-    try:
-        yield
-    finally:
-        setattr(loop, flag, before)
+    return patch.object(loop, flag, value)
 
 
 # the fast path's changes since its last GPU run, each weighed by a run without it (`_undone`)
 UNDONE = ("bf16_weights", "bf16_grams")
 
 
-@contextmanager
-def _undone(change: str) -> Iterator[None]:
+def _undone(change: str) -> ContextManager:
     """The fast path as it was before one of `UNDONE`: `bf16_weights`, the loop's network holding
     fp32 weights that autocast casts on every pass; `bf16_grams`, each Gram (forward and backward)
     multiplied in fp32 from an fp32 copy of the bf16 features."""
-    target, name, replacement = {
-        "bf16_weights": (transfer, "load_network", lambda source, pooling, device, dtype=None:
-                         vgg.load_network(source, pooling, device)),
-        "bf16_grams": (losses, "gram", lambda features: original(features.float())),
-    }[change]
-    original = getattr(target, name)
-    setattr(target, name, replacement)
-    try:
-        yield
-    finally:
-        setattr(target, name, original)
+    if change == "bf16_weights":
+        return patch.object(transfer, "load_network", lambda source, pooling, device, dtype=None:
+                            vgg.load_network(source, pooling, device))
+    gram = losses.gram
+    return patch.object(losses, "gram", lambda features: gram(features.float()))
 
 
 def _bf16_peak(device: str) -> float | None:
