@@ -165,8 +165,10 @@ def _undone(change: str) -> ContextManager:
     if change == "bf16_weights":
         return patch.object(transfer, "load_network", lambda source, pooling, device, dtype=None:
                             vgg.load_network(source, pooling, device))
-    gram = losses.gram
-    return patch.object(losses, "gram", lambda features: gram(features.float()))
+    if change == "bf16_grams":
+        gram = losses.gram
+        return patch.object(losses, "gram", lambda features: gram(features.float()))
+    raise ValueError(f"no such change: {change}; one of {UNDONE}")
 
 
 def _bf16_peak(device: str) -> float | None:

@@ -13,8 +13,8 @@
 # bench/gpu.py's compiled rows, a profile) are estimated at 2-3 minutes more, and bench/gpu.py's rows
 # without each recent change (UNDONE) at seconds. Each step has its own time limit, cut to what is
 # left of GPU_BUDGET (550 s: the device tool's call limit is 600), so the script ends, its results
-# written, before the call is cut off; bench/gpu.py writes its report after each part. GPU_JOBS, GPU_SIZES, GPU_CALIBRATE=0 and GPU_COMPILE=0 (no compiled test, rows
-# or profile) trim it.
+# written, before the call is cut off; bench/gpu.py writes its report after each part. GPU_JOBS,
+# GPU_SIZES, GPU_CALIBRATE=0 and GPU_COMPILE=0 (no compiled test, rows or profile) trim it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.whl

@@ -140,13 +140,17 @@ class JobRun:
         except StorageError as exc:
             raise JobFailed(ErrorCode.STORAGE_ERROR, f"the input images could not be read from storage: {exc}") from None
 
+    def _workload(self, images: list[Image.Image]) -> capacity.Workload:
+        """What this job asks of a device (`shared.capacity`), on its content and style images."""
+        return capacity.workload(engine_params(self.params), images[0].size, [s.size for s in images[1:]])
+
     def _stylize(self, images: list[Image.Image], checkpoint_key: str | None) -> Result:
         checkpoint = None if checkpoint_key is None else self.files.load_checkpoint(checkpoint_key)
         if checkpoint is not None:
             self.resumed_from = int(checkpoint["iteration"])
             log.info("job %s: resuming from iteration %d", self.job_id, self.resumed_from)
         else:
-            self.work = capacity.workload(engine_params(self.params), images[0].size, [s.size for s in images[1:]])
+            self.work = self._workload(images)
         return stylize(images[0], images[1:], engine_params(self.params), device=self.settings.device,
                        callback=self._on_iterate, checkpoint=checkpoint)
 
@@ -164,10 +168,8 @@ class JobRun:
             device = resolve_device(self.settings.device)
         except DeviceError:
             return []  # the run itself reports it
-        params = engine_params(self.params)
-        work = capacity.workload(params, images[0].size, [s.size for s in images[1:]])
-        size = capacity.batch_size(work, capacity.device_kind(device), resolve_precision(params.precision, device),
-                                   free_bytes(device), limit)
+        size = capacity.batch_size(self._workload(images), capacity.device_kind(device),
+                                   resolve_precision(self.params["precision"], device), free_bytes(device), limit)
         if size <= 1:
             return []
         with self.services.db.session() as session:

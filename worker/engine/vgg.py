@@ -212,8 +212,8 @@ def load_network(source: str = "caffe", pooling: str = "max", device: str = "cpu
     """One network per (weights, pooling, device, dtype) per process. A bf16 network (the fast
     path's passes, under autocast) holds its convolutions' weights in bf16, the values autocast
     would cast them to, so that no pass casts them again (the loop turns autocast's cache off,
-    for CUDA graphs): the same features, and an iteration at 32 px on an AMX CPU went from 44 to
-    21 ms (BENCHMARKS.md). Its preprocessing stays fp32."""
+    for CUDA graphs): the same features, and an iteration at 128 px on an AMX CPU went from 66–76 to
+    42–46 ms (BENCHMARKS.md). Its preprocessing stays fp32."""
     if dtype == torch.float32:
         return VGGFeatures(load_weights(source), pooling).to(device)
     net = copy.deepcopy(load_network(source, pooling, device))
