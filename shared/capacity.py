@@ -189,3 +189,22 @@ def limiting_field(w: Workload, kind: str, precision: str) -> str:
     m = model(kind, precision)
     by_style = m.mb_per_style_megapixel * w.peak_style_megapixels
     return "style_scale" if by_style > m.mb_per_megapixel * w.peak_megapixels else "size"
+
+
+def starts_in(busy: Sequence[float], workers: int, ahead: float) -> float:
+    """Seconds until a queued job starts: `workers` workers, the busy ones free in `busy` seconds
+    (one figure per worker), and `ahead` seconds of predicted work queued before it. Workers take
+    the oldest job whenever they are free, so the work ahead fills the earliest free time first:
+    the job starts at the level where the idle time left before it equals `ahead` (water-filling;
+    exact when the jobs ahead divide evenly, an estimate otherwise)."""
+    if workers < 1:
+        raise ValueError("no worker: nothing starts")
+    busy = sorted(busy)[:workers]  # more busy than live: some stopped, their jobs will be taken again
+    free = [0.0] * (workers - len(busy)) + busy
+    level, filled = 0.0, 0.0
+    for count, at in enumerate(free, 1):
+        filled += at
+        level = (ahead + filled) / count
+        if count < workers and level <= free[count]:
+            break
+    return level

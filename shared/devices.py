@@ -17,6 +17,7 @@ import redis
 DEVICES_KEY = "atelier:worker_devices"
 ALIVE_PREFIX = "atelier:worker_alive:"
 ALIVE_SECONDS = 10  # five missed heartbeats
+UNAVAILABLE = "unavailable: "  # how a report's `name` begins when the worker could not open its device
 
 
 def report_device(client: redis.Redis, node: str, description: dict[str, object]) -> None:
@@ -45,3 +46,8 @@ def live_devices(client: redis.Redis) -> dict[str, dict]:
         return {}
     alive = client.mget([ALIVE_PREFIX + node for node in devices])
     return {node: d for (node, d), flag in zip(devices.items(), alive) if flag is not None}
+
+
+def working_devices(client: redis.Redis) -> dict[str, dict]:
+    """`live_devices` that run jobs: not those of workers that could not open their device."""
+    return {node: d for node, d in live_devices(client).items() if not str(d.get("name", "")).startswith(UNAVAILABLE)}

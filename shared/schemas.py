@@ -120,6 +120,19 @@ class PredictionOut(BaseModel):
     measured: bool = Field(description="The model was calibrated on that kind of device; false: estimated.")
 
 
+class QueueOut(BaseModel):
+    """Where a queued job stands, worked out when it is read: workers take the oldest job first,
+    so its start is when the live workers have done the running jobs (their own ETAs) and the
+    predicted work of the jobs ahead of it. Batching makes small jobs start sooner than this."""
+
+    position: int = Field(description="Queued jobs ahead of it, of every account: 0, it is next.")
+    workers: int | None = Field(description="Live workers taking jobs from the queue; null when Redis cannot say.")
+    starts_in_seconds: float | None = Field(description="Predicted seconds until a worker starts it; null with no "
+                                                        "live worker, or no prediction to go by.")
+    eta_seconds: float | None = Field(description="Predicted seconds until it ends: its start, then its "
+                                                  "`prediction.seconds`.")
+
+
 class RunOut(BaseModel):
     """How the attempt that finished a job ran, to set against its `prediction`. (Which worker ran
     it is the operators' to see, on the admin job page.)"""
@@ -147,6 +160,8 @@ class JobOut(BaseModel):
     attempts: int
     prediction: PredictionOut | None = Field(description="Predicted run time and peak memory; null when no worker "
                                                          "was live at submission.")
+    queue: QueueOut | None = Field(None, description="Where it stands while queued, as of this response; null once "
+                                                     "it started, and in lists (get the job).")
     run: RunOut | None = Field(description="How it ran, once it succeeded; null before, and for jobs that ended "
                                            "before this was recorded.")
     data_removed: bool = Field(description="The job's result and snapshots were removed under the retention policy "
@@ -179,7 +194,7 @@ def job_path(job_id: str, *rest: str | int) -> str:
     return "/".join((f"/v1/jobs/{job_id}", *map(str, rest)))
 
 
-def job_out(job: Job) -> JobOut:
+def job_out(job: Job, queue: QueueOut | None = None) -> JobOut:
     urls = {"self": job_path(job.id), "cancel": job_path(job.id, "cancel"), "events": job_path(job.id, "events")}
     result = None
     if job.result_key is not None:
@@ -194,7 +209,7 @@ def job_out(job: Job) -> JobOut:
                    for s in job.snapshots],
         result=result,
         error=ErrorOut(code=job.error_code, message=job.error_message or "") if job.error_code else None,
-        attempts=job.attempts, prediction=PredictionOut(**job.prediction) if job.prediction else None,
+        attempts=job.attempts, prediction=PredictionOut(**job.prediction) if job.prediction else None, queue=queue,
         run=RunOut.model_validate(job.result_run) if job.result_run else None,
         data_removed=job.data_removed_at is not None, urls=urls,
     )

@@ -127,3 +127,21 @@ def test_the_repositorys_calibration_has_cpus_in_both_precisions_and_cuda_in_bf1
     huge = workload(Params(size=8192), (1024, 768), [(1024, 768)])
     assert too_big(default, [Device("cuda", 80 * 10**9, "bf16")]) is None
     assert too_big(huge, [Device("cuda", 80 * 10**9, "bf16")]) is not None
+
+
+@pytest.mark.parametrize("busy, workers, ahead, starts", [
+    ([], 1, 0.0, 0.0),               # an idle worker takes it now
+    ([10.0], 1, 0.0, 10.0),          # the running job ends first
+    ([10.0], 1, 5.0, 15.0),          # ...then the job ahead runs
+    ([10.0], 2, 0.0, 0.0),           # the other worker is idle
+    ([10.0], 2, 30.0, 20.0),         # the idle one runs 20 s of the work ahead, the busy one 10 s after its job
+    ([10.0, 30.0], 2, 15.0, 25.0),   # the job ahead waits 10 s, runs 15 s; the other worker is still busy then
+    ([5.0, 5.0, 50.0], 2, 0.0, 5.0),  # more busy than live (one stopped): the two soonest free count
+])
+def test_a_queued_job_starts_when_the_work_ahead_is_shared_out(busy, workers, ahead, starts):
+    assert capacity.starts_in(busy, workers, ahead) == pytest.approx(starts)
+
+
+def test_with_no_worker_nothing_starts():
+    with pytest.raises(ValueError):
+        capacity.starts_in([], 0, 0.0)

@@ -15,7 +15,7 @@ from celery.signals import (celeryd_after_setup, heartbeat_sent, worker_process_
                             worker_shutdown)
 
 from shared import metrics
-from shared.devices import mark_alive, mark_gone, report_device
+from shared.devices import UNAVAILABLE, mark_alive, mark_gone, report_device
 from shared.services import Services
 from worker.engine import DeviceError, resolve_device, resolve_precision
 
@@ -32,7 +32,7 @@ def describe(device: str) -> dict[str, object]:
     try:
         resolved = resolve_device(device)
     except DeviceError as exc:
-        return {"device": device, "name": f"unavailable: {exc}", "memory_bytes": None, "precision": None}
+        return {"device": device, "name": f"{UNAVAILABLE}{exc}", "memory_bytes": None, "precision": None}
     precision = resolve_precision("auto", resolved)
     if resolved == "cpu":
         return {"device": "cpu", "name": f"CPU ({os.cpu_count()} cores)",

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 from api.app import services
 from api.admin.blueprint import bp
 from api.admin.views import job_row, job_state
+from api.queue_standing import standing
 from api.files import image_response
 from shared import announce, lifecycle
 from shared.broker import enqueue
@@ -74,7 +75,7 @@ def _load(db: Session, job_id: str) -> Job:
 def _state(db: Session, job: Job) -> dict:
     losses = list(db.scalars(select(LossPoint).where(LossPoint.job_id == job.id)
                              .order_by(LossPoint.iteration, LossPoint.id)))
-    return job_state(job, losses)
+    return job_state(job, losses, standing(db, services().redis, job))
 
 
 @bp.get("/jobs/<job_id>")

@@ -8,6 +8,7 @@ from typing import Any
 from flask import url_for
 
 from shared.models import Job, LossPoint, utcnow
+from shared.schemas import QueueOut
 
 LOSS_SERIES = ("content", "style", "total")
 
@@ -38,8 +39,8 @@ def job_row(job: Job, owner: str) -> dict[str, Any]:
     }
 
 
-def job_state(job: Job, losses: list[LossPoint]) -> dict[str, Any]:
-    """Everything on a job page that changes while it runs."""
+def job_state(job: Job, losses: list[LossPoint], queue: QueueOut | None) -> dict[str, Any]:
+    """Everything on a job page that changes while it waits or runs."""
     progress = job.progress or {}
     result = None
     if job.result_key is not None:
@@ -53,6 +54,7 @@ def job_state(job: Job, losses: list[LossPoint]) -> dict[str, Any]:
         "eta_seconds": progress.get("eta_seconds") if job.status == "running" else None,
         "iterations_per_second": progress.get("iterations_per_second"),
         "queue_wait": queue_wait(job), "run_time": run_time(job),
+        "queue": queue.model_dump() if queue is not None else None,
         "losses": [[p.iteration, *(p.losses.get(k) for k in LOSS_SERIES)] for p in losses],
         "snapshots": [{"iteration": s.iteration, "url": url_for("admin.snapshot", job_id=job.id, iteration=s.iteration)}
                       for s in job.snapshots],

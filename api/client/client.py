@@ -245,14 +245,18 @@ class _Seen:
 
     def __init__(self) -> None:
         self.status: str | None = None
+        self.queue: dict[str, Any] | None = None
         self.progress: dict[str, Any] | None = None
         self.snapshots: set[int] = set()
 
     def note(self, event: Event) -> None:
         if event.type == "status":
             self.status = event.data["status"]
+            self.queue = event.data.get("queue")
             self.progress = event.data.get("progress") or self.progress
             self.snapshots |= {s["iteration"] for s in event.data.get("snapshots", [])}
+        elif event.type == "queue":
+            self.queue = event.data
         elif event.type == "progress":
             self.progress = event.data
         elif event.type == "snapshot":
@@ -265,6 +269,8 @@ class _Seen:
             events.insert(0, Event("progress", job.progress))
         if job.status != self.status:
             events.append(Event("status", job.data))
+        elif job.queue and job.queue != self.queue:
+            events.append(Event("queue", job.queue))
         for event in events:
             self.note(event)
         return events

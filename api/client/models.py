@@ -39,6 +39,12 @@ class Job:
         return self.data.get("progress")
 
     @property
+    def queue(self) -> dict[str, Any] | None:
+        """While it is queued: `position` (jobs ahead), `workers`, `starts_in_seconds` and
+        `eta_seconds`, as of when it was read."""
+        return self.data.get("queue")
+
+    @property
     def result(self) -> dict[str, Any] | None:
         """`url`, `width`, `height`, `quality` once it succeeded."""
         return self.data.get("result")
@@ -61,8 +67,9 @@ class Job:
 
 @dataclass(frozen=True)
 class Event:
-    """One event of a job: `status` (data: the job), `progress` (data: its progress) or `snapshot`
-    (data: `iteration`, `url`, `created_at`)."""
+    """One event of a job: `status` (data: the job), `queue` (data: where it stands while queued,
+    `Job.queue`), `progress` (data: its progress) or `snapshot` (data: `iteration`, `url`,
+    `created_at`)."""
 
     type: str
     data: dict[str, Any]

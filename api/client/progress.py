@@ -1,5 +1,5 @@
-"""A job's events as a live progress bar on a terminal (tqdm): percent, stage, losses and the
-server's ETA, then how the job ended."""
+"""A job's events as a live progress bar on a terminal (tqdm): where it stands while queued, then
+percent, stage, losses and the server's ETA, then how the job ended."""
 from __future__ import annotations
 
 import sys
@@ -29,12 +29,26 @@ class ProgressBar:
             self.bar.set_description_str(_ended(job.data), refresh=False)
         elif progress:
             self.bar.set_description_str(_running(progress), refresh=False)
+        elif event.type == "queue" or (job is not None and job.queue):
+            self.bar.set_description_str(_queued(event.data if event.type == "queue" else job.queue), refresh=False)
         elif job is not None:
             self.bar.set_description_str(job.status, refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _queued(queue: dict[str, Any]) -> str:
+    ahead = queue["position"]
+    parts = ["queued", "next" if ahead == 0 else f"{ahead} job{'s' if ahead != 1 else ''} ahead"]
+    if queue["workers"] == 0:
+        parts.append("waiting for a worker")
+    elif queue["starts_in_seconds"] is not None:
+        parts.append(f"starts in {tqdm.format_interval(queue['starts_in_seconds'])}")
+        if queue["eta_seconds"] is not None:
+            parts.append(f"ETA {tqdm.format_interval(queue['eta_seconds'])}")
+    return " · ".join(parts)
 
 
 def _running(progress: dict[str, Any]) -> str:

@@ -16,7 +16,8 @@ or from one another.
   poll a job until its status is one of `statuses`.
 - `wait_checkpointed(services, job_id, iteration)`: until a running job has a checkpoint past
   `iteration`; `wait_resent(services, job_id)`: until the sweep re-sends a job whose lease expired.
-- `read_events(response, until)`: the (event, data) pairs of a streamed text/event-stream response.
+- `stream_events(response, until)`: the (event, data) pairs of a streamed text/event-stream response,
+  as they come; `read_events(response, until)`: all of them, up to its end.
 - `PROBLEM`, `assert_problem(response, status, field=None)`: an RFC 9457 problem+json answer.
 - `WorkerProcess(settings, log_path, args)`: a real Celery worker process in its own process group.
 - `OPERATOR_PASSWORD`, `make_operator(settings)`: an admin dashboard operator; returns its name.
@@ -267,18 +268,22 @@ def wait_resent(services: Services, job_id: str) -> None:
              interval=0.5, what=f"the sweep to re-send job {job_id} once its lease expired")
 
 
-def read_events(response, until: float = 90.0) -> list[tuple[str, dict]]:
-    """Parse a text/event-stream body as it streams, up to its end."""
-    events, buffer, deadline = [], "", time.monotonic() + until
+def stream_events(response, until: float = 90.0) -> Iterator[tuple[str, dict]]:
+    """Parse a text/event-stream body as it streams: each (event, data) as it comes."""
+    buffer, deadline = "", time.monotonic() + until
     for chunk in response.response:
         buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
         while "\n\n" in buffer:
             block, buffer = buffer.split("\n\n", 1)
             lines = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
             if lines:
-                events.append((lines["event"], json.loads(lines["data"])))
+                yield lines["event"], json.loads(lines["data"])
         assert time.monotonic() < deadline, "event stream did not end"
-    return events
+
+
+def read_events(response, until: float = 90.0) -> list[tuple[str, dict]]:
+    """`stream_events` up to the stream's end."""
+    return list(stream_events(response, until))
 
 
 def assert_problem(response, status: int, field: str | None = None) -> dict:

@@ -89,7 +89,7 @@ def test_a_job_appears_progresses_live_shows_snapshots_and_is_canceled(page, ser
     expect(page).to_have_url(f"{base}/admin/")
     page.evaluate("window.notReloaded = true")
     auth = bearer(new_key(worker_settings, "browser-tenant"))
-    job = submit(client, auth, images, {"size": 48, "iterations": 400, "snapshot_every": 10}).get_json()
+    job = submit(client, auth, images, {"size": 48, "iterations": 1000, "snapshot_every": 10}).get_json()
 
     row = page.locator(f'tr[data-id="{job["id"]}"]')
     expect(row).to_be_visible()  # it appeared without a reload
@@ -98,6 +98,12 @@ def test_a_job_appears_progresses_live_shows_snapshots_and_is_canceled(page, ser
     wait_for(lambda: percent(page, job["id"]) > first, what="progress to advance in the table")
     assert page.evaluate("window.notReloaded") is True
     screenshot(page, tmp_path, "admin-jobs.png")
+
+    # a job queued behind it: its page says where it stands (the running job's ETA, then its own run)
+    queued = submit(client, auth, images, {"size": 32, "iterations": 2, "snapshot_every": 0}).get_json()
+    page.goto(f"{base}/admin/jobs/{queued['id']}")
+    expect(page.locator("#eta")).to_have_text(re.compile(r"^next in the queue · starts in \d+ s · ETA \d+ s$"))
+    page.goto(f"{base}/admin/")
 
     row.locator("a").click()
     expect(page).to_have_url(f"{base}/admin/jobs/{job['id']}")

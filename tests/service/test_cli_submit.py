@@ -74,6 +74,21 @@ def test_submit_shows_progress_and_saves_the_result_and_snapshots(files, env, tm
     assert gone.returncode == 2 and gone.stderr.strip() == f"atelier jobs get: error: 404 Not Found: no job {job_id}"
 
 
+def test_a_queued_job_shows_where_it_stands_until_it_starts(files, env, tmp_path):
+    err = tmp_path / "stderr"
+    with Client(env["ATELIER_URL"], env["ATELIER_KEY"]) as client:
+        ahead = client.submit(files["content"], files["style"], size=128, scales=1, iterations=1000, snapshot_every=0)
+        wait_for(lambda: (client.get(ahead).progress or {}).get("eta_seconds"), timeout=120,
+                 what="the job ahead to report its ETA")
+        cli = start("submit", files["content"], files["style"], "-o", tmp_path / "out.png", "--size", "32",
+                    "--iterations", "2", env=env, stderr=err, stdin=subprocess.DEVNULL)
+        wait_for(lambda: re.search(r"queued · (next|\d+ jobs? ahead) · starts in \d\d:\d\d · ETA \d\d:\d\d",
+                                   err.read_text()), timeout=60, what="the bar to show where the job stands")
+        client.cancel(ahead)
+        assert cli.wait(timeout=120) == 0, err.read_text()[-500:]
+    assert re.search(r"100%\|#*\| succeeded in ", err.read_text().replace("█", "#"))
+
+
 def test_no_wait_prints_the_id_and_jobs_result_cancel_follow_up(files, env, tmp_path):
     submitted = atelier("submit", files["content"], files["style"], "--size", "128", "--iterations", "1000",
                         "--no-wait", env=env)

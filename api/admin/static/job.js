@@ -42,6 +42,15 @@
     }, 400);
   });
 
+  // where a queued job stands: "2 jobs ahead · starts in 12 s · ETA 14 s"
+  function standing(q) {
+    const ahead = q.position === 0 ? "next in the queue" : `${q.position} job${q.position === 1 ? "" : "s"} ahead`;
+    if (q.workers === 0) return `${ahead} · waiting for a worker`;
+    if (q.starts_in_seconds === null) return ahead;
+    return `${ahead} · starts in ${duration(q.starts_in_seconds)}`
+      + (q.eta_seconds !== null ? ` · ETA ${duration(q.eta_seconds)}` : "");
+  }
+
   function render(s) {
     const status = $("status");
     status.textContent = s.cancel_requested && s.status === "running" ? "stopping" : s.status;
@@ -50,7 +59,8 @@
     $("bar").style.width = `${s.percent}%`;
     $("percent").textContent = `${s.percent.toFixed(1)} %`;
     $("iteration").textContent = `iteration ${s.iteration} of ${s.total ?? "?"}`;
-    $("eta").textContent = s.eta_seconds !== null ? `ETA ${duration(s.eta_seconds)}`
+    $("eta").textContent = s.queue ? standing(s.queue)
+      : s.eta_seconds !== null ? `ETA ${duration(s.eta_seconds)}`
       : (s.iterations_per_second ? `${s.iterations_per_second} it/s` : "");
     $("queue-wait").textContent = duration(s.queue_wait);
     $("run-time").textContent = duration(s.run_time);

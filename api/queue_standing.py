@@ -1,0 +1,132 @@
+"""Where a queued job stands (`QueueOut`): how many jobs are ahead of it, and when it is predicted
+to start and to end.
+
+What it goes by: each queued job's prediction at submission (`shared.capacity`), each running
+job's own ETA from its progress (or its prediction, less the time it has run), and the live
+workers in Redis. A job that has no prediction (no worker was live when it came) counts as long
+as this one, or as the average job ahead when this one has none either.
+
+Read two ways, to the same figures: `standing`, exact as of the request, for a job's response (two
+queries, for queued jobs only); and a `Board` of the whole queue, read at most once per
+`max_age` by each API process, for the event streams of queued jobs, so that a thousand such
+streams cost one read of the queue between them, not a thousand.
+"""
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import threading
+import time
+from datetime import datetime
+from typing import Any, Sequence
+
+from redis import Redis, RedisError
+from sqlalchemy import Row, and_, bindparam, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from shared import capacity
+from shared.db import Database
+from shared.devices import working_devices
+from shared.models import Job, JobStatus, utcnow
+from shared.schemas import QueueOut
+
+log = logging.getLogger(__name__)
+PREDICTED_SECONDS = Job.prediction["seconds"].as_float()
+# a poll of a queued job runs these: built once, as `api.lookup.LOAD_JOB` is
+AHEAD = select(func.count(), func.count(PREDICTED_SECONDS), func.coalesce(func.sum(PREDICTED_SECONDS), 0.0)).where(
+    Job.status == JobStatus.QUEUED.value,
+    or_(Job.created_at < bindparam("created_at"), and_(Job.created_at == bindparam("created_at"), Job.id < bindparam("id"))))
+RUNNING = select(Job.lease_owner, Job.started_at, Job.progress, Job.prediction).where(Job.status == JobStatus.RUNNING.value)
+QUEUE = select(Job.created_at, Job.id, PREDICTED_SECONDS).where(Job.status == JobStatus.QUEUED.value) \
+    .order_by(Job.created_at, Job.id)
+
+
+def standing(session: Session, client: Redis, job: Job) -> QueueOut | None:
+    """Where `job` stands in the queue now; None unless it is queued."""
+    if job.state is not JobStatus.QUEUED:
+        return None
+    ahead, predicted, ahead_seconds = session.execute(AHEAD, {"created_at": job.created_at, "id": job.id}).one()
+    workers = _workers(client)
+    running = session.execute(RUNNING).all() if workers else []
+    return _place(ahead, predicted, ahead_seconds, _seconds(job.prediction), running, utcnow(), workers)
+
+
+class Board:
+    """The queue as this process last read it: every queued job's order and predicted seconds,
+    the running jobs and the live workers, read again once it is `max_age` seconds old."""
+
+    def __init__(self, max_age: float) -> None:
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._read_at = -max_age
+        self._keys: list[tuple[datetime, str]] = []
+        self._predicted: list[int] = [0]    # of the first i queued jobs, how many have a prediction
+        self._seconds: list[float] = [0.0]  # ...and their predicted seconds
+        self._running: Sequence[Row] = []
+        self._running_read_at = utcnow()
+        self._workers: int | None = None
+
+    def standing(self, db: Database, client: Redis, created_at: datetime, job_id: str,
+                 prediction: dict[str, Any] | None) -> QueueOut | None:
+        """Where a job that is queued stands, as of the last read (None if it cannot be read now)."""
+        with self._lock:
+            if time.monotonic() - self._read_at >= self.max_age:
+                try:
+                    self._read(db, client)
+                except SQLAlchemyError as exc:
+                    log.warning("the queue cannot be read now: %s", exc)
+                    return None
+            ahead = bisect.bisect_left(self._keys, (created_at, job_id))
+            return _place(ahead, self._predicted[ahead], self._seconds[ahead], _seconds(prediction), self._running,
+                          self._running_read_at, self._workers)
+
+    def _read(self, db: Database, client: Redis) -> None:
+        with db.session() as session:
+            queued = session.execute(QUEUE).all()
+            running, read_at = session.execute(RUNNING).all(), utcnow()
+        self._keys = [(created_at, job_id) for created_at, job_id, _ in queued]
+        self._predicted = [0, *itertools.accumulate(seconds is not None for _, _, seconds in queued)]
+        self._seconds = [0.0, *itertools.accumulate(seconds or 0.0 for _, _, seconds in queued)]
+        self._running, self._running_read_at = running, read_at
+        self._workers, self._read_at = _workers(client), time.monotonic()
+
+
+def _place(ahead: int, predicted: int, ahead_seconds: float, own: float | None, running: Sequence[Row],
+           read_at: datetime, workers: int | None) -> QueueOut:
+    """The standing of a job with `ahead` queued jobs before it, `predicted` of them predicted to
+    take `ahead_seconds` in all, and `own` seconds itself; `running`: the running jobs as read at
+    `read_at`."""
+    typical = own if own is not None else (ahead_seconds / predicted if predicted else None)
+    if not workers or typical is None:
+        return QueueOut(position=ahead, workers=workers, starts_in_seconds=None, eta_seconds=None)
+    busy: dict[str | None, float] = {}  # a batch is several running jobs of one worker: it is free after the last
+    now = utcnow()
+    for owner, started_at, progress, prediction in running:
+        busy[owner] = max(busy.get(owner, 0.0), _left(started_at, progress, prediction, typical, read_at, now))
+    starts = capacity.starts_in(list(busy.values()), workers, ahead_seconds + (ahead - predicted) * typical)
+    return QueueOut(position=ahead, workers=workers, starts_in_seconds=round(starts, 1),
+                    eta_seconds=round(starts + own, 1) if own is not None else None)
+
+
+def _seconds(prediction: dict[str, Any] | None) -> float | None:
+    return float(prediction["seconds"]) if prediction else None
+
+
+def _left(started_at: datetime | None, progress: dict[str, Any] | None, prediction: dict[str, Any] | None,
+          typical: float, read_at: datetime, now: datetime) -> float:
+    """A running job's seconds left at `now`: its own ETA (as read at `read_at`) once it reports
+    progress; before that, its prediction less the time since it started."""
+    if progress and progress.get("eta_seconds") is not None:
+        return max(0.0, float(progress["eta_seconds"]) - (now - read_at).total_seconds())
+    ran = (now - started_at).total_seconds() if started_at else 0.0
+    return max(0.0, (_seconds(prediction) or typical) - ran)
+
+
+def _workers(client: Redis) -> int | None:
+    try:
+        return len(working_devices(client))
+    except (RedisError, OSError) as exc:
+        log.warning("queue standing without an ETA: cannot read the workers' presence: %s", exc)
+        return None

@@ -1,0 +1,111 @@
+"""Where a queued job stands (`queue` on the job, `queue` events, the admin job page): the jobs
+ahead of it and its predicted start and end, from the running job's own ETA and the predictions
+of the jobs ahead, against a real worker and Redis; without a worker, no start to predict; and
+the streams' `Board`, one read of the queue for them all, agreeing with a poll."""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+import redis
+from sqlalchemy import event, select
+
+from api.queue_standing import Board
+from shared.devices import working_devices
+from shared.models import Job
+from shared.schemas import QueueOut
+from shared.services import Services
+from tests.service.helpers import (OPERATOR_PASSWORD, TERMINAL, make_operator, stream_events, submit, wait_for,
+                                   wait_status)
+
+TINY = {"size": 32, "iterations": 2, "snapshot_every": 0}
+LONG = {"size": 128, "scales": 1, "iterations": 1000, "snapshot_every": 0}  # canceled long before it ends
+
+
+def get(client, auth, job_id: str) -> dict:
+    return client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
+
+
+def test_without_a_live_worker_a_queued_job_knows_its_place_but_not_its_start(settings, make_redis,
+                                                                              private_database, client_for, images):
+    client, auth = client_for(replace(settings, redis_url=make_redis().url(0), database_url=private_database))
+    first, second = (submit(client, auth, images, TINY).get_json() for _ in range(2))
+    assert first["prediction"] is None  # no worker was live to predict for
+    assert first["queue"] == {"position": 0, "workers": 0, "starts_in_seconds": None, "eta_seconds": None}
+    assert get(client, auth, second["id"])["queue"]["position"] == 1
+    assert [j["queue"] for j in client.get("/v1/jobs", headers=auth).get_json()["data"]] == [None, None]
+    client.post(f"/v1/jobs/{first['id']}/cancel", headers=auth)
+    assert get(client, auth, second["id"])["queue"]["position"] == 0  # a canceled job is no longer ahead
+    assert get(client, auth, first["id"])["queue"] is None
+
+
+def test_one_read_of_the_queue_serves_every_stream_and_agrees_with_a_poll(settings, make_redis, private_database,
+                                                                         client_for, images):
+    local = replace(settings, redis_url=make_redis().url(0), database_url=private_database)
+    client, auth = client_for(local)
+    ids = [submit(client, auth, images, TINY).get_json()["id"] for _ in range(5)]
+    services, board, statements = Services(local), Board(max_age=60), []
+    with services.db.session() as session:
+        jobs = {job.id: (job.created_at, job.prediction) for job in session.scalars(select(Job))}
+    event.listen(services.db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    for _ in range(20):  # twenty streams of each job refresh
+        for job_id in ids:
+            created_at, prediction = jobs[job_id]
+            polled = QueueOut(**get(client, auth, job_id)["queue"])
+            assert board.standing(services.db, services.redis, created_at, job_id, prediction) == polled
+    assert [polled.position for polled in (QueueOut(**get(client, auth, i)["queue"]) for i in ids)] == [0, 1, 2, 3, 4]
+    assert len(statements) == 2, statements  # the queued jobs, the running ones: once
+    services.db.dispose()
+
+
+@pytest.mark.slow
+def test_a_queued_job_is_told_the_jobs_ahead_and_when_it_starts_live(worker_settings, make_redis, private_database,
+                                                                     workers, client_for, images):
+    local = replace(worker_settings, redis_url=make_redis().url(0), database_url=private_database)
+    client, auth = client_for(local)
+    workers(local)
+    wait_for(lambda: working_devices(redis.Redis.from_url(local.redis_url)), timeout=60, what="the worker to be live")
+    running = submit(client, auth, images, LONG).get_json()
+    wait_for(lambda: (get(client, auth, running["id"])["progress"] or {}).get("eta_seconds"), timeout=120,
+             what="the long job to report its ETA")
+    ahead, last = (submit(client, auth, images, TINY).get_json() for _ in range(2))
+    stream = stream_events(client.get(f"/v1/jobs/{last['id']}/events", headers=auth, buffered=False))
+
+    left = get(client, auth, running["id"])["progress"]["eta_seconds"]
+    first, second = get(client, auth, ahead["id"]), get(client, auth, last["id"])
+    assert get(client, auth, running["id"])["queue"] is None  # it started
+    assert first["queue"]["position"] == 0 and second["queue"]["position"] == 1
+    assert first["queue"]["workers"] == second["queue"]["workers"] == 1
+    # one worker: the next job starts when the running one ends (its own ETA, a second apart at
+    # most between these reads), the one after it once the next one's predicted run is done too
+    assert first["queue"]["starts_in_seconds"] == pytest.approx(left, abs=2.5)
+    own = first["prediction"]["seconds"]
+    assert second["queue"]["starts_in_seconds"] - first["queue"]["starts_in_seconds"] == pytest.approx(own, abs=2.5)
+    for job in (first, second):
+        assert job["queue"]["eta_seconds"] == pytest.approx(job["queue"]["starts_in_seconds"]
+                                                            + job["prediction"]["seconds"], abs=0.11)
+
+    kind, data = next(stream)
+    assert kind == "status" and data["queue"]["position"] == 1
+    client.post(f"/v1/jobs/{ahead['id']}/cancel", headers=auth)
+    # within a refresh (the keep-alive, here 1 s) the stream says it is next, its start now the running job's end
+    kind, data = next((k, d) for k, d in stream if k != "queue" or d["position"] == 0)  # not those sent before
+    assert kind == "queue", (kind, data)
+    assert data["starts_in_seconds"] == pytest.approx(get(client, auth, running["id"])["progress"]["eta_seconds"],
+                                                      abs=2.5)
+
+    operator = make_operator(local)
+    page = client.get("/admin/sign-in").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    client.post("/admin/sign-in", data={"name": operator, "password": OPERATOR_PASSWORD, "csrf_token": token})
+    state = client.get(f"/admin/jobs/{last['id']}/state.json").get_json()
+    assert state["queue"]["position"] == 0 and state["queue"]["workers"] == 1
+
+    client.post(f"/v1/jobs/{running['id']}/cancel", headers=auth)
+    rest = list(stream)
+    statuses = [data["status"] for kind, data in rest if kind == "status"]
+    assert statuses[-1] == "succeeded" and "running" in statuses, statuses
+    after_start = rest[next(i for i, (k, d) in enumerate(rest) if k == "status" and d["status"] == "running"):]
+    assert all(kind != "queue" and (kind != "status" or data["queue"] is None) for kind, data in after_start)
+    assert wait_status(client, auth, last["id"], TERMINAL)["queue"] is None
