@@ -136,9 +136,11 @@ class Prediction:
                 "measured": self.measured}
 
 
-def predict(w: Workload, kind: str, precision: str) -> Prediction:
+def predict(w: Workload, kind: str, precision: str, pace: float = 1.0) -> Prediction:
+    """On a device of `kind` running `precision`, whose jobs take `pace` times the model's time
+    (the same kind of device differs between machines: a CPU's cores, a GPU's clocks and host)."""
     m = model(kind, precision)
-    return Prediction(kind, m.seconds(w), m.memory_mb(w), m.measured)
+    return Prediction(kind, m.seconds(w) * pace, m.memory_mb(w), m.measured)
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class Device:
     kind: str
     memory_bytes: int | None  # None: not known (no limit assumed)
     precision: str            # what its jobs run in (`precision auto` there)
+    pace: float = 1.0         # its jobs' run time over the model's (`worker.presence.paced`); 1 until it ran one
 
     @classmethod
     def from_report(cls, report: dict[str, object]) -> "Device":
@@ -155,7 +158,7 @@ class Device:
         precision is from a worker older than the field, which ran bf16 on CUDA only."""
         kind = device_kind(str(report["device"]))
         precision = str(report.get("precision") or ("bf16" if kind == "cuda" else "fp32"))
-        return cls(kind, report.get("memory_bytes"), precision)
+        return cls(kind, report.get("memory_bytes"), precision, float(report.get("pace") or 1.0))
 
 
 def too_big(w: Workload, devices: Iterable[Device]) -> str | None:

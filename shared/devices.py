@@ -34,8 +34,8 @@ def mark_gone(client: redis.Redis, node: str) -> None:
 
 
 def read_devices(client: redis.Redis) -> dict[str, dict]:
-    """Node name -> device description (`device`, `name`, `memory_bytes`, `precision`), as the
-    workers last reported."""
+    """Node name -> device description (`device`, `name`, `memory_bytes`, `precision`, and
+    `pace` once it ran a job alone: `worker.presence.paced`), as the workers last reported."""
     return {name.decode(): json.loads(value) for name, value in client.hgetall(DEVICES_KEY).items()}
 
 

@@ -145,3 +145,13 @@ def test_a_queued_job_starts_when_the_work_ahead_is_shared_out(busy, workers, ah
 def test_with_no_worker_nothing_starts():
     with pytest.raises(ValueError):
         capacity.starts_in([], 0, 0.0)
+
+
+def test_a_workers_pace_scales_its_predicted_time_not_its_memory():
+    w = Workload(iterations=100, megapixel_iterations=10, style_megapixels=4, peak_megapixels=0.5,
+                 peak_style_megapixels=1)
+    model, slow = capacity.predict(w, "cpu", "bf16"), capacity.predict(w, "cpu", "bf16", pace=2.5)
+    assert slow.seconds == pytest.approx(2.5 * model.seconds) and slow.memory_mb == model.memory_mb
+    report = {"device": "cpu", "name": "CPU (2 cores)", "memory_bytes": GiB, "precision": "bf16"}
+    assert Device.from_report(report).pace == 1.0  # before its first job
+    assert Device.from_report(report | {"pace": 2.5}).pace == 2.5

@@ -36,11 +36,13 @@ class JobMeter:
         metrics.DEVICE_MEMORY.labels(self.worker, device, "peak").set(megabytes * 2**20)
 
     def against_prediction(self, work: capacity.Workload, device: str, precision: str, seconds: float,
-                           peak_memory_mb: float) -> None:
+                           peak_memory_mb: float) -> float:
         """Actual over predicted, for a job that ran alone from the start, by the model that
-        predicted it: the fleet's running check of the calibration (`bench/calibrate.py`)."""
+        predicted it: the fleet's running check of the calibration (`bench/calibrate.py`).
+        Returns the run time's ratio."""
         kind = capacity.device_kind(device)
         model, predicted = capacity.model_key(kind, precision), capacity.predict(work, kind, precision)
         metrics.PREDICTION_RATIO.labels(model, "seconds").observe(seconds / predicted.seconds)
         if kind == "cuda":  # a CPU's peak resident set is its process's over its life, not this job's
             metrics.PREDICTION_RATIO.labels(model, "memory").observe(peak_memory_mb / predicted.memory_mb)
+        return seconds / predicted.seconds

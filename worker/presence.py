@@ -1,12 +1,14 @@
-"""Each GPU worker's pool child reports the device it runs jobs on (`shared.devices`), for the
-dashboard's System page, the capacity check at submission and the device memory metric; the
-main process marks the worker alive on every Celery heartbeat, and gone when it stops; the pool
-child leaves the live metrics when it exits."""
+"""Each GPU worker's pool child reports the device it runs jobs on (`shared.devices`), and its pace
+on it once it has run jobs, for the dashboard's System page, the capacity check and prediction
+at submission and the device memory metric; the main process marks the worker alive on every
+Celery heartbeat, and gone when it stops; the pool child leaves the live metrics when it exits."""
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import statistics
+from collections import deque
 
 import redis
 import torch
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 
 _node: dict[str, str] = {}  # set in the worker's main process before the pool forks
 _main: dict[str, Services] = {}  # the main process's own, made at its first heartbeat (after the fork)
+_reported: dict[str, object] = {}  # the pool child's device report, sent again with each new pace
+PACE_JOBS = 9
+_ratios: deque[float] = deque(maxlen=PACE_JOBS)  # the pool child's last lone jobs' run time over the model's
 
 
 def describe(device: str) -> dict[str, object]:
@@ -60,12 +65,27 @@ def _report_device(**_kwargs) -> None:
     description = describe(settings.device)
     if description["memory_bytes"] is not None:
         metrics.DEVICE_MEMORY.labels(_node["name"], description["device"], "total").set(description["memory_bytes"])
+    _reported.update(description)
     try:
         report_device(services.redis, _node["name"], description)
     except redis.RedisError as exc:
         log.warning("could not report this worker's device: %s", exc)
     finally:
         services.redis.close()
+
+
+def paced(client: redis.Redis, ratio: float) -> None:
+    """A lone job's run time over the capacity model's prediction. The worker's pace, the median
+    of its last PACE_JOBS such ratios (one slow first job, a GPU's warm-up, does not set it), goes
+    into its device report: the API predicts new jobs, and a queued job's start, at this
+    machine's speed rather than the calibration machine's."""
+    _ratios.append(ratio)
+    if "name" not in _node or not _reported:
+        return
+    try:
+        report_device(client, _node["name"], _reported | {"pace": round(statistics.median(_ratios), 3)})
+    except redis.RedisError as exc:
+        log.warning("could not report this worker's pace: %s", exc)
 
 
 @heartbeat_sent.connect

@@ -41,7 +41,7 @@ from worker.engine import (DeviceError, Iterate, Member, OutOfMemory, Result, fr
 from worker.job_files import JobFiles
 from worker.job_metrics import JobMeter
 from worker.lease import Lease
-from worker.presence import describe, node_name
+from worker.presence import describe, node_name, paced
 from worker.progress import progress_of
 
 log = logging.getLogger(__name__)
@@ -328,8 +328,8 @@ class JobRun:
         self.files.delete(self.files.checkpoint_key if ended else stored.key)
         self.meter.peak_memory(result.device, result.peak_memory_mb)
         if ended and self.work is not None:
-            self.meter.against_prediction(self.work, result.device, result.params.precision, result.seconds,
-                                          result.peak_memory_mb)
+            paced(self.services.redis, self.meter.against_prediction(
+                self.work, result.device, result.params.precision, result.seconds, result.peak_memory_mb))
         log.info("job %s: succeeded in %.1fs on %s", self.job_id, result.seconds, result.device)
 
     @staticmethod

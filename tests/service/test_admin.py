@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from api.admin.storage import human_bytes
 from shared import capacity, retention
+from shared.devices import read_devices
 from shared.models import Account, Job, LossPoint, Operator, WebhookEvent, WebhookStatus
 from shared.services import Services
 from shared.storage import checkpoint_key, input_key, job_prefix, sha256
@@ -311,6 +312,9 @@ def test_a_finished_job_has_its_loss_history_snapshots_result_and_stats(live_app
     assert shown == ("bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32")
     # and the capacity model that predicts its jobs: measured, or estimated where none was
     assert f"capacity model cpu-{shown}: measured" in html
+    # and the pace it measured on its own jobs (this one ran alone), at which its jobs are predicted
+    (report,) = [d for node, d in read_devices(services.redis).items() if f">{node}<" in html]
+    assert f"its jobs take {report['pace']:.2f}× the model's time" in html
     others = {key: m for key, m in capacity.models().items() if key != f"cpu-{shown}"}
     capacity.write(tmp_path / "calibration.json", others)
     monkeypatch.setattr(capacity, "CALIBRATION", tmp_path / "calibration.json")

@@ -1,7 +1,7 @@
 """Capacity at submission (shared.capacity): a job that fits on no live worker's device is
 refused with a 422 naming the parameter; one that fits is told its predicted run time and memory
-(its ETA while queued); with no live worker nothing is refused. Real workers report their device
-and heartbeat into a real Redis."""
+(its ETA while queued), at the pace that worker measured on its own jobs; with no live worker
+nothing is refused. Real workers report their device and heartbeat into a real Redis."""
 from __future__ import annotations
 
 import time
@@ -55,6 +55,15 @@ def test_too_big_for_every_live_device_is_refused_and_a_job_that_fits_gets_its_p
         "device": "cpu", "device_name": device["name"], "precision": device["precision"],
         "seconds": 0, "peak_memory_mb": 0, "batch_size": 1}
     assert 0 < done["run"]["seconds"] and done["run"]["peak_memory_mb"] > 100  # a process holding torch and VGG
+    assert "pace" not in device  # before its first job, the model's own time
+    # its pace, its lone jobs' run time over the model's (this one's alone), is in its report since;
+    # new jobs are predicted at it
+    base = capacity.predict(work, "cpu", device["precision"]).seconds
+    pace = wait_for(lambda: next(iter(live(local).values())).get("pace"), timeout=10, what="the worker's pace")
+    assert pace == pytest.approx(done["run"]["seconds"] / base, abs=0.006 / base + 0.001)  # `run` rounds to 10 ms
+    again = submit(client, auth, images, SMALL).get_json()
+    assert again["prediction"] == capacity.predict(work, "cpu", device["precision"], pace).to_dict()
+    assert again["prediction"]["seconds"] == pytest.approx(base * pace, abs=0.05)
 
     faults.kill_worker(worker)  # a crashed worker drops out once its heartbeats stop
     wait_for(lambda: not live(local), timeout=ALIVE_SECONDS + 10, what="the dead worker to drop out")
