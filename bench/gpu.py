@@ -193,6 +193,7 @@ def worker_figures(job_sizes: list[int], jobs: int, iterations: int | None, devi
     from api.app import create_app
     from shared import keys
     from shared.config import Settings
+    from shared.devices import read_devices
     from shared.migrate import upgrade
     from shared.services import Services
 
@@ -204,7 +205,8 @@ def worker_figures(job_sizes: list[int], jobs: int, iterations: int | None, devi
                         device=device, max_size=max(job_sizes), max_active_jobs=jobs + 2,
                         max_active_jobs_per_key=jobs + 2, submit_rate_limit="10000/minute")
     upgrade(database)
-    with Services(settings).db.session() as session:
+    services = Services(settings)
+    with services.db.session() as session:
         token = keys.create_key(session, "bench")
     log = open(directory / "worker.log", "wb")
     worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu",
@@ -236,6 +238,11 @@ def worker_figures(job_sizes: list[int], jobs: int, iterations: int | None, devi
             time.sleep(0.05)
         return [done[j] for j in job_ids]
 
+    def pace() -> float | None:
+        """The worker's pace (`worker.presence.paced`): a prediction is the capacity model's time
+        times it, so the model's own error is the run over prediction times the pace."""
+        return next(iter(read_devices(services.redis).values()), {}).get("pace")
+
     def span(job: dict, start: str = "created_at") -> float:
         return (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job[start])).total_seconds()
 
@@ -243,6 +250,7 @@ def worker_figures(job_sizes: list[int], jobs: int, iterations: int | None, devi
     try:
         wait([submit(min(job_sizes))])  # the worker loads its network
         for size in job_sizes:
+            at_pace = pace()
             (alone,) = wait([submit(size)])
             queued = wait([submit(size) for _ in range(jobs)])
             first = min(datetime.fromisoformat(j["created_at"]) for j in queued)
@@ -251,12 +259,12 @@ def worker_figures(job_sizes: list[int], jobs: int, iterations: int | None, devi
             batch_sizes = Counter(j["run"]["batch_size"] for j in queued)
             rows.append({"size": size, "one_job_end_to_end_seconds": span(alone),
                          "one_job_run_seconds": span(alone, "started_at"), "jobs": jobs,
-                         "jobs_per_minute": jobs / minutes, "prediction": alone["prediction"], "run": alone["run"],
+                         "jobs_per_minute": jobs / minutes, "prediction": alone["prediction"], "pace": at_pace, "run": alone["run"],
                          "batch_sizes": {str(n): count for n, count in sorted(batch_sizes.items())}})
             predicted = alone["prediction"] or {"seconds": None, "memory_mb": None}  # None: no live worker then
             print(f"worker, {size} px defaults: one job {span(alone):.2f} s end to end, its run "
                   f"{alone['run']['seconds']:.2f} s and {alone['run']['peak_memory_mb']} MB (predicted "
-                  f"{predicted['seconds']} s, {predicted['memory_mb']} MB); {jobs} queued: "
+                  f"{predicted['seconds']} s at pace {at_pace}, {predicted['memory_mb']} MB); {jobs} queued: "
                   f"{jobs / minutes:.1f} jobs/min (jobs by their batch's size: {dict(sorted(batch_sizes.items()))})",
                   file=sys.stderr, flush=True)
     finally:

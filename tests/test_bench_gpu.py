@@ -31,6 +31,7 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     (jobs,) = report["worker"]
     assert jobs["jobs"] == 2 and jobs["jobs_per_minute"] > 0 and jobs["one_job_end_to_end_seconds"] > 0
     assert jobs["prediction"]["device"] == "cpu"
+    assert jobs["pace"] > 0  # the worker's, after its warm-up job: what the prediction was scaled by
     assert jobs["run"]["device"] == "cpu" and jobs["run"]["batch_size"] == 1  # how the lone job ran, to set beside it
     assert sum(jobs["batch_sizes"].values()) == 2  # every queued job, by the size of the batch it ran in
 

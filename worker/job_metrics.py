@@ -37,9 +37,9 @@ class JobMeter:
 
     def against_prediction(self, work: capacity.Workload, device: str, precision: str, seconds: float,
                            peak_memory_mb: float) -> float:
-        """Actual over predicted, for a job that ran alone from the start, by the model that
-        predicted it: the fleet's running check of the calibration (`bench/calibrate.py`).
-        Returns the run time's ratio."""
+        """Actual over predicted, for a job that ran alone from the start to its result, by the
+        model that predicted it: the fleet's running check of the calibration
+        (`bench/calibrate.py`). Returns the run time's ratio."""
         kind = capacity.device_kind(device)
         model, predicted = capacity.model_key(kind, precision), capacity.predict(work, kind, precision)
         metrics.PREDICTION_RATIO.labels(model, "seconds").observe(seconds / predicted.seconds)

@@ -319,6 +319,9 @@ class JobRun:
             self._end(JobStatus.FAILED, progress=self.progress, error_code=ErrorCode.STORAGE_ERROR,
                       error_message=f"the result could not be written to storage: {exc}")
             return
+        if self.work is not None:  # a lone run from the start, set against the model before anyone sees it end
+            paced(self.services.redis, self.meter.against_prediction(
+                self.work, result.device, result.params.precision, result.seconds, result.peak_memory_mb))
         progress = (self.progress or {}) | {"iteration": result.iterations, "total": result.total, "percent": 100.0,
                                             "eta_seconds": 0.0, "losses": result.losses}
         ended = self._end(JobStatus.SUCCEEDED, progress=progress, result_key=stored.key, result_sha256=stored.sha256,
@@ -327,9 +330,6 @@ class JobRun:
                           result_run=self._ran(result, batch), checkpoint_key=None, checkpoint_bytes=None)
         self.files.delete(self.files.checkpoint_key if ended else stored.key)
         self.meter.peak_memory(result.device, result.peak_memory_mb)
-        if ended and self.work is not None:
-            paced(self.services.redis, self.meter.against_prediction(
-                self.work, result.device, result.params.precision, result.seconds, result.peak_memory_mb))
         log.info("job %s: succeeded in %.1fs on %s", self.job_id, result.seconds, result.device)
 
     @staticmethod

@@ -1,7 +1,10 @@
 """The batched optimisers (worker.engine.optimizers): each row takes torch's own steps, rows never
-touch each other, a row's state survives a checkpoint and a split, and a step reads nothing back
-from the device (checked on the meta device, where any read raises)."""
+touch each other, a row's state survives a checkpoint and a split, a step that makes the loss jump
+is taken back, and a step reads nothing back from the device (checked on the meta device, where
+any read raises)."""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -41,9 +44,11 @@ def torch_path(x: torch.Tensor, a: torch.Tensor, steps: int, make) -> list[torch
 
 
 def batched_step(optimizer, x: torch.Tensor, curvatures: list[torch.Tensor]) -> None:
+    """One step of every row, given each row's loss as the loop gives it (L-BFGS's safeguard)."""
     leaf = x.clone().requires_grad_(True)
-    sum(loss(leaf[row], a) for row, a in enumerate(curvatures)).backward()
-    optimizer.step(x, leaf.grad)
+    losses = torch.stack([loss(leaf[row], a) for row, a in enumerate(curvatures)])
+    losses.sum().backward()
+    optimizer.step(x, leaf.grad, losses.detach())
 
 
 def torch_lbfgs(x: torch.Tensor) -> torch.optim.LBFGS:
@@ -121,6 +126,32 @@ def test_a_pair_without_positive_curvature_is_not_used():
     optimizer.step(x, torch.tensor([[2.0, 2.0]], dtype=torch.float64))  # the gradient grew along -g: concave
     assert optimizer.rho[0, 0] == 0 and optimizer.h0[0] == 1
     assert torch.equal(x, before - 2.0)
+
+
+def test_a_step_that_makes_the_loss_jump_is_taken_back_shorter():
+    """Row 0's second point has 15 times its first loss: it goes back to its first point and
+    takes the part of that step where the parabola through the two losses and the slope at the
+    start has its minimum; row 1's loss grew by half: kept, its step is torch's; row 2's gradient
+    is not finite: taken back too, and nothing of it enters its history."""
+    x0 = torch.tensor([[1.0, 2.0]] * 3, dtype=torch.float64)
+    g0, g1 = x0 / 2, torch.tensor([[3.0, -1.0], [3.0, -1.0], [math.nan, 1.0]], dtype=torch.float64)
+    x, plain = x0.clone(), x0.clone()
+    ours, torchs = LBFGS(x), LBFGS(plain)
+    ours.step(x, g0, torch.full((3,), 0.1, dtype=torch.float64))
+    torchs.step(plain, g0)
+    d0 = x - x0
+    ours.step(x, g1, torch.tensor([1.5, 0.15, 0.1], dtype=torch.float64))
+    torchs.step(plain, g1)
+    slope = float(g0[0] @ d0[0])
+    part = min(0.5, max(0.1, -slope / (2 * (1.5 - 0.1 - slope))))
+    assert 0.1 < part < 0.5  # the parabola's minimum, not a bound
+    assert torch.allclose(x[0], x0[0] + part * d0[0], rtol=0, atol=1e-12)
+    assert torch.equal(x[1], plain[1])
+    assert torch.allclose(x[2], x0[2] + 0.5 * d0[2], rtol=0, atol=1e-12)  # same loss: the parabola's half way
+    assert ours.rho[[0, 2]].eq(0).all() and ours.rho[1].ne(0).any()  # no pair from a point taken back
+    for _ in range(3):
+        ours.step(x, x / 2, (x * x).sum(1) / 4)
+    assert torch.isfinite(x).all() and torch.isfinite(ours.sy).all() and torch.isfinite(ours.pairs).all()
 
 
 def two_loop(g: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]], h0: float) -> torch.Tensor:

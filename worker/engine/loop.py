@@ -194,9 +194,10 @@ class _Iteration:
         images = self.images
         images.grad = None
         terms = (_compiled_terms() if COMPILE else _terms)(self.net, self.layers, self.objective, images, self.bf16)
-        terms[TERMS.index("total")].sum().backward()  # each image's gradient is its own loss's
+        total = terms[TERMS.index("total")]
+        total.sum().backward()  # each image's gradient is its own loss's
         rows = images.detach().view(len(images), -1)
-        self.optimizer.kernels(rows, images.grad.view(len(images), -1))
+        self.optimizer.kernels(rows, images.grad.view(len(images), -1), total.detach())
         if self.clamp:
             rows.clamp_(0, 1)
         return terms.detach()

@@ -7,16 +7,19 @@ in the rows of shared tensors and branch with `torch.where`, so one step is one 
 the whole batch, queued without waiting. A row's state can be split off (a job that leaves the
 batch, `keep`), saved and restored (a checkpoint, `state`/`restore`).
 
-`x` and `g` are (jobs, pixels) views of the images and their gradients; `step` moves `x` in place.
+`x` and `g` are (jobs, pixels) views of the images and their gradients, `loss` (jobs,) the loss
+at `x`; `step` moves `x` in place.
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
 
 HISTORY = 20   # L-BFGS curvature pairs per job (2 x HISTORY image-sized tensors)
 CURVATURE = 1e-10  # torch's: a pair with sᵀy at or below this is not used
+TAKE_BACK = 10.0   # an L-BFGS step to a loss more than this many times the last one is taken back
 
 
 class _Counted(ABC):
@@ -26,15 +29,28 @@ class _Counted(ABC):
     steps: int
 
     @abstractmethod
-    def kernels(self, x: torch.Tensor, g: torch.Tensor) -> None: ...
+    def kernels(self, x: torch.Tensor, g: torch.Tensor, loss: torch.Tensor | None = None) -> None: ...
 
-    def step(self, x: torch.Tensor, g: torch.Tensor) -> None:
-        self.kernels(x, g)
+    def step(self, x: torch.Tensor, g: torch.Tensor, loss: torch.Tensor | None = None) -> None:
+        self.kernels(x, g, loss)
         self.steps += 1
 
 
 class LBFGS(_Counted):
-    """torch.optim.LBFGS(lr=1, max_iter=1, no line search, tolerances off), one per row.
+    """torch.optim.LBFGS(lr=1, max_iter=1, no line search, tolerances off), one per row, with one
+    safeguard where it is given the loss.
+
+    The safeguard: without a line search a step can overshoot. Usually the next one comes back,
+    but bf16's rounding can carry a row further out each time, until its loss overflows: a batch
+    of three 48 px jobs from noise diverged by its 21st step on one CPU, while each job alone
+    converged (its loss jumped 100- to 1000-fold and came back three times, then did not). So a
+    step whose loss comes out more than `TAKE_BACK` times the previous one's, or not finite, is
+    taken back (jumps of 2 or 3 times are common near a minimum, and harmless). The row returns
+    to its previous point and steps again along the same direction, shorter: to the minimum of
+    the parabola through the two losses and the slope at the start (Nocedal & Wright's
+    backtracking by quadratic interpolation), within 0.1 to 0.5 of the step it took back. The
+    rejected point's curvature pair is not recorded. A run whose loss never jumps so far takes
+    torch's steps, as without the loss.
 
     The history is a ring of the last `HISTORY` steps' curvature pairs. A pair whose curvature is
     not positive is kept with ρ = 0 and left out of the product, where torch would not record it:
@@ -81,6 +97,8 @@ class LBFGS(_Counted):
             self.cold = ~warm
         self.prev_grad = x.new_zeros(jobs, pixels)
         self.prev_step = x.new_zeros(jobs, pixels)
+        self.prev_x = x.new_zeros(jobs, pixels)  # the point `prev_grad` is the gradient at
+        self.prev_loss = x.new_full((jobs,), math.inf)
         self.products = x.new_empty(jobs, self.chunks, 3, pixels // self.chunks)  # g, the newest y and s
         # the slot the next pair goes to, on the device, so that a step's kernels are the same at
         # every step (a CUDA graph replays them) and index by it
@@ -90,26 +108,44 @@ class LBFGS(_Counted):
         self._pair_ages = torch.cat([self._ages, self._ages + HISTORY], 1)  # the same for [S Y]
 
     @torch.no_grad()
-    def kernels(self, x: torch.Tensor, g: torch.Tensor) -> None:
+    def kernels(self, x: torch.Tensor, g: torch.Tensor, loss: torch.Tensor | None = None) -> None:
         """Every tensor it keeps is updated in place."""
+        finite = torch.isfinite(g).all(1)
         if self.steps == 0:
+            back = torch.zeros_like(finite)
             d = g.neg().mul_(self.h0[:, None])
             t = torch.where(self.cold, g.abs().sum(1).reciprocal().clamp(max=1), 1.0)[:, None]
             d.mul_(t)
         else:
-            d = self._direction(g)
-        x.add_(d)
-        self.prev_grad.copy_(g)
+            # taken back: the loss jumped (NaN compares false) or the gradient is not finite
+            back = ~finite if loss is None else ~(finite & (loss <= TAKE_BACK * self.prev_loss))
+            d = torch.where(back[:, None], self.prev_step * self._shorter(loss)[:, None], self._direction(g, ~back))
+        self.prev_x.copy_(torch.where(back[:, None], self.prev_x, x))
+        x.copy_(self.prev_x + d)
+        if loss is not None:
+            self.prev_loss.copy_(torch.where(back, self.prev_loss, loss))
+        self.prev_grad.copy_(torch.where(back[:, None], self.prev_grad, g))
         self.prev_step.copy_(d)
         self.slot.add_(1).remainder_(HISTORY)
 
-    def _direction(self, g: torch.Tensor) -> torch.Tensor:
-        """Record the newest pair in `slot`, then −H g by the compact form."""
+    def _shorter(self, loss: torch.Tensor | None) -> torch.Tensor:
+        """The part of the last step to take instead of it: the minimum of the parabola with the
+        previous loss and slope at its start and `loss` at its end, within [0.1, 0.5]."""
+        if loss is None:
+            return self.prev_loss.new_full(self.prev_loss.shape, 0.5)
+        slope = (self.prev_grad * self.prev_step).sum(1)
+        part = -slope / (2 * (loss - self.prev_loss - slope))
+        return torch.nan_to_num(part, nan=0.1).clamp_(0.1, 0.5)
+
+    def _direction(self, g: torch.Tensor, record: torch.Tensor) -> torch.Tensor:
+        """Record the newest pair in `slot` (an empty one where not `record`), then −H g by the
+        compact form."""
         jobs, chunks, newest = len(g), self.chunks, self.slot
         g_ = g.view(jobs, chunks, -1)
         self.products[:, :, 0] = g_
         torch.sub(g_, self.prev_grad.view(jobs, chunks, -1), out=self.products[:, :, 1])
         self.products[:, :, 2] = self.prev_step.view(jobs, chunks, -1)
+        self.products[:, :, 1:] = torch.where(record[:, None, None, None], self.products[:, :, 1:], 0.0)
         dots = self._record(newest)
         ys, yy_newest = self.sy[:, newest, newest].view(jobs), self.yy[:, newest, newest].view(jobs)
         ok = ys > CURVATURE
@@ -148,9 +184,10 @@ class LBFGS(_Counted):
 
     def keep(self, rows: torch.Tensor) -> None:
         """Only these rows (jobs) go on, in this order."""
-        self.pairs, self.sy, self.yy, self.rho, self.h0, self.cold, self.prev_grad, self.prev_step = (
-            t.index_select(0, rows) for t in (self.pairs, self.sy, self.yy, self.rho, self.h0, self.cold,
-                                              self.prev_grad, self.prev_step))
+        (self.pairs, self.sy, self.yy, self.rho, self.h0, self.cold, self.prev_grad, self.prev_step, self.prev_x,
+         self.prev_loss) = (t.index_select(0, rows) for t in (self.pairs, self.sy, self.yy, self.rho, self.h0,
+                                                               self.cold, self.prev_grad, self.prev_step,
+                                                               self.prev_x, self.prev_loss))
         self.products = self.products.new_empty(len(rows), *self.products.shape[1:])  # scratch: nothing to keep
 
     def state(self, row: int) -> dict:
@@ -159,7 +196,8 @@ class LBFGS(_Counted):
         s, y = (self.pairs[row, :, side:side + filled].transpose(0, 1).reshape(filled, len(self.prev_grad[row]))
                 for side in (0, HISTORY))
         return {"steps": self.steps, "s": s, "y": y, "rho": self.rho[row, :filled], "h0": self.h0[row],
-                "cold": self.cold[row], "prev_grad": self.prev_grad[row], "prev_step": self.prev_step[row]}
+                "cold": self.cold[row], "prev_grad": self.prev_grad[row], "prev_step": self.prev_step[row],
+                "prev_x": self.prev_x[row], "prev_loss": self.prev_loss[row]}
 
     @classmethod
     def restore(cls, x: torch.Tensor, state: dict) -> LBFGS:
@@ -181,6 +219,7 @@ class LBFGS(_Counted):
         optimizer.rho[0, :filled] = state["rho"].to(x.device)
         optimizer.h0[0], optimizer.cold[0] = state["h0"], state["cold"]
         optimizer.prev_grad[0], optimizer.prev_step[0] = state["prev_grad"], state["prev_step"]
+        optimizer.prev_x[0], optimizer.prev_loss[0] = state["prev_x"], state["prev_loss"]
         return optimizer
 
 
@@ -208,7 +247,8 @@ class Adam(_Counted):
         self.t = x.new_zeros(())  # the step count on the device, for the bias corrections (see `LBFGS.slot`)
 
     @torch.no_grad()
-    def kernels(self, x: torch.Tensor, g: torch.Tensor) -> None:
+    def kernels(self, x: torch.Tensor, g: torch.Tensor, loss: torch.Tensor | None = None) -> None:
+        """(Adam's steps are bounded by its learning rate: it needs no safeguard, nor the loss.)"""
         b1, b2 = self.BETAS
         self.t.add_(1)
         self.m.lerp_(g, 1 - b1)

@@ -25,7 +25,9 @@ from .losses import ContentLoss, StyleLoss, TVLoss, gram
 from .quality import STYLE_LAYERS, YARDSTICK, quality_report
 from .vgg import load_network
 
-CHECKPOINT_VERSION = 2  # 2: the optimiser state is `optimizers`' (1 held torch's; its image still resumes)
+# 3: L-BFGS keeps its previous point and loss (the safeguard); 2: the optimiser state is
+# `optimizers`' (1 held torch's); an older checkpoint's image still resumes, with a new optimiser
+CHECKPOINT_VERSION = 3
 # L-BFGS history is 2 x HISTORY image-sized tensors; beyond this it is cheaper to rebuild.
 MAX_CHECKPOINT_OPTIMIZER_BYTES = 64 * 2**20
 STYLE_CACHE_SIZE = 32  # Gram targets are small (at most 512x512 floats per layer)
