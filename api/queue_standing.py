@@ -37,8 +37,10 @@ PREDICTED_SECONDS = Job.prediction["seconds"].as_float()
 # a poll of a queued job runs these: built once, as `api.lookup.LOAD_JOB` is
 AHEAD = select(func.count(), func.count(PREDICTED_SECONDS), func.coalesce(func.sum(PREDICTED_SECONDS), 0.0)).where(
     Job.status == JobStatus.QUEUED.value,
-    or_(Job.created_at < bindparam("created_at"), and_(Job.created_at == bindparam("created_at"), Job.id < bindparam("id"))))
-RUNNING = select(Job.lease_owner, Job.started_at, Job.progress, Job.prediction).where(Job.status == JobStatus.RUNNING.value)
+    or_(Job.created_at < bindparam("created_at"),
+        and_(Job.created_at == bindparam("created_at"), Job.id < bindparam("id"))))
+RUNNING = select(Job.lease_owner, Job.started_at, Job.progress, Job.prediction) \
+    .where(Job.status == JobStatus.RUNNING.value)
 QUEUE = select(Job.created_at, Job.id, PREDICTED_SECONDS).where(Job.status == JobStatus.QUEUED.value) \
     .order_by(Job.created_at, Job.id)
 

@@ -76,8 +76,9 @@ def parse(request: Request, settings: Settings) -> Submission:
 
 def predict(submission: Submission, client: Redis) -> dict[str, Any] | None:
     """The job's predicted run time and peak memory (`shared.capacity`) on the live workers'
-    fastest device, at the pace each worker measured on its own jobs; None when no worker is live, or Redis cannot say (a job is never refused for
-    that). A 422 naming the parameter when it fits on no live worker's device."""
+    fastest device, at the pace each worker measured on its own jobs; None when no worker is live,
+    or Redis cannot say (a job is never refused for that). A 422 naming the parameter when it fits
+    on no live worker's device."""
     try:
         live = list(working_devices(client).values())
     except (RedisError, OSError) as exc:
@@ -91,7 +92,8 @@ def predict(submission: Submission, client: Redis) -> dict[str, Any] | None:
     if (why := capacity.too_big(work, devices)) is not None:
         largest = max(devices, key=lambda d: d.memory_bytes or 0)
         raise invalid(f"params.{capacity.limiting_field(work, largest.kind, largest.precision)}", why)
-    return min((capacity.predict(work, d.kind, d.precision, d.pace) for d in devices), key=lambda p: p.seconds).to_dict()
+    return min((capacity.predict(work, d.kind, d.precision, d.pace) for d in devices),
+               key=lambda p: p.seconds).to_dict()
 
 
 def idempotency_key(request: Request) -> str | None:

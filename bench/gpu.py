@@ -259,7 +259,8 @@ def worker_figures(job_sizes: list[int], jobs: int, iterations: int | None, devi
             batch_sizes = Counter(j["run"]["batch_size"] for j in queued)
             rows.append({"size": size, "one_job_end_to_end_seconds": span(alone),
                          "one_job_run_seconds": span(alone, "started_at"), "jobs": jobs,
-                         "jobs_per_minute": jobs / minutes, "prediction": alone["prediction"], "pace": at_pace, "run": alone["run"],
+                         "jobs_per_minute": jobs / minutes, "prediction": alone["prediction"], "pace": at_pace,
+                         "run": alone["run"],
                          "batch_sizes": {str(n): count for n, count in sorted(batch_sizes.items())}})
             predicted = alone["prediction"] or {"seconds": None, "memory_mb": None}  # None: no live worker then
             print(f"worker, {size} px defaults: one job {span(alone):.2f} s end to end, its run "
