@@ -5,9 +5,9 @@ We subscribe (in this process's `shared.event_hub`) before reading the job, so n
 in between is lost; the first event is always the job's current `status`, and the stream ends
 after a terminal status. While the job is queued, a `queue` event tells where it stands whenever
 that changed, looked up every `QUEUE_REFRESH_SECONDS` on this process's `queue_standing.Board`
-(one read of the queue for all its streams). An open stream or wait holds no database
-connection or Redis connection of its own: under gunicorn's gevent worker it is a greenlet
-waiting on its queue.
+(one read of the queue for all its streams); a `status` event that puts the job back in the queue
+carries its standing, read afresh. An open stream or wait holds no database connection or Redis
+connection of its own: under gunicorn's gevent worker it is a greenlet waiting on its queue.
 """
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ def stream(job_id: str) -> Response:
         raise
     board: Board = current_app.extensions["queue_board"]
 
-    def queue() -> dict[str, Any] | None:
-        now = board.standing(svc.db, svc.redis, created_at, job_id, prediction)
+    def queue(fresh: bool) -> dict[str, Any] | None:
+        now = board.standing(svc.db, svc.redis, created_at, job_id, prediction, fresh)
         return now.model_dump(mode="json") if now is not None else None
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -100,7 +100,7 @@ def _ends(event: Event) -> bool:
 
 
 def _relay(subscription: Subscription, current: dict, keepalive: float,
-           queue: Callable[[], dict[str, Any] | None]) -> Iterator[str]:
+           queue: Callable[[bool], dict[str, Any] | None]) -> Iterator[str]:
     with subscription:
         yield _sse("status", json.dumps(current))
         if JobStatus(current["status"]).terminal:
@@ -113,7 +113,7 @@ def _relay(subscription: Subscription, current: dict, keepalive: float,
                 yield _sse("error", json.dumps({"detail": "live events interrupted; reconnect or poll the job"}))
                 return
             if event is None:
-                if queued and (latest := queue()) is not None and latest != standing_now:
+                if queued and (latest := queue(False)) is not None and latest != standing_now:
                     standing_now = latest
                     yield _sse("queue", json.dumps(latest))
                 else:
@@ -121,6 +121,10 @@ def _relay(subscription: Subscription, current: dict, keepalive: float,
                 continue
             if event.kind == "status":
                 queued = event.data["status"] == JobStatus.QUEUED
+                if queued:  # put back (a worker's hand-back, a lease run out): the worker sends no standing
+                    standing_now = queue(True)
+                    yield _sse("status", json.dumps(event.data | {"queue": standing_now}))
+                    continue
             yield _sse(event.kind, event.data_json)
             if _ends(event):
                 return

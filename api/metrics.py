@@ -1,9 +1,11 @@
 """`GET /metrics`: Prometheus text format, for an admin session or `Authorization: Bearer
 <ATELIER_METRICS_TOKEN>`; and the request metrics of every route (`shared.metrics`).
 
-Besides what the processes counted, each scrape asks the database for jobs by status and Redis
-for the depth of each queue, so those are true for the whole deployment whichever API process
-answers. A dependency that is down leaves its family out (logged), never fails the scrape.
+Besides what the processes counted, each scrape asks the database for jobs by status, Redis for
+the depth of each queue, and both for the queue's predicted work and the wait a new job would
+face (`queue_standing.backlog`), so those are true for the whole deployment whichever API
+process answers. A dependency that is down leaves its family out (logged), never fails the
+scrape.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.app import services
 from api.errors import ProblemError
+from api.queue_standing import backlog
 from shared import metrics
 from shared.broker import queue_depths
 from shared.models import Job, JobStatus, Operator
@@ -27,18 +30,27 @@ bp = Blueprint("metrics", __name__)
 
 
 class DeploymentCollector:
-    """Jobs by status (SQL) and queue depth (Redis), read at scrape time."""
+    """Jobs by status and the queue's work and wait (SQL, and the live workers in Redis), and
+    queue depth (Redis), read at scrape time."""
 
     def collect(self):
         try:
             with services().db.session() as db:
                 counts = dict(db.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+                work, wait = backlog(db, services().redis)
             jobs = GaugeMetricFamily("atelier_jobs", "Jobs by status", labels=["status"])
             for status in JobStatus:
                 jobs.add_metric([status.value], counts.get(status.value, 0))
             yield jobs
+            if work is not None:
+                yield GaugeMetricFamily("atelier_queue_work_seconds", "Predicted run seconds of every queued job, "
+                                        "at the workers' pace", value=work)
+            if wait is not None:
+                yield GaugeMetricFamily("atelier_queue_wait_seconds", "How long a job submitted now would wait to "
+                                        "start, on the live workers", value=wait)
         except SQLAlchemyError as exc:
-            log.warning("metrics: jobs by status left out: database unavailable (%s)", type(exc).__name__)
+            log.warning("metrics: jobs by status and the queue's work left out: database unavailable (%s)",
+                        type(exc).__name__)
         try:
             depths = queue_depths(services().redis)
         except (RedisError, OSError) as exc:

@@ -9,7 +9,9 @@ as this one, or as the average job ahead when this one has none either.
 Read two ways, to the same figures: `standing`, exact as of the request, for a job's response (two
 queries, for queued jobs only); and a `Board` of the whole queue, read at most once per
 `max_age` by each API process, for the event streams of queued jobs, so that a thousand such
-streams cost one read of the queue between them, not a thousand.
+streams cost one read of the queue between them, not a thousand. `backlog` is the same
+arithmetic for a job submitted now, at the end of the queue: the deployment's metrics, to scale
+workers on.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ RUNNING = select(Job.lease_owner, Job.started_at, Job.progress, Job.prediction) 
     .where(Job.status == JobStatus.RUNNING.value)
 QUEUE = select(Job.created_at, Job.id, PREDICTED_SECONDS).where(Job.status == JobStatus.QUEUED.value) \
     .order_by(Job.created_at, Job.id)
+QUEUED_WORK = select(func.count(), func.count(PREDICTED_SECONDS), func.coalesce(func.sum(PREDICTED_SECONDS), 0.0)) \
+    .where(Job.status == JobStatus.QUEUED.value)
 
 
 def standing(session: Session, client: Redis, job: Job) -> QueueOut | None:
@@ -53,6 +57,21 @@ def standing(session: Session, client: Redis, job: Job) -> QueueOut | None:
     workers = _workers(client)
     running = session.execute(RUNNING).all() if workers else []
     return _place(ahead, predicted, ahead_seconds, _seconds(job.prediction), running, utcnow(), workers)
+
+
+def backlog(session: Session, client: Redis) -> tuple[float | None, float | None]:
+    """The whole queue, for autoscaling: the predicted run seconds of every queued job (one without
+    a prediction counted as the average one), and how long a job submitted now would wait to
+    start (the standing of a job at the end of the queue). Each None when it cannot be told: the
+    work when no queued job has a prediction, the wait also with no live worker."""
+    queued, predicted, seconds = session.execute(QUEUED_WORK).one()
+    typical = seconds / predicted if predicted else (0.0 if not queued else None)
+    if typical is None:
+        return None, None
+    workers = _workers(client)
+    running = session.execute(RUNNING).all() if workers else []
+    place = _place(queued, predicted, seconds, typical, running, utcnow(), workers)
+    return seconds + (queued - predicted) * typical, place.starts_in_seconds
 
 
 class Board:
@@ -71,10 +90,11 @@ class Board:
         self._workers: int | None = None
 
     def standing(self, db: Database, client: Redis, created_at: datetime, job_id: str,
-                 prediction: dict[str, Any] | None) -> QueueOut | None:
-        """Where a job that is queued stands, as of the last read (None if it cannot be read now)."""
+                 prediction: dict[str, Any] | None, fresh: bool = False) -> QueueOut | None:
+        """Where a job that is queued stands, as of the last read, or of a new one if `fresh` (a job
+        just put back in the queue, which the last read saw running); None if it cannot be read now."""
         with self._lock:
-            if time.monotonic() - self._read_at >= self.max_age:
+            if fresh or time.monotonic() - self._read_at >= self.max_age:
                 try:
                     self._read(db, client)
                 except SQLAlchemyError as exc:

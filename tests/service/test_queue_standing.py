@@ -9,12 +9,15 @@ from dataclasses import replace
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event, select
+from sqlalchemy.orm import selectinload
 
 from api.queue_standing import Board
+from shared import events, lifecycle
 from shared.devices import working_devices
 from shared.models import Job
-from shared.schemas import QueueOut
+from shared.schemas import QueueOut, job_out
 from shared.services import Services
 from tests.service.helpers import (OPERATOR_PASSWORD, TERMINAL, make_operator, stream_events, submit, wait_for,
                                    wait_status)
@@ -29,9 +32,13 @@ def get(client, auth, job_id: str) -> dict:
 
 def test_without_a_live_worker_a_queued_job_knows_its_place_but_not_its_start(settings, make_redis,
                                                                               private_database, client_for, images):
-    client, auth = client_for(replace(settings, redis_url=make_redis().url(0), database_url=private_database))
+    client, auth = client_for(replace(settings, redis_url=make_redis().url(0), database_url=private_database,
+                                      metrics_token="metrics"))
     first, second = (submit(client, auth, images, TINY).get_json() for _ in range(2))
     assert first["prediction"] is None  # no worker was live to predict for
+    scrape = client.get("/metrics", headers={"Authorization": "Bearer metrics"}).get_data(as_text=True)
+    assert 'atelier_jobs{status="queued"} 2.0' in scrape  # and neither the queue's work nor its wait: unknown
+    assert "atelier_queue_work_seconds" not in scrape and "atelier_queue_wait_seconds" not in scrape
     assert first["queue"] == {"position": 0, "workers": 0, "starts_in_seconds": None, "eta_seconds": None}
     assert get(client, auth, second["id"])["queue"]["position"] == 1
     assert [j["queue"] for j in client.get("/v1/jobs", headers=auth).get_json()["data"]] == [None, None]
@@ -59,17 +66,45 @@ def test_one_read_of_the_queue_serves_every_stream_and_agrees_with_a_poll(settin
     services.db.dispose()
 
 
+def test_a_job_put_back_in_the_queue_comes_back_with_where_it_stands(settings, make_redis, private_database,
+                                                                    client_for, images):
+    """A worker that hands its job back (SIGTERM) announces it `queued` with no standing: it has
+    no board of the queue. Its stream sends that status with the job's standing, as a poll says it."""
+    local = replace(settings, redis_url=make_redis().url(0), database_url=private_database)
+    client, auth = client_for(local)
+    _older, job_id = (submit(client, auth, images, TINY).get_json()["id"] for _ in range(2))
+    services = Services(local)
+    with services.db.session() as session:
+        assert lifecycle.claim(session, job_id, "gpu0@host", 60, 3)  # a worker takes the newer one first
+    stream = stream_events(client.get(f"/v1/jobs/{job_id}/events", headers=auth, buffered=False))
+    kind, data = next(stream)
+    assert (kind, data["status"], data["queue"]) == ("status", "running", None)
+
+    with services.db.session() as session:  # ... and hands it back, as `worker.runner` does
+        assert lifecycle.release(session, job_id, "gpu0@host", None)
+        job = session.get(Job, job_id, options=[selectinload(Job.snapshots)])
+        sent = job_out(job).model_dump(mode="json")
+        events.publish(services.redis, job_id, "status", sent)
+    assert sent["queue"] is None
+    kind, data = next(stream)
+    assert (kind, data["status"]) == ("status", "queued")
+    assert data["queue"] == get(client, auth, job_id)["queue"]
+    assert data["queue"] == {"position": 1, "workers": 0, "starts_in_seconds": None, "eta_seconds": None}
+    services.db.dispose()
+
+
 @pytest.mark.slow
 def test_a_queued_job_is_told_the_jobs_ahead_and_when_it_starts_live(worker_settings, make_redis, private_database,
                                                                      workers, client_for, images):
-    local = replace(worker_settings, redis_url=make_redis().url(0), database_url=private_database)
+    local = replace(worker_settings, redis_url=make_redis().url(0), database_url=private_database,
+                    metrics_token="metrics")
     client, auth = client_for(local)
     workers(local)
     wait_for(lambda: working_devices(redis.Redis.from_url(local.redis_url)), timeout=60, what="the worker to be live")
     running = submit(client, auth, images, LONG).get_json()
     wait_for(lambda: (get(client, auth, running["id"])["progress"] or {}).get("eta_seconds"), timeout=120,
              what="the long job to report its ETA")
-    ahead, last = (submit(client, auth, images, TINY).get_json() for _ in range(2))
+    ahead, last = (submit(client, auth, images, params).get_json() for params in (LONG, TINY))  # ahead: canceled unrun
     stream = stream_events(client.get(f"/v1/jobs/{last['id']}/events", headers=auth, buffered=False))
 
     left = get(client, auth, running["id"])["progress"]["eta_seconds"]
@@ -85,6 +120,12 @@ def test_a_queued_job_is_told_the_jobs_ahead_and_when_it_starts_live(worker_sett
     for job in (first, second):
         assert job["queue"]["eta_seconds"] == pytest.approx(job["queue"]["starts_in_seconds"]
                                                             + job["prediction"]["seconds"], abs=0.11)
+    # the deployment's metrics, to scale workers on: the work queued, and the wait a job submitted
+    # now would face, at the end of the queue: once the last one queued is done
+    scrape = client.get("/metrics", headers={"Authorization": "Bearer metrics"}).get_data(as_text=True)
+    gauges = {s.name: s.value for family in text_string_to_metric_families(scrape) for s in family.samples}
+    assert gauges["atelier_queue_work_seconds"] == pytest.approx(own + second["prediction"]["seconds"], abs=0.01)
+    assert gauges["atelier_queue_wait_seconds"] == pytest.approx(second["queue"]["eta_seconds"], abs=2.5)
 
     kind, data = next(stream)
     assert kind == "status" and data["queue"]["position"] == 1

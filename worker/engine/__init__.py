@@ -6,6 +6,7 @@ from .loop import Member, stylize, stylize_batch
 from .memory import OutOfMemory, free_bytes
 from .transfer import DeviceError, Iterate, Result, resolve_device, resolve_precision
 from .vgg import WeightsError, load_network
+from .warmup import warm_up
 
 __all__ = ["DeviceError", "Iterate", "Member", "OutOfMemory", "Result", "WeightsError", "free_bytes", "load_network",
-           "resolve_device", "resolve_precision", "stylize", "stylize_batch"]
+           "resolve_device", "resolve_precision", "stylize", "stylize_batch", "warm_up"]
