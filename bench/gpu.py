@@ -279,8 +279,9 @@ def worker_figures(job_sizes: list[int], jobs: int, iterations: int | None, devi
     rows = []
     try:
         ready()
-        (first,) = wait([submit(min(job_sizes))])  # a fresh worker's first job, after its warm-up
-        cold = {"size": min(job_sizes), "end_to_end_seconds": span(first), "run_seconds": span(first, "started_at")}
+        (cold_job,) = wait([submit(min(job_sizes))])  # a fresh worker's first job, after its warm-up
+        cold = {"size": min(job_sizes), "end_to_end_seconds": span(cold_job),
+                "run_seconds": span(cold_job, "started_at")}
         print(f"worker, its first job ({cold['size']} px defaults): {cold['end_to_end_seconds']:.2f} s end to end, "
               f"its run {cold['run_seconds']:.2f} s", file=sys.stderr, flush=True)
         for size in job_sizes:
@@ -345,8 +346,8 @@ def main() -> None:
     save()
     if not args.skip_worker:
         with tempfile.TemporaryDirectory(prefix="atelier-gpu-bench-") as directory:
-            first, rows = worker_figures(args.job_sizes, args.jobs, args.job_iterations, device, Path(directory))
-            report["worker_first_job"], report["worker"] = first, rows
+            report["worker_first_job"], report["worker"] = worker_figures(
+                args.job_sizes, args.jobs, args.job_iterations, device, Path(directory))
         save()
     if not args.skip_compiled:
         compiled_figures(report["engine"], args.iterations, device, save)
