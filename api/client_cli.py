@@ -202,11 +202,14 @@ def _ask_to_cancel(client: "Client", job: "Job", output: Path) -> int:
 def _list(client: "Client", args: argparse.Namespace) -> int:
     from itertools import islice
 
+    from api.client.progress import standing
+
     jobs = list(islice(client.list(status=args.status, page_size=min(max(args.limit, 1), 100)), args.limit))
-    print(f"{'JOB':36}  {'STATUS':9}  {'DONE':>4}  CREATED")
+    print(f"{'JOB':36}  {'STATUS':9}  {'DONE':>4}  {'CREATED':32}  WHERE")
     for job in jobs:
         percent = f"{job.progress['percent']:.0f}%" if job.progress else "-"
-        print(f"{job.id:36}  {job.status:9}  {percent:>4}  {job.data['created_at']}")
+        where = standing(job.queue) if job.queue else ""
+        print(f"{job.id:36}  {job.status:9}  {percent:>4}  {job.data['created_at']:32}  {where}".rstrip())
     return 0
 
 

@@ -17,7 +17,7 @@ from api.app import services
 from api.auth import account_id, api_key_id, require_key
 from api.errors import ProblemError, invalid
 from api.lookup import load_job
-from api.queue_standing import standing
+from api.queue_standing import standing, standings
 from api.submission import Submission, idempotency_key, parse, predict, prefer_wait
 from shared import announce, lifecycle
 from shared.broker import enqueue
@@ -122,10 +122,11 @@ def list_jobs() -> Response:
     query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1).options(selectinload(Job.snapshots))
     with services().db.session() as session:
         rows = list(session.scalars(query))
-    page = rows[:limit]
+        page = rows[:limit]
+        queue = standings(session, services().redis, page)
     next_cursor = _encode_cursor(page[-1]) if len(rows) > limit else None
-    return Response(JobList(data=[job_out(j) for j in page], next_cursor=next_cursor).model_dump_json(),
-                    mimetype="application/json")
+    return Response(JobList(data=[job_out(j, queue.get(j.id)) for j in page], next_cursor=next_cursor)
+                    .model_dump_json(), mimetype="application/json")
 
 
 def _limit(raw: str | None) -> int:

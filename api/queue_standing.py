@@ -6,8 +6,9 @@ job's own ETA from its progress (or its prediction, less the time it has run), a
 workers in Redis. A job that has no prediction (no worker was live when it came) counts as long
 as this one, or as the average job ahead when this one has none either.
 
-Read two ways, to the same figures: `standing`, exact as of the request, for a job's response (two
-queries, for queued jobs only); and a `Board` of the whole queue, read at most once per
+Read three ways, to the same figures: `standing`, exact as of the request, for a job's response
+(two queries, for queued jobs only); `standings`, as exact, for a page of a list (one read of the
+queue up to the page's last queued job); and a `Board` of the whole queue, read at most once per
 `max_age` by each API process, for the event streams of queued jobs, so that a thousand such
 streams cost one read of the queue between them, not a thousand. `backlog` is the same
 arithmetic for a job submitted now, at the end of the queue: the deployment's metrics, to scale
@@ -20,6 +21,7 @@ import itertools
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Sequence
 
@@ -74,45 +76,71 @@ def backlog(session: Session, client: Redis) -> tuple[float | None, float | None
     return seconds + (queued - predicted) * typical, place.starts_in_seconds
 
 
+@dataclass(frozen=True)
+class QueueRead:
+    """The queue read at one moment: the queued jobs' order and their predicted seconds so far,
+    the running jobs and the live workers; any queued job's standing follows from it."""
+
+    keys: list[tuple[datetime, str]]
+    predicted: list[int]  # of the first i queued jobs, how many have a prediction
+    seconds: list[float]  # ...and their predicted seconds
+    running: Sequence[Row]
+    read_at: datetime
+    workers: int | None
+
+    def place(self, created_at: datetime, job_id: str, prediction: dict[str, Any] | None) -> QueueOut:
+        ahead = bisect.bisect_left(self.keys, (created_at, job_id))
+        return _place(ahead, self.predicted[ahead], self.seconds[ahead], _seconds(prediction), self.running,
+                      self.read_at, self.workers)
+
+
+def read_queue(session: Session, client: Redis, through: tuple[datetime, str] | None = None) -> QueueRead:
+    """The queue, up to and including the job keyed `through` (created_at, id) if given."""
+    query = QUEUE
+    if through is not None:
+        query = query.where(or_(Job.created_at < through[0], and_(Job.created_at == through[0], Job.id <= through[1])))
+    queued = session.execute(query).all()
+    running, read_at = session.execute(RUNNING).all(), utcnow()
+    return QueueRead(keys=[(created_at, job_id) for created_at, job_id, _ in queued],
+                     predicted=[0, *itertools.accumulate(seconds is not None for _, _, seconds in queued)],
+                     seconds=[0.0, *itertools.accumulate(seconds or 0.0 for _, _, seconds in queued)],
+                     running=running, read_at=read_at, workers=_workers(client))
+
+
+def standings(session: Session, client: Redis, jobs: Sequence[Job]) -> dict[str, QueueOut]:
+    """Where each of `jobs` that is queued stands, by job id: a page of a list, in one read of the
+    queue up to its last queued job."""
+    queued = [job for job in jobs if job.state is JobStatus.QUEUED]
+    if not queued:
+        return {}
+    board = read_queue(session, client, through=max((job.created_at, job.id) for job in queued))
+    return {job.id: board.place(job.created_at, job.id, job.prediction) for job in queued}
+
+
 class Board:
-    """The queue as this process last read it: every queued job's order and predicted seconds,
-    the running jobs and the live workers, read again once it is `max_age` seconds old."""
+    """The queue as this process last read it (`QueueRead`), read again once it is `max_age`
+    seconds old."""
 
     def __init__(self, max_age: float) -> None:
         self.max_age = max_age
         self._lock = threading.Lock()
         self._read_at = -max_age
-        self._keys: list[tuple[datetime, str]] = []
-        self._predicted: list[int] = [0]    # of the first i queued jobs, how many have a prediction
-        self._seconds: list[float] = [0.0]  # ...and their predicted seconds
-        self._running: Sequence[Row] = []
-        self._running_read_at = utcnow()
-        self._workers: int | None = None
+        self._queue: QueueRead | None = None
 
     def standing(self, db: Database, client: Redis, created_at: datetime, job_id: str,
                  prediction: dict[str, Any] | None, fresh: bool = False) -> QueueOut | None:
         """Where a job that is queued stands, as of the last read, or of a new one if `fresh` (a job
         just put back in the queue, which the last read saw running); None if it cannot be read now."""
         with self._lock:
-            if fresh or time.monotonic() - self._read_at >= self.max_age:
+            if fresh or self._queue is None or time.monotonic() - self._read_at >= self.max_age:
                 try:
-                    self._read(db, client)
+                    with db.session() as session:
+                        self._queue = read_queue(session, client)
                 except SQLAlchemyError as exc:
                     log.warning("the queue cannot be read now: %s", exc)
                     return None
-            ahead = bisect.bisect_left(self._keys, (created_at, job_id))
-            return _place(ahead, self._predicted[ahead], self._seconds[ahead], _seconds(prediction), self._running,
-                          self._running_read_at, self._workers)
-
-    def _read(self, db: Database, client: Redis) -> None:
-        with db.session() as session:
-            queued = session.execute(QUEUE).all()
-            running, read_at = session.execute(RUNNING).all(), utcnow()
-        self._keys = [(created_at, job_id) for created_at, job_id, _ in queued]
-        self._predicted = [0, *itertools.accumulate(seconds is not None for _, _, seconds in queued)]
-        self._seconds = [0.0, *itertools.accumulate(seconds or 0.0 for _, _, seconds in queued)]
-        self._running, self._running_read_at = running, read_at
-        self._workers, self._read_at = _workers(client), time.monotonic()
+                self._read_at = time.monotonic()
+            return self._queue.place(created_at, job_id, prediction)
 
 
 def _place(ahead: int, predicted: int, ahead_seconds: float, own: float | None, running: Sequence[Row],

@@ -161,7 +161,7 @@ class JobOut(BaseModel):
     prediction: PredictionOut | None = Field(description="Predicted run time and peak memory; null when no worker "
                                                          "was live at submission.")
     queue: QueueOut | None = Field(None, description="Where it stands while queued, as of this response; null once "
-                                                     "it started, and in lists (get the job).")
+                                                     "it started.")
     run: RunOut | None = Field(description="How it ran, once it succeeded; null before, and for jobs that ended "
                                            "before this was recorded.")
     data_removed: bool = Field(description="The job's result and snapshots were removed under the retention policy "

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 from api.app import services
 from api.admin.blueprint import bp
 from api.admin.views import job_row, job_state
-from api.queue_standing import standing
+from api.queue_standing import standing, standings
 from api.files import image_response
 from shared import announce, lifecycle
 from shared.broker import enqueue
@@ -61,7 +61,8 @@ def jobs_json() -> Response:
         total = db.scalar(select(func.count()).select_from(query.subquery()))
         rows = db.execute(query.order_by(Job.created_at.desc(), Job.id.desc())
                           .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).all()
-        data = [job_row(job, name) for job, name in rows]
+        queue = standings(db, services().redis, [job for job, _ in rows])
+        data = [job_row(job, name, queue.get(job.id)) for job, name in rows]
     return jsonify(jobs=data, total=total, page=page, pages=max(1, math.ceil(total / PAGE_SIZE)))
 
 

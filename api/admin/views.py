@@ -28,14 +28,14 @@ def run_time(job: Job) -> float | None:
     return seconds_between(job.started_at, job.finished_at)
 
 
-def job_row(job: Job, owner: str) -> dict[str, Any]:
+def job_row(job: Job, owner: str, queue: QueueOut | None) -> dict[str, Any]:
     progress = job.progress or {}
     return {
         "id": job.id, "status": job.status, "owner": owner, "created_at": job.created_at.isoformat(),
         "size": job.params.get("size"), "iterations": job.params.get("iterations"),
         "percent": progress.get("percent", 100.0 if job.status == "succeeded" else 0.0),
         "queue_wait": queue_wait(job), "run_time": run_time(job), "attempts": job.attempts,
-        "url": url_for("admin.job", job_id=job.id),
+        "queue": queue.model_dump() if queue is not None else None, "url": url_for("admin.job", job_id=job.id),
     }
 
 

@@ -30,7 +30,8 @@ class ProgressBar:
         elif progress:
             self.bar.set_description_str(_running(progress), refresh=False)
         elif event.type == "queue" or (job is not None and job.queue):
-            self.bar.set_description_str(_queued(event.data if event.type == "queue" else job.queue), refresh=False)
+            queue = event.data if event.type == "queue" else job.queue
+            self.bar.set_description_str(f"queued · {standing(queue)}", refresh=False)
         elif job is not None:
             self.bar.set_description_str(job.status, refresh=False)
         self.bar.refresh()
@@ -39,9 +40,10 @@ class ProgressBar:
         self.bar.close()
 
 
-def _queued(queue: dict[str, Any]) -> str:
+def standing(queue: dict[str, Any]) -> str:
+    """Where a queued job stands (`Job.queue`): "2 jobs ahead · starts in 00:12 · ETA 00:14"."""
     ahead = queue["position"]
-    parts = ["queued", "next" if ahead == 0 else f"{ahead} job{'s' if ahead != 1 else ''} ahead"]
+    parts = ["next" if ahead == 0 else f"{ahead} job{'s' if ahead != 1 else ''} ahead"]
     if queue["workers"] == 0:
         parts.append("waiting for a worker")
     elif queue["starts_in_seconds"] is not None:

@@ -26,6 +26,7 @@ from tests.service.helpers import OPERATOR_PASSWORD, bearer, make_operator, new_
 CHROMIUM = os.environ.get("ATELIER_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 TIMEOUT_MS = 60_000
+STANDING = re.compile(r"^(next in the queue|\d+ jobs? ahead) · starts in (\d+ min )?\d+ s · ETA (\d+ min )?\d+ s$")
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (.ci/run installs it)")
 
@@ -103,9 +104,9 @@ def test_a_job_appears_progresses_live_shows_snapshots_and_is_canceled(page, ser
     # job of earlier tests in this database that no worker of theirs took)
     queued = submit(client, auth, images, {"size": 32, "iterations": 2, "snapshot_every": 0}).get_json()
     page.goto(f"{base}/admin/jobs/{queued['id']}")
-    expect(page.locator("#eta")).to_have_text(
-        re.compile(r"^(next in the queue|\d+ jobs? ahead) · starts in (\d+ min )?\d+ s · ETA (\d+ min )?\d+ s$"))
+    expect(page.locator("#eta")).to_have_text(STANDING)
     page.goto(f"{base}/admin/")
+    expect(page.locator(f'tr[data-id="{queued["id"]}"] td.standing')).to_have_text(STANDING)  # in the table too
 
     row.locator("a").click()
     expect(page).to_have_url(f"{base}/admin/jobs/{job['id']}")

@@ -84,6 +84,10 @@ def test_a_queued_job_shows_where_it_stands_until_it_starts(files, env, tmp_path
                     "--iterations", "2", env=env, stderr=err, stdin=subprocess.DEVNULL)
         wait_for(lambda: re.search(r"queued · (next|\d+ jobs? ahead) · starts in \d\d:\d\d · ETA \d\d:\d\d",
                                    err.read_text()), timeout=60, what="the bar to show where the job stands")
+        job_id = re.search(r"job ([0-9a-f-]{36}) queued", err.read_text()).group(1)
+        listed = atelier("jobs", "list", "--status", "queued", env=env)
+        assert re.search(rf"^{job_id}\s+queued\s+-\s+\S+\s+(next|\d+ jobs? ahead) · starts in \d\d:\d\d · ETA \d\d:\d\d$",
+                         listed.stdout, re.MULTILINE), listed.stdout
         client.cancel(ahead)
         assert cli.wait(timeout=120) == 0, err.read_text()[-500:]
     assert re.search(r"100%\|#*\| succeeded in ", err.read_text().replace("█", "#"))

@@ -1,6 +1,6 @@
-"""Where a queued job stands (`queue` on the job, `queue` events, the admin job page): the jobs
-ahead of it and its predicted start and end, from the running job's own ETA and the predictions
-of the jobs ahead, against a real worker and Redis; without a worker, no start to predict; and
+"""Where a queued job stands (`queue` on the job and in lists, `queue` events, the admin job
+page): the jobs ahead of it and its predicted start and end, from the running job's own ETA and
+the predictions of the jobs ahead, against a real worker and Redis; without a worker, no start to predict; and
 the streams' `Board`, one read of the queue for them all, agreeing with a poll."""
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def test_without_a_live_worker_a_queued_job_knows_its_place_but_not_its_start(se
     assert "atelier_queue_work_seconds" not in scrape and "atelier_queue_wait_seconds" not in scrape
     assert first["queue"] == {"position": 0, "workers": 0, "starts_in_seconds": None, "eta_seconds": None}
     assert get(client, auth, second["id"])["queue"]["position"] == 1
-    assert [j["queue"] for j in client.get("/v1/jobs", headers=auth).get_json()["data"]] == [None, None]
+    listed = client.get("/v1/jobs", headers=auth).get_json()["data"]  # newest first
+    assert [j["queue"] for j in listed] == [get(client, auth, second["id"])["queue"], first["queue"]]
     client.post(f"/v1/jobs/{first['id']}/cancel", headers=auth)
     assert get(client, auth, second["id"])["queue"]["position"] == 0  # a canceled job is no longer ahead
     assert get(client, auth, first["id"])["queue"] is None
@@ -64,6 +65,25 @@ def test_one_read_of_the_queue_serves_every_stream_and_agrees_with_a_poll(settin
     assert [polled.position for polled in (QueueOut(**get(client, auth, i)["queue"]) for i in ids)] == [0, 1, 2, 3, 4]
     assert len(statements) == 2, statements  # the queued jobs, the running ones: once
     services.db.dispose()
+
+
+def test_a_page_of_a_list_tells_each_queued_job_where_it_stands_in_one_read(settings, make_redis,
+                                                                          private_database, client_for, images):
+    local = replace(settings, redis_url=make_redis().url(0), database_url=private_database)
+    client, auth = client_for(local)
+    ids = [submit(client, auth, images, TINY).get_json()["id"] for _ in range(5)]
+    client.post(f"/v1/jobs/{ids[1]}/cancel", headers=auth)  # no longer ahead of the others
+    polled = {job_id: get(client, auth, job_id)["queue"] for job_id in ids}
+    assert [polled[job_id] and polled[job_id]["position"] for job_id in ids] == [0, None, 1, 2, 3]
+    engine = client.application.extensions["atelier"].db.engine
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    newest = client.get("/v1/jobs?limit=2", headers=auth).get_json()
+    older = client.get(f"/v1/jobs?limit=3&cursor={newest['next_cursor']}", headers=auth).get_json()
+    assert {j["id"]: j["queue"] for j in newest["data"] + older["data"]} == polled
+    # each page: the caller's key, its jobs, their snapshots, the queue up to its last queued job, the running jobs
+    assert len(statements) == 10, statements
+    assert all(j["queue"] is None for j in client.get("/v1/jobs?status=canceled", headers=auth).get_json()["data"])
 
 
 def test_a_job_put_back_in_the_queue_comes_back_with_where_it_stands(settings, make_redis, private_database,
@@ -110,6 +130,11 @@ def test_a_queued_job_is_told_the_jobs_ahead_and_when_it_starts_live(worker_sett
     left = get(client, auth, running["id"])["progress"]["eta_seconds"]
     first, second = get(client, auth, ahead["id"]), get(client, auth, last["id"])
     assert get(client, auth, running["id"])["queue"] is None  # it started
+    listed = {j["id"]: j["queue"] for j in client.get("/v1/jobs", headers=auth).get_json()["data"]}
+    assert listed[running["id"]] is None
+    for job in (first, second):  # a list tells the same, read a moment later
+        assert listed[job["id"]]["position"] == job["queue"]["position"]
+        assert listed[job["id"]]["starts_in_seconds"] == pytest.approx(job["queue"]["starts_in_seconds"], abs=2.5)
     assert first["queue"]["position"] == 0 and second["queue"]["position"] == 1
     assert first["queue"]["workers"] == second["queue"]["workers"] == 1
     # one worker: the next job starts when the running one ends (its own ETA, a second apart at

@@ -8,6 +8,14 @@ const atelier = {
     if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
     return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
   },
+  // where a queued job stands: "2 jobs ahead · starts in 12 s · ETA 14 s"
+  standing(q) {
+    const ahead = q.position === 0 ? "next in the queue" : `${q.position} job${q.position === 1 ? "" : "s"} ahead`;
+    if (q.workers === 0) return `${ahead} · waiting for a worker`;
+    if (q.starts_in_seconds === null) return ahead;
+    return `${ahead} · starts in ${atelier.duration(q.starts_in_seconds)}`
+      + (q.eta_seconds !== null ? ` · ETA ${atelier.duration(q.eta_seconds)}` : "");
+  },
   el(tag, attrs, ...children) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {

@@ -2,7 +2,7 @@
 // /admin/jobs/<id>/state.json until the job ends.
 "use strict";
 (() => {
-  const {el, duration} = atelier;
+  const {el, duration, standing} = atelier;
   const $ = (id) => document.getElementById(id);
   const live = $("live");
   let frames = [], timer = null;
@@ -41,15 +41,6 @@
       showFrame(i);
     }, 400);
   });
-
-  // where a queued job stands: "2 jobs ahead · starts in 12 s · ETA 14 s"
-  function standing(q) {
-    const ahead = q.position === 0 ? "next in the queue" : `${q.position} job${q.position === 1 ? "" : "s"} ahead`;
-    if (q.workers === 0) return `${ahead} · waiting for a worker`;
-    if (q.starts_in_seconds === null) return ahead;
-    return `${ahead} · starts in ${duration(q.starts_in_seconds)}`
-      + (q.eta_seconds !== null ? ` · ETA ${duration(q.eta_seconds)}` : "");
-  }
 
   function render(s) {
     const status = $("status");

@@ -4,7 +4,7 @@
   const table = document.getElementById("jobs");
   const body = table.tBodies[0];
   const pager = document.getElementById("pager");
-  const {el, duration} = atelier;
+  const {el, duration, standing} = atelier;
 
   function row(job) {
     const bar = el("div", {class: "progress"}, el("div", {class: "bar", style: `width: ${job.percent}%`}));
@@ -14,8 +14,9 @@
       el("td", {}, job.owner),
       el("td", {class: "num"}, job.size ?? "—"),
       el("td", {class: "num"}, job.iterations ?? "—"),
-      el("td", {title: job.percent.toFixed(1) + " %"},
-         el("div", {class: "progress-cell"}, bar, el("span", {class: "pct"}, Math.floor(job.percent) + "%"))),
+      job.queue ? el("td", {class: "standing muted"}, standing(job.queue))
+        : el("td", {title: job.percent.toFixed(1) + " %"},
+             el("div", {class: "progress-cell"}, bar, el("span", {class: "pct"}, Math.floor(job.percent) + "%"))),
       el("td", {class: "num"}, duration(job.queue_wait)),
       el("td", {class: "num"}, duration(job.run_time)),
       el("td", {class: "num"}, job.attempts),
