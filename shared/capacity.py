@@ -143,6 +143,21 @@ def predict(w: Workload, kind: str, precision: str, pace: float = 1.0) -> Predic
     return Prediction(kind, m.seconds(w) * pace, m.memory_mb(w), m.measured)
 
 
+def pace(runs: Iterable[tuple[float, float]]) -> float:
+    """A worker's pace from its lone jobs' (run seconds, the model's seconds): the median of their
+    ratios, each weighted by the model's seconds. Median, so that one slow job (another process on
+    the device) does not set it; weighted, so that the long jobs that make up a queue's time do,
+    not a run of thumbnails, whose fixed costs the model fits least well (a worker fed only 32 px
+    jobs on an AVX2 CPU reported paces of 1.5 to 7; see BENCHMARKS.md, *Each worker's pace*)."""
+    ranked = sorted((seconds / predicted, predicted) for seconds, predicted in runs)
+    half, weight = sum(predicted for _, predicted in ranked) / 2, 0.0
+    for ratio, predicted in ranked:
+        weight += predicted
+        if weight >= half:
+            return ratio
+    raise ValueError("no runs to tell a pace from")
+
+
 @dataclass(frozen=True)
 class Device:
     """A live worker's device, as it reports it (`shared.devices`)."""

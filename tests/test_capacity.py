@@ -155,3 +155,19 @@ def test_a_workers_pace_scales_its_predicted_time_not_its_memory():
     report = {"device": "cpu", "name": "CPU (2 cores)", "memory_bytes": GiB, "precision": "bf16"}
     assert Device.from_report(report).pace == 1.0  # before its first job
     assert Device.from_report(report | {"pace": 2.5}).pace == 2.5
+
+
+def test_a_workers_pace_is_set_by_its_typical_job_not_one_slow_one():
+    assert capacity.pace([(2.0, 1.0), (2.2, 1.0), (9.0, 1.0)]) == pytest.approx(2.2)  # the third shared the device
+    assert capacity.pace([(1.5, 1.0)]) == pytest.approx(1.5)
+
+
+def test_a_workers_pace_is_set_by_its_long_jobs_not_a_run_of_thumbnails():
+    thumbnails, large = [(0.3, 0.1)] * 8, (6.0, 10.0)  # the model's fixed costs fit tiny jobs least well
+    assert capacity.pace([*thumbnails, large]) == pytest.approx(0.6)  # an unweighted median: 3.0, five times off
+    assert capacity.pace([*thumbnails, large, (7.0, 10.0), (65.0, 10.0)]) == pytest.approx(0.7)
+
+
+def test_no_runs_tell_no_pace():
+    with pytest.raises(ValueError):
+        capacity.pace([])

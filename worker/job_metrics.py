@@ -37,12 +37,12 @@ class JobMeter:
 
     def against_prediction(self, work: capacity.Workload, device: str, precision: str, seconds: float,
                            peak_memory_mb: float) -> float:
-        """Actual over predicted, for a job that ran alone from the start to its result, by the
+        """Records actual over predicted, for a job that ran alone from the start to its result, by the
         model that predicted it: the fleet's running check of the calibration
-        (`bench/calibrate.py`). Returns the run time's ratio."""
+        (`bench/calibrate.py`). Returns the model's run time, for the worker's pace."""
         kind = capacity.device_kind(device)
         model, predicted = capacity.model_key(kind, precision), capacity.predict(work, kind, precision)
         metrics.PREDICTION_RATIO.labels(model, "seconds").observe(seconds / predicted.seconds)
         if kind == "cuda":  # a CPU's peak resident set is its process's over its life, not this job's
             metrics.PREDICTION_RATIO.labels(model, "memory").observe(peak_memory_mb / predicted.memory_mb)
-        return seconds / predicted.seconds
+        return predicted.seconds

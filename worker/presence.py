@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import statistics
 from collections import deque
 
 import redis
@@ -16,7 +15,7 @@ from celery import current_app
 from celery.signals import (celeryd_after_setup, heartbeat_sent, worker_process_init, worker_process_shutdown,
                             worker_shutdown)
 
-from shared import metrics
+from shared import capacity, metrics
 from shared.devices import UNAVAILABLE, mark_alive, mark_gone, report_device
 from shared.services import Services
 from worker.engine import DeviceError, resolve_device, resolve_precision, warm_up
@@ -27,7 +26,7 @@ _node: dict[str, str] = {}  # set in the worker's main process before the pool f
 _main: dict[str, Services] = {}  # the main process's own, made at its first heartbeat (after the fork)
 _reported: dict[str, object] = {}  # the pool child's device report, sent again with each new pace
 PACE_JOBS = 9
-_ratios: deque[float] = deque(maxlen=PACE_JOBS)  # the pool child's last lone jobs' run time over the model's
+_runs: deque[tuple[float, float]] = deque(maxlen=PACE_JOBS)  # the pool child's last lone jobs: run, model's seconds
 
 
 def describe(device: str) -> dict[str, object]:
@@ -88,16 +87,15 @@ def _warm_up(device: str) -> None:
         log.info("warmed up on %s in %.1f s", device, seconds)
 
 
-def paced(client: redis.Redis, ratio: float) -> None:
-    """A lone job's run time over the capacity model's prediction. The worker's pace, the median
-    of its last PACE_JOBS such ratios (one slow job, with another process on the device, say, does
-    not set it), goes into its device report: the API predicts new jobs, and a queued job's
-    start, at this machine's speed rather than the calibration machine's."""
-    _ratios.append(ratio)
+def paced(client: redis.Redis, seconds: float, predicted: float) -> None:
+    """A lone job ran `seconds`, the capacity model's `predicted`. The worker's pace from its last
+    PACE_JOBS such runs (`capacity.pace`) goes into its device report: the API predicts new jobs,
+    and a queued job's start, at this machine's speed rather than the calibration machine's."""
+    _runs.append((seconds, predicted))
     if "name" not in _node or not _reported:
         return
     try:
-        report_device(client, _node["name"], _reported | {"pace": round(statistics.median(_ratios), 3)})
+        report_device(client, _node["name"], _reported | {"pace": round(capacity.pace(_runs), 3)})
     except redis.RedisError as exc:
         log.warning("could not report this worker's pace: %s", exc)
 

@@ -320,7 +320,7 @@ class JobRun:
                       error_message=f"the result could not be written to storage: {exc}")
             return
         if self.work is not None:  # a lone run from the start, set against the model before anyone sees it end
-            paced(self.services.redis, self.meter.against_prediction(
+            paced(self.services.redis, result.seconds, self.meter.against_prediction(
                 self.work, result.device, result.params.precision, result.seconds, result.peak_memory_mb))
         progress = (self.progress or {}) | {"iteration": result.iterations, "total": result.total, "percent": 100.0,
                                             "eta_seconds": 0.0, "losses": result.losses}
