@@ -1,7 +1,7 @@
 """Calibrate the memory and time model (`shared.capacity`) on this machine's device.
 
-    .venv/bin/python bench/calibrate.py [--device cpu|cuda] [--precision auto|fp32|bf16] [--sizes 128 256 384 512]
-                                        [--write]
+    .venv/bin/python bench/calibrate.py [--device cpu|cuda] [--precision auto|fp32|bf16]
+                                        [--sizes 32 64 128 256 384 512] [--check 32 96 192] [--write]
 
 Runs small jobs (Tübingen x The Starry Night, one scale) over a spread of sizes, iteration counts,
 style counts and style scales, each in a fresh process so its peak memory is its own (CUDA: the
@@ -11,7 +11,8 @@ warm (the network loaded first, as in a worker). Fits the model's coefficients b
 least squares and prints the runs, the fit and its worst errors; `--write` stores the fit as the
 entry of this device kind in the precision the jobs ran in (`cpu-bf16`: `--precision auto` is
 what a worker here runs) in shared/capacity_calibration.json, keeping the other entries.
-Prints, last, one JSON line with every figure.
+`--check` then runs default jobs (the service's stages and iterations) and sets each one's time
+against the fit. Prints, last, one JSON line with every figure.
 """
 from __future__ import annotations
 
@@ -38,12 +39,14 @@ STYLES = (ROOT / "samples" / "starry_night.jpg", ROOT / "samples" / "the_scream.
 @dataclass(frozen=True)
 class Sample:
     size: int
-    iterations: int
+    iterations: int | None  # None: a default job (the service's stages and iterations), to check the fit by
     styles: int = 1
     style_scale: float = 1.0
     precision: str = "auto"
 
     def params(self) -> Params:
+        if self.iterations is None:
+            return Params(size=self.size, precision=self.precision)
         return Params(size=self.size, iterations=self.iterations, scales=1, style_scale=self.style_scale,
                       precision=self.precision)
 
@@ -120,7 +123,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                         help="the jobs' (default auto: what a worker here runs)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 384, 512])
+    # the small sizes pin the per-iteration cost: without them a CPU's fit put it at 0, and predicted
+    # a default 32 px job at a third of its time (BENCHMARKS.md, *Capacity model calibration*)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256, 384, 512])
+    parser.add_argument("--check", type=int, nargs="*", default=[], metavar="SIZE",
+                        help="then run a default job at each size and set its time against the fit's prediction")
     parser.add_argument("--write", action="store_true", help="store the fit in shared/capacity_calibration.json")
     parser.add_argument("--sample", help=argparse.SUPPRESS)  # internal: run one sample in this process
     args = parser.parse_args()
@@ -149,16 +156,30 @@ def main() -> None:
     worst_memory = max(abs(model.memory_mb(w) / m["memory_mb"] - 1) for w, m in runs)
     print(f"{key}: {asdict(model)}\nworst relative error: time {worst_time:.1%}, memory {worst_memory:.1%}",
           file=sys.stderr)
+    checks = [check(Sample(size, None, precision=args.precision), args.device, model) for size in args.check]
     if args.write:
         entries = capacity.models(capacity.CALIBRATION) | {key: model}
         capacity.write(capacity.CALIBRATION, entries)
         print(f"wrote the {key} entry of {capacity.CALIBRATION.relative_to(ROOT)}", file=sys.stderr)
     print(json.dumps({"device": device, "precision": precision, "key": key, "name": _device_name(device),
-                      "model": asdict(model), "runs": errors,
+                      "model": asdict(model), "runs": errors, "checks": checks,
                       "worst_relative_error": {"seconds": round(worst_time, 3), "memory": round(worst_memory, 3)},
                       "load_average_before": [round(x, 2) for x in load_before],
                       "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
                       "python": platform.python_version(), "command": command}))
+
+
+def check(sample: Sample, device: str, model: capacity.Model) -> dict:
+    """A default job's measured time against the fitted model's prediction and the stored entry's."""
+    measured = measure(sample, device)
+    work = capacity.workload(sample.params(), tuple(measured["content"]), [tuple(s) for s in measured["styles"]])
+    stored = capacity.model(capacity.device_kind(measured["device"]), measured["precision"])
+    row = {"size": sample.size, "iterations": work.iterations, "seconds": round(measured["seconds"], 2),
+           "fit": round(model.seconds(work), 2), "stored": round(stored.seconds(work), 2)}
+    print(f"default {sample.size} px job: {row['seconds']:.2f} s; the fit predicts {row['fit']:.2f} s "
+          f"({measured['seconds'] / row['fit']:.2f}x), the stored entry {row['stored']:.2f} s "
+          f"({measured['seconds'] / row['stored']:.2f}x)", file=sys.stderr, flush=True)
+    return row
 
 
 def _device_name(device: str) -> str:
@@ -166,7 +187,10 @@ def _device_name(device: str) -> str:
         import torch
 
         return torch.cuda.get_device_name(device)
-    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    return f"{names[0] if names else 'CPU'} ({os.cpu_count()} cores, {platform.machine()})"
 
 
 if __name__ == "__main__":

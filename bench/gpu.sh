@@ -58,7 +58,7 @@ run() {
         tests/engine/test_transfer.py tests/service/test_cuda_worker.py tests/engine/test_cuda.py "${select[@]}" 2>&1 | tee "$out/cuda-tests.txt"
     if [ "${GPU_CALIBRATE:-1}" = 1 ]; then   # first, so the benchmark's worker predicts with it
         step "calibration"
-        timeout "$(limit 120)" python3 bench/calibrate.py --device cuda --sizes 256 512 1024 --write 2>&1 | tee "$out/calibrate.txt"
+        timeout "$(limit 120)" python3 bench/calibrate.py --device cuda --sizes 64 256 512 1024 --check 64 512 --write 2>&1 | tee "$out/calibrate.txt"
         cp shared/capacity_calibration.json "$out/"
     fi
     step "bench/gpu.py"

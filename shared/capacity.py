@@ -147,8 +147,9 @@ def pace(runs: Iterable[tuple[float, float]]) -> float:
     """A worker's pace from its lone jobs' (run seconds, the model's seconds): the median of their
     ratios, each weighted by the model's seconds. Median, so that one slow job (another process on
     the device) does not set it; weighted, so that the long jobs that make up a queue's time do,
-    not a run of thumbnails, whose fixed costs the model fits least well (a worker fed only 32 px
-    jobs on an AVX2 CPU reported paces of 1.5 to 7; see BENCHMARKS.md, *Each worker's pace*)."""
+    not a run of thumbnails, whose fixed costs the model fits least well (on one CPU a default 32 px
+    job ran 3.4 times an older fit's prediction, a 192 px one half of it: BENCHMARKS.md, *Capacity
+    model calibration*)."""
     ranked = sorted((seconds / predicted, predicted) for seconds, predicted in runs)
     half, weight = sum(predicted for _, predicted in ranked) / 2, 0.0
     for ratio, predicted in ranked:

@@ -121,11 +121,16 @@ def test_the_engine_bench_runs_ours_in_either_precision_beside_pastiche(precisio
 
 
 def test_the_calibration_fits_the_precision_its_jobs_ran_in_and_names_its_entry_so():
+    from shared.params import Params, plan
+
     report = json.loads(_bench("bench/calibrate.py", "--device", "cpu", "--precision", "fp32", "--sizes", "32",
-                               "64").strip().splitlines()[-1])
+                               "64", "--check", "32").strip().splitlines()[-1])
     assert report["precision"] == "fp32" and report["key"] == "cpu-fp32"
     assert "--precision fp32" in report["model"]["source"] and len(report["runs"]) == 6
     assert report["model"]["mb_per_megapixel"] >= 0 and all(run["sample"]["seconds"] > 0 for run in report["runs"])
+    [checked] = report["checks"]  # a default job: the service's stages and iterations, not one scale
+    assert checked["iterations"] == sum(stage.iterations for stage in plan(Params(size=32))) > 12
+    assert checked["seconds"] > 0 and checked["fit"] > 0 and checked["stored"] > 0
 
 
 def test_each_change_the_benchmark_undoes_is_undone_where_the_engine_uses_it(monkeypatch):
