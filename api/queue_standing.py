@@ -113,8 +113,8 @@ def standings(session: Session, client: Redis, jobs: Sequence[Job]) -> dict[str,
     queued = [job for job in jobs if job.state is JobStatus.QUEUED]
     if not queued:
         return {}
-    board = read_queue(session, client, through=max((job.created_at, job.id) for job in queued))
-    return {job.id: board.place(job.created_at, job.id, job.prediction) for job in queued}
+    queue = read_queue(session, client, through=max((job.created_at, job.id) for job in queued))
+    return {job.id: queue.place(job.created_at, job.id, job.prediction) for job in queued}
 
 
 class Board:
@@ -124,8 +124,8 @@ class Board:
     def __init__(self, max_age: float) -> None:
         self.max_age = max_age
         self._lock = threading.Lock()
-        self._read_at = -max_age
-        self._queue: QueueRead | None = None
+        self._read_at = 0.0
+        self._queue: QueueRead | None = None  # none read yet
 
     def standing(self, db: Database, client: Redis, created_at: datetime, job_id: str,
                  prediction: dict[str, Any] | None, fresh: bool = False) -> QueueOut | None:
