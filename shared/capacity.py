@@ -41,14 +41,28 @@ class Workload:
 
 def workload(params: Params, content: tuple[int, int], styles: Sequence[tuple[int, int]]) -> Workload:
     """For `params` (resolved or not) on a content image and style images of these (width, height)."""
-    stages = plan(params)
-    megapixels = [_mp(stage_dims(*content, s.longest)) for s in stages]
-    style_longest = [max(MIN_SIDE, round(s.longest * params.style_scale)) for s in stages]
-    style_mp = [[_mp(stage_dims(*size, longest)) for size in styles] for longest in style_longest]
+    stages = _stages(params, content, styles)
     return Workload(iterations=sum(s.iterations for s in stages),
-                    megapixel_iterations=sum(s.iterations * mp for s, mp in zip(stages, megapixels)),
-                    style_megapixels=sum(map(sum, style_mp)), peak_megapixels=megapixels[-1],
-                    peak_style_megapixels=max(style_mp[-1], default=0.0))
+                    megapixel_iterations=sum(s.iterations * s.megapixels for s in stages),
+                    style_megapixels=sum(sum(s.style_megapixels) for s in stages),
+                    peak_megapixels=stages[-1].megapixels, peak_style_megapixels=max(stages[-1].style_megapixels,
+                                                                                     default=0.0))
+
+
+@dataclass(frozen=True)
+class _Stage:
+    iterations: int
+    megapixels: float
+    style_megapixels: tuple[float, ...]  # each style's pass at this stage
+
+
+def _stages(params: Params, content: tuple[int, int], styles: Sequence[tuple[int, int]]) -> list[_Stage]:
+    stages = []
+    for stage in plan(params):
+        style_longest = max(MIN_SIDE, round(stage.longest * params.style_scale))
+        stages.append(_Stage(stage.iterations, _mp(stage_dims(*content, stage.longest)),
+                             tuple(_mp(stage_dims(*size, style_longest)) for size in styles)))
+    return stages
 
 
 def _mp(dims: tuple[int, int]) -> float:
@@ -122,6 +136,41 @@ def write(path: Path, entries: dict[str, Model], extra: dict[str, dict] | None =
     extra = extra or {}
     rounded = {k: {f: round(v, 6) if isinstance(v, float) else v for f, v in asdict(m).items()} for k, m in entries.items()}
     path.write_text(json.dumps({k: rounded[k] | extra.get(k, {}) for k in sorted(entries)}, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """A job's time by the model, iteration by iteration: each stage's style passes at its start,
+    then its iterations (a fixed cost each and their pixels'), then the job's end (the quality
+    report). Its shape, not its level, is what a running job's ETA goes by (`worker.progress`):
+    a coarse stage's iterations are cheaper than a fine one's, so a rate measured on the first
+    would promise the rest too soon."""
+
+    stages: tuple[tuple[int, float, float], ...]  # per stage: iterations, seconds per iteration, set-up seconds
+    end: float
+
+    def through(self, done: int) -> float:
+        """The model's seconds from the start through `done` iterations."""
+        seconds = 0.0
+        for iterations, each, setup in self.stages:
+            if done <= 0:
+                break
+            seconds += setup + each * min(done, iterations)
+            done -= iterations
+        return seconds
+
+    def left(self, done: int) -> float:
+        """The model's seconds after `done` iterations to the end."""
+        return self.through(sum(iterations for iterations, _, _ in self.stages)) - self.through(done) + self.end
+
+
+def timeline(params: Params, content: tuple[int, int], styles: Sequence[tuple[int, int]], kind: str,
+             precision: str) -> Timeline:
+    """The `Timeline` of a job of `params` on these images, on a device of `kind` in `precision`."""
+    m = model(kind, precision)
+    return Timeline(tuple((s.iterations, m.seconds_per_iteration + m.seconds_per_megapixel_iteration * s.megapixels,
+                           m.seconds_per_style_megapixel * sum(s.style_megapixels))
+                          for s in _stages(params, content, styles)), m.overhead_seconds)
 
 
 @dataclass(frozen=True)

@@ -171,3 +171,20 @@ def test_a_workers_pace_is_set_by_its_long_jobs_not_a_run_of_thumbnails():
 def test_no_runs_tell_no_pace():
     with pytest.raises(ValueError):
         capacity.pace([])
+
+
+@pytest.mark.parametrize("size", [32, 256, 1024])
+def test_a_jobs_timeline_ends_where_its_prediction_does(size):
+    params, content, styles = Params(size=size), (1024, 768), [(800, 600), (640, 480)]
+    line = capacity.timeline(params, content, styles, "cpu", "bf16")
+    assert line.left(0) == pytest.approx(capacity.model("cpu", "bf16").seconds(capacity.workload(params, content, styles)))
+    total = sum(stage.iterations for stage in plan(params))
+    assert [line.through(n) for n in (0, total // 2, total)] == sorted({line.through(n) for n in (0, total // 2, total)})
+    assert line.left(total) == pytest.approx(capacity.model("cpu", "bf16").overhead_seconds)
+
+
+def test_a_timeline_counts_a_stages_style_passes_at_its_start_and_its_finer_iterations_dearer():
+    line = capacity.Timeline(stages=((10, 1.0, 5.0), (10, 4.0, 20.0)), end=2.0)
+    assert line.through(1) == 5.0 + 1.0
+    assert line.through(10) == 15.0 and line.through(11) == 15.0 + 20.0 + 4.0
+    assert line.left(10) == 20.0 + 40.0 + 2.0

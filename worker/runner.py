@@ -70,6 +70,7 @@ class JobRun:
         self.meter = JobMeter(node_name())
         self.started_at = None
         self.work: capacity.Workload | None = None  # a lone run from the start (`_stylize`): its prediction
+        self.timeline: capacity.Timeline | None = None  # the shape of its time, for its ETA
         self.outcome: tuple[JobStatus, str | None] | None = None  # how this delivery ended the job, if it did
         self.concluded = False  # its run's outcome is recorded (a batch member's as soon as it leaves the batch)
         self._last_progress = self._last_checkpoint = time.monotonic()
@@ -144,7 +145,22 @@ class JobRun:
         """What this job asks of a device (`shared.capacity`), on its content and style images."""
         return capacity.workload(engine_params(self.params), images[0].size, [s.size for s in images[1:]])
 
+    def _device_model(self) -> tuple[str, str] | None:
+        """The capacity model's device kind and precision for this job here; None if the device
+        cannot be opened (the run reports it)."""
+        try:
+            device = resolve_device(self.settings.device)
+        except DeviceError:
+            return None
+        return capacity.device_kind(device), resolve_precision(self.params["precision"], device)
+
+    def _timeline(self, images: list[Image.Image]) -> capacity.Timeline | None:
+        if (on := self._device_model()) is None:
+            return None
+        return capacity.timeline(engine_params(self.params), images[0].size, [s.size for s in images[1:]], *on)
+
     def _stylize(self, images: list[Image.Image], checkpoint_key: str | None) -> Result:
+        self.timeline = self._timeline(images)
         checkpoint = None if checkpoint_key is None else self.files.load_checkpoint(checkpoint_key)
         if checkpoint is not None:
             self.resumed_from = int(checkpoint["iteration"])
@@ -162,14 +178,9 @@ class JobRun:
         with the same compare-and-set as a delivery, so none runs twice: its own message, when it
         comes, finds it taken (or ended) and is dropped."""
         limit = min(self.settings.max_batch, _batch_limit.get("limit", self.settings.max_batch))
-        if batch_key is None or limit <= 1:
+        if batch_key is None or limit <= 1 or (on := self._device_model()) is None:
             return []
-        try:
-            device = resolve_device(self.settings.device)
-        except DeviceError:
-            return []  # the run itself reports it
-        size = capacity.batch_size(self._workload(images), capacity.device_kind(device),
-                                   resolve_precision(self.params["precision"], device), free_bytes(device), limit)
+        size = capacity.batch_size(self._workload(images), *on, free_bytes(resolve_device(self.settings.device)), limit)
         if size <= 1:
             return []
         with self.services.db.session() as session:
@@ -189,6 +200,8 @@ class JobRun:
         return companions
 
     def _stylize_batch(self, members: list[tuple[JobRun, list[Image.Image]]]) -> list[Result | Exception]:
+        for run, images in members:
+            run.timeline = run._timeline(images)
         return stylize_batch([Member(images[0], images[1:], engine_params(run.params), run._on_iterate,
                                      ended=lambda outcome, run=run: run._conclude(outcome, batch=len(members)))
                               for run, images in members], device=self.settings.device)
@@ -244,7 +257,7 @@ class JobRun:
         if self.lease.lost or self.lease.cancel_requested:
             return True
         if shutdown.STOP.is_set():  # SIGTERM: stop after this iteration, checkpoint, hand the job back
-            self.progress = progress_of(it, self.resumed_from)
+            self.progress = progress_of(it, self.resumed_from, self.timeline)
             self.handing_back = True
             return True
         every = self.params["snapshot_every"]
@@ -255,7 +268,7 @@ class JobRun:
             self._checkpoint(it.checkpoint())
             self._last_checkpoint = now
         if now - self._last_progress >= self.settings.progress_seconds or it.iteration == it.total:
-            self.progress = progress_of(it, self.resumed_from)  # reads the losses: waits for the device
+            self.progress = progress_of(it, self.resumed_from, self.timeline)  # reads the losses: waits for the device
             self.lease.renew(self.progress)
             self.meter.progressed(it.iteration, it.iterations_per_second, self.resumed_from)
             events.publish(self.services.redis, self.job_id, "progress", self.progress)

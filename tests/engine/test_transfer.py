@@ -33,6 +33,8 @@ def test_loss_falls_and_the_result_is_reported(content, style):
     assert 0 < result.quality["style_distance"] and 0 <= result.quality["content_distance"] < 1
     assert result.device == "cpu" and result.peak_memory_mb > 0
     assert seen[-1].iterations_per_second > 0 and seen[-1].elapsed > 0
+    # the rate counts from the end of the first iteration: the set-up before it is not the run's pace
+    assert seen[0].iterations_per_second == 0 and {it.rate_from for it in seen} == {1}
 
 
 def test_more_style_weight_moves_closer_to_the_style(content, style):

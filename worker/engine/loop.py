@@ -254,7 +254,7 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
     if checkpoint is not None:
         first_stage, done, images = checkpoint["stage"], checkpoint["iteration"], checkpoint["image"].to(device)
         state = checkpoint.get("optimizer") if checkpoint.get("version") == CHECKPOINT_VERSION else None
-    done_at_start, optimizer = done, None
+    optimizer, rate = None, _Rate()
     for job in jobs:
         job.targets = job.transfer._targets(lead.stages[0])
         job.style_weight = job.transfer.params.style_weight * job.transfer._style_balance(job.targets[2])
@@ -275,6 +275,7 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
         while done - stage_start < stage.iterations and active:
             losses = iteration(stage.iterations - (done - stage_start))
             done += 1
+            rate.count(done)
             for row, job in enumerate(active):
                 job.last = losses, row
             if done - stage_start == stage.iterations or time.monotonic() - last_read >= READ_SECONDS:
@@ -284,7 +285,7 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
                 last_read = time.monotonic()
             for row, job in enumerate(active):
                 if job.outcome is None and job.callback is not None \
-                        and job.callback(_iterate(job, index, done, done_at_start, images, row, optimizer, start)):
+                        and job.callback(_iterate(job, index, done, rate, images, row, optimizer, start)):
                     job.outcome = job.transfer._result(index, done, images.detach()[row:row + 1],
                                                        optimizer.state(row), True, job.losses(), start)
             if any(job.outcome is not None for job in active):
@@ -319,15 +320,33 @@ def _optimizer(p: Params, images: torch.Tensor, previous: Optimizer | None, stat
     return LBFGS(rows, previous) if state is None else LBFGS.restore(rows, state)
 
 
-def _iterate(job: _Job, stage_index: int, done: int, done_at_start: int, images: torch.Tensor, row: int,
+class _Rate:
+    """Iterations per second since the run's first iteration ended. Before it: the targets, and
+    the first passes' one-off costs (new shapes' kernels); counted in, they made a job's first ETA
+    four times its run."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.first = 0
+
+    def count(self, done: int) -> None:
+        if self.since is None:
+            self.since, self.first = time.perf_counter(), done
+
+    def per_second(self, done: int) -> float:
+        if self.since is None or done == self.first:
+            return 0.0
+        return (done - self.first) / max(time.perf_counter() - self.since, 1e-9)
+
+
+def _iterate(job: _Job, stage_index: int, done: int, rate: _Rate, images: torch.Tensor, row: int,
              optimizer: Optimizer, start: float) -> Iterate:
     t = job.transfer
     stage = t.stages[stage_index]
-    elapsed = time.perf_counter() - start
     image, (losses, _) = images.detach()[row:row + 1], job.last
     return Iterate(scale=stage_index, scales=len(t.stages), width=images.shape[-1], height=images.shape[-2],
-                   iteration=done, total=t.total, elapsed=elapsed,
-                   iterations_per_second=(done - done_at_start) / max(elapsed, 1e-9),
+                   iteration=done, total=t.total, elapsed=time.perf_counter() - start,
+                   iterations_per_second=rate.per_second(done), rate_from=rate.first,
                    _losses=lambda: losses.rows()[row],
                    _image=lambda: t._output(image, stage),
                    _checkpoint=lambda: t._checkpoint(stage_index, done, image, optimizer.state(row)))

@@ -45,8 +45,9 @@ class Iterate:
     height: int
     iteration: int        # 1-based, counted over all stages
     total: int
-    elapsed: float
-    iterations_per_second: float
+    elapsed: float        # since the run started, its set-up included
+    iterations_per_second: float  # since the run's first iteration ended: its set-up is not its pace
+    rate_from: int        # that first iteration
     _losses: Callable[[], dict[str, float]] = field(repr=False)
     _image: Callable[[], Image.Image] = field(repr=False)
     _checkpoint: Callable[[], dict] = field(repr=False)
