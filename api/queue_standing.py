@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from redis import Redis, RedisError
-from sqlalchemy import Row, and_, bindparam, func, or_, select
+from sqlalchemy import Row, and_, bindparam, case, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -47,10 +47,14 @@ RUNNING = select(Job.lease_owner, Job.started_at, Job.progress, Job.prediction) 
     .where(Job.status == JobStatus.RUNNING.value)
 QUEUE = select(Job.created_at, Job.id, PREDICTED_SECONDS).where(Job.status == JobStatus.QUEUED.value) \
     .order_by(Job.created_at, Job.id)
-_BEFORE = {"order_by": (Job.created_at, Job.id), "rows": (None, -1)}  # the queued jobs ahead, in a window
-_EACH = select(Job.id, func.count().over(**_BEFORE).label("ahead"),
-               func.count(PREDICTED_SECONDS).over(**_BEFORE).label("predicted"),
-               func.coalesce(func.sum(PREDICTED_SECONDS).over(**_BEFORE), 0.0).label("seconds")).where(
+# a list's queued jobs: the queued jobs through each, in a window, less the job itself (SQLite runs a
+# frame that ends at the current row in half the time of one that ends before it)
+_THROUGH = {"order_by": (Job.created_at, Job.id), "rows": (None, 0)}
+_EACH = select(Job.id, (func.count().over(**_THROUGH) - 1).label("ahead"),
+               (func.count(PREDICTED_SECONDS).over(**_THROUGH) - case((PREDICTED_SECONDS.is_(None), 0), else_=1))
+               .label("predicted"),
+               (func.coalesce(func.sum(PREDICTED_SECONDS).over(**_THROUGH), 0.0) - func.coalesce(PREDICTED_SECONDS, 0.0))
+               .label("seconds")).where(
     Job.status == JobStatus.QUEUED.value,
     or_(Job.created_at < bindparam("created_at"),
         and_(Job.created_at == bindparam("created_at"), Job.id <= bindparam("id")))).subquery()
