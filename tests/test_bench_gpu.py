@@ -164,3 +164,11 @@ def test_each_change_the_benchmark_undoes_is_undone_where_the_engine_uses_it(mon
     with _undone("bf16_grams"):  # the backward in fp32 rounds differently from the bf16 product
         assert not torch.equal(style_gradient(), fast)
     assert torch.equal(style_gradient(), fast)  # and put back
+
+
+def test_the_running_eta_bench_reads_the_three_etas_against_the_time_left():
+    out = _bench("bench/running_eta.py", "--device", "cpu", "--size", "32", "--scales", "1", "--iterations", "4")
+    assert out.startswith("32 px on cpu, 1 stages: ")
+    first = next(line.split(" | ") for line in out.splitlines() if line[:1].isdigit() and " s | " in line)
+    assert first[1:3] == ["1", "1"] and float(first[3]) > 0 and float(first[4]) > 0
+    assert first[5:] == ["-", "-"]  # after the first iteration: no rate since it to go by yet
