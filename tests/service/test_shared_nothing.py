@@ -30,8 +30,9 @@ def test_two_workers_that_share_nothing_split_jobs_and_resume_each_others(postgr
         started[name] = workers(settings, cwd=home, env={"HOME": str(home)})
     client, auth = client_for(settings)
 
-    # jobs submitted together: each worker takes some, all finish
-    jobs = [submit(client, auth, images, {"size": 32, "iterations": 40, "seed": n}).get_json()["id"] for n in range(4)]
+    # jobs submitted together: each worker takes some, all finish (sizes apart, so that neither worker
+    # can take them all as one batch)
+    jobs = [submit(client, auth, images, {"size": 32 + 8 * n, "iterations": 40}).get_json()["id"] for n in range(4)]
     for job_id in jobs:
         done = wait_status(client, auth, job_id, TERMINAL, timeout=240)
         assert done["status"] == "succeeded", done["error"]
