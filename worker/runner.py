@@ -10,6 +10,7 @@ only then reads the losses back from the device.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from contextlib import ExitStack
@@ -145,19 +146,22 @@ class JobRun:
         """What this job asks of a device (`shared.capacity`), on its content and style images."""
         return capacity.workload(engine_params(self.params), images[0].size, [s.size for s in images[1:]])
 
-    def _device_model(self) -> tuple[str, str] | None:
-        """The capacity model's device kind and precision for this job here; None if the device
-        cannot be opened (the run reports it)."""
+    @functools.cached_property
+    def _on(self) -> tuple[str, str, str] | None:
+        """This job's device here, and the capacity model's kind and precision for it, resolved once
+        its params are read; None if the device cannot be opened (the run reports it)."""
         try:
             device = resolve_device(self.settings.device)
         except DeviceError:
             return None
-        return capacity.device_kind(device), resolve_precision(self.params["precision"], device)
+        return device, capacity.device_kind(device), resolve_precision(self.params["precision"], device)
 
     def _timeline(self, images: list[Image.Image]) -> capacity.Timeline | None:
-        if (on := self._device_model()) is None:
+        if self._on is None:
             return None
-        return capacity.timeline(engine_params(self.params), images[0].size, [s.size for s in images[1:]], *on)
+        _, kind, precision = self._on
+        return capacity.timeline(engine_params(self.params), images[0].size, [s.size for s in images[1:]], kind,
+                                 precision)
 
     def _stylize(self, images: list[Image.Image], checkpoint_key: str | None) -> Result:
         self.timeline = self._timeline(images)
@@ -178,9 +182,10 @@ class JobRun:
         with the same compare-and-set as a delivery, so none runs twice: its own message, when it
         comes, finds it taken (or ended) and is dropped."""
         limit = min(self.settings.max_batch, _batch_limit.get("limit", self.settings.max_batch))
-        if batch_key is None or limit <= 1 or (on := self._device_model()) is None:
+        if batch_key is None or limit <= 1 or self._on is None:
             return []
-        size = capacity.batch_size(self._workload(images), *on, free_bytes(resolve_device(self.settings.device)), limit)
+        device, kind, precision = self._on
+        size = capacity.batch_size(self._workload(images), kind, precision, free_bytes(device), limit)
         if size <= 1:
             return []
         with self.services.db.session() as session:
