@@ -121,6 +121,17 @@ def private_database(tmp_path) -> str:
     return url
 
 
+@pytest.fixture
+def own_database(request, database_url) -> Iterator[str]:
+    """A new, migrated database of this test's own on the backend under test (SQLite or
+    PostgreSQL): no job or event of another test, and no other test's worker or beat on it."""
+    if database_url.startswith("sqlite"):
+        yield request.getfixturevalue("private_database")
+        return
+    with fresh_postgres() as url:
+        yield url
+
+
 # ---- the app, its clients and keys ------------------------------------------------------------
 
 @pytest.fixture

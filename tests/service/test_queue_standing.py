@@ -67,9 +67,9 @@ def test_one_read_of_the_queue_serves_every_stream_and_agrees_with_a_poll(settin
     services.db.dispose()
 
 
-def test_a_page_of_a_list_tells_each_queued_job_where_it_stands_in_one_query(settings, make_redis,
-                                                                           private_database, client_for, images):
-    local = replace(settings, redis_url=make_redis().url(0), database_url=private_database)
+def test_a_page_of_a_list_tells_each_queued_job_where_it_stands_in_one_query(settings, make_redis, own_database,
+                                                                           client_for, images):
+    local = replace(settings, redis_url=make_redis().url(0), database_url=own_database)  # the window on each backend
     client, auth = client_for(local)
     ids = [submit(client, auth, images, TINY).get_json()["id"] for _ in range(5)]
     client.post(f"/v1/jobs/{ids[1]}/cancel", headers=auth)  # no longer ahead of the others
