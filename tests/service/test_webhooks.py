@@ -252,9 +252,11 @@ def test_deliveries_are_listed_and_redelivered_only_for_their_owner(wh_client, w
     assert again.status_code == 202 and again.get_json()["id"] == first["id"]
     wait_for(lambda: len(receiver.requests()) == 2, what="the redelivery")
     assert {r.id for r in receiver.requests()} == {first["id"]}
-    # the receiver can answer before the sender has logged the attempt: poll until it has
+    # the receiver can answer before the sender has logged the attempt and then the delivery's
+    # status (two writes; a full run once read between them): poll until both are
     redelivered = wait_for(lambda: next((d for d in deliveries(wh_client, wh_auth, job_id)
-                                         if len(d["attempts"]) == 2), None), what="the redelivery's log")
+                                         if len(d["attempts"]) == 2 and d["status"] != "pending"), None),
+                           what="the redelivery's log")
     assert redelivered["status"] == "delivered" and [a["number"] for a in redelivered["attempts"]] == [1, 2]
 
 
