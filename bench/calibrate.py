@@ -4,7 +4,7 @@
                                         [--sizes 32 64 128 256 384 512] [--check 32 96 192] [--write]
 
 Runs small jobs (Tübingen x The Starry Night, one scale) over a spread of sizes, iteration counts,
-style counts and style scales, each in a fresh process so its peak memory is its own (CUDA: the
+style counts and style scales, and two default jobs (several stages), each in a fresh process so its peak memory is its own (CUDA: the
 allocator's peak; CPU: the process's peak resident set during the job, the network and runtime
 included, the weights file's one-off loading peak not), timed
 warm (the network loaded first, as in a worker). Fits the model's coefficients by non-negative
@@ -58,13 +58,15 @@ ITERATIONS = {"cpu": (4, 12), "cuda": (20, 80)}
 
 
 def samples(sizes: list[int], device: str, precision: str) -> list[Sample]:
-    """Every size at two iteration counts (per-iteration cost apart from per-job cost), and, at the
-    second size, two styles and a doubled style scale (the style passes' share)."""
+    """Every size at two iteration counts (per-iteration cost apart from per-job cost); at the
+    second size, two styles and a doubled style scale (the style passes' share); and default jobs
+    at the second and third sizes, whose several stages part each stage's set-up from the job's."""
     few, many = ITERATIONS[device.split(":")[0]]
     runs = [Sample(size, iterations, precision=precision) for size in sizes for iterations in (few, many)]
     middle = sizes[min(1, len(sizes) - 1)]
     return runs + [Sample(middle, few, styles=2, precision=precision),
-                   Sample(middle, few, style_scale=2.0, precision=precision)]
+                   Sample(middle, few, style_scale=2.0, precision=precision)] \
+        + [Sample(size, None, precision=precision) for size in dict.fromkeys(sizes[1:3])]
 
 
 def run_sample(sample: Sample, device: str) -> dict:
@@ -113,7 +115,7 @@ def nonnegative_fit(rows: list[list[float]], targets: list[float]) -> list[float
 def fit(runs: list[tuple[capacity.Workload, dict]], source: str) -> capacity.Model:
     memory = nonnegative_fit([[1, w.peak_megapixels, w.peak_style_megapixels] for w, _ in runs],
                              [m["memory_mb"] for _, m in runs])
-    seconds = nonnegative_fit([[1, w.iterations, w.megapixel_iterations, w.style_megapixels] for w, _ in runs],
+    seconds = nonnegative_fit([[1, w.iterations, w.megapixel_iterations, w.style_megapixels, w.stages] for w, _ in runs],
                               [m["seconds"] for _, m in runs])
     return capacity.Model(True, source, *memory, *seconds)
 
@@ -170,15 +172,18 @@ def main() -> None:
 
 
 def check(sample: Sample, device: str, model: capacity.Model) -> dict:
-    """A default job's measured time against the fitted model's prediction and the stored entry's."""
+    """A default job's measured time against the fitted model's prediction and the stored entry's, and
+    its peak memory against the fit's."""
     measured = measure(sample, device)
     work = capacity.workload(sample.params(), tuple(measured["content"]), [tuple(s) for s in measured["styles"]])
     stored = capacity.model(capacity.device_kind(measured["device"]), measured["precision"])
     row = {"size": sample.size, "iterations": work.iterations, "seconds": round(measured["seconds"], 2),
-           "fit": round(model.seconds(work), 2), "stored": round(stored.seconds(work), 2)}
+           "fit": round(model.seconds(work), 2), "stored": round(stored.seconds(work), 2),
+           "memory_mb": round(measured["memory_mb"]), "fit_memory_mb": round(model.memory_mb(work))}
     print(f"default {sample.size} px job: {row['seconds']:.2f} s; the fit predicts {row['fit']:.2f} s "
           f"({measured['seconds'] / row['fit']:.2f}x), the stored entry {row['stored']:.2f} s "
-          f"({measured['seconds'] / row['stored']:.2f}x)", file=sys.stderr, flush=True)
+          f"({measured['seconds'] / row['stored']:.2f}x); {row['memory_mb']} MB, the fit predicts "
+          f"{row['fit_memory_mb']} MB", file=sys.stderr, flush=True)
     return row
 
 

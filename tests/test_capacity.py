@@ -18,7 +18,7 @@ def test_the_workload_follows_the_engines_plan_and_stage_sizes():
     params = Params(size=512)  # 128 -> 256 -> 512 px, 150 + 43 + 20 iterations
     w = workload(params, (1024, 768), [(800, 600), (600, 800)])
     stages = plan(params)
-    assert w.iterations == 213
+    assert w.iterations == 213 and w.stages == 3
     assert w.peak_megapixels == 512 * 384 / MB
     assert w.megapixel_iterations == pytest.approx(sum(s.iterations * (s.longest * s.longest * 3 / 4) / MB
                                                        for s in stages))
@@ -32,14 +32,24 @@ def test_the_workload_follows_the_engines_plan_and_stage_sizes():
 
 MODEL = Model(measured=True, source="test", base_mb=1000, mb_per_megapixel=2000, mb_per_style_megapixel=500,
               overhead_seconds=1, seconds_per_iteration=0.01, seconds_per_megapixel_iteration=2,
-              seconds_per_style_megapixel=0.5)
+              seconds_per_style_megapixel=0.5, seconds_per_stage=0.25)
 
 
 def test_the_model_is_linear_in_the_workload():
     w = Workload(iterations=100, megapixel_iterations=10, style_megapixels=4, peak_megapixels=0.5,
-                 peak_style_megapixels=1)
+                 peak_style_megapixels=1, stages=2)
     assert MODEL.memory_mb(w) == 1000 + 2000 * 0.5 + 500 * 1
-    assert MODEL.seconds(w) == 1 + 0.01 * 100 + 2 * 10 + 0.5 * 4
+    assert MODEL.seconds(w) == 1 + 0.01 * 100 + 2 * 10 + 0.5 * 4 + 0.25 * 2
+
+
+def test_an_entry_fitted_to_one_stage_runs_only_has_no_cost_per_stage(tmp_path):
+    """Entries written before the model had a cost per stage read as 0 for it."""
+    path = tmp_path / "calibration.json"
+    capacity.write(path, {"cpu-bf16": MODEL})
+    entry = json.loads(path.read_text())
+    del entry["cpu-bf16"]["seconds_per_stage"]
+    path.write_text(json.dumps(entry))
+    assert capacity.models(path)["cpu-bf16"] == replace(MODEL, seconds_per_stage=0.0)
 
 
 # a model for bf16 beside MODEL: the same but for less memory per megapixel
@@ -174,13 +184,16 @@ def test_no_runs_tell_no_pace():
 
 
 @pytest.mark.parametrize("size", [32, 256, 1024])
-def test_a_jobs_timeline_ends_where_its_prediction_does(size):
+@pytest.mark.parametrize("key", ["cpu-bf16", "cuda-bf16"])
+def test_a_jobs_timeline_ends_where_its_prediction_does(size, key, calibration):
+    """Stage set-ups included (the test's calibration has a cost per stage)."""
+    kind, precision = key.split("-")
     params, content, styles = Params(size=size), (1024, 768), [(800, 600), (640, 480)]
-    line = capacity.timeline(params, content, styles, "cpu", "bf16")
-    assert line.left(0) == pytest.approx(capacity.model("cpu", "bf16").seconds(capacity.workload(params, content, styles)))
+    line = capacity.timeline(params, content, styles, kind, precision)
+    assert line.left(0) == pytest.approx(capacity.model(kind, precision).seconds(capacity.workload(params, content, styles)))
     total = sum(stage.iterations for stage in plan(params))
     assert [line.through(n) for n in (0, total // 2, total)] == sorted({line.through(n) for n in (0, total // 2, total)})
-    assert line.left(total) == pytest.approx(capacity.model("cpu", "bf16").overhead_seconds)
+    assert line.left(total) == pytest.approx(capacity.model(kind, precision).overhead_seconds)
 
 
 def test_a_timeline_counts_a_stages_style_passes_at_its_start_and_its_finer_iterations_dearer():

@@ -6,6 +6,7 @@ Tübingen x The Starry Night at 256 px (512 px where memory is measured). bf16 a
 test_transfer.py, on every device."""
 from __future__ import annotations
 
+import gc
 import logging
 import warnings
 
@@ -102,27 +103,51 @@ def test_a_job_leaving_a_graphed_batch_leaves_the_others_as_in_an_eager_batch(pa
 
 
 def test_a_stage_whose_graph_does_not_fit_runs_on_eagerly(pair, monkeypatch, caplog):
-    """A captured graph's own pool holds the iteration's tensors (peak 990 against 612 MB at 512 px
-    on an H100): with room for the eager iterations only, the capture runs out of memory and the
-    job still ends, eagerly, as the eager run does; the log says why."""
+    """A captured graph's own pool holds the iteration's tensors for good: where the device has
+    room for the eager iterations only, the capture runs out of memory and the job still ends,
+    eagerly, as the eager run does; the log says why. The room is cut to what is allocated as the
+    capture starts (the eager iterations' tensors are freed by then, and cached), so the graph's
+    pool, which cannot reuse that cache, finds none; the cut is lifted once the capture is over.
+    (A limit set for the whole run no longer falls between the two: at 512 px on an H100 the
+    graphed run peaked at 2280 MB and the eager one at 2215 MB, both set by what precedes the
+    iterations.) Run so on an H100 with torch 2.11, the process aborted while collecting garbage
+    in the eager iterations after the broken capture; `loop._ABANDONED` and the stream put back
+    are the answer to that, not yet run on a GPU."""
     content, style = pair
     params = Params(size=512, scales=1, iterations=20)
     monkeypatch.setattr(loop, "CUDA_GRAPHS", False)
     eager = stylize(content, [style], params, device="cuda")
     monkeypatch.setattr(loop, "CUDA_GRAPHS", True)
-    graphed = stylize(content, [style], params, device="cuda")
-    assert graphed.peak_memory_mb > 1.2 * eager.peak_memory_mb, (graphed.peak_memory_mb, eager.peak_memory_mb)
-    torch.cuda.empty_cache()
-    room = (eager.peak_memory_mb + graphed.peak_memory_mb) / 2 * 2**20
-    torch.cuda.set_per_process_memory_fraction(room / torch.cuda.get_device_properties(0).total_memory)
-    try:
-        with caplog.at_level(logging.WARNING, logger=loop.__name__):
-            squeezed = stylize(content, [style], params, device="cuda")
-    finally:
-        torch.cuda.set_per_process_memory_fraction(1.0)
-    assert "did not fit" in caplog.text
+    capture, total = loop._Iteration._capture, torch.cuda.get_device_properties(0).total_memory
+    attempts: list[bool] = []
+
+    def without_room(iteration) -> None:
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_allocated() + 2**20) / total)
+        try:
+            capture(iteration)
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+        attempts.append(iteration.graph is not None)
+
+    monkeypatch.setattr(loop._Iteration, "_capture", without_room)
+    with caplog.at_level(logging.WARNING, logger=loop.__name__):
+        squeezed = stylize(content, [style], params, device="cuda")
+    assert attempts == [False] and "did not fit" in caplog.text
     assert squeezed.iterations == 20
     assert float((to_tensor(squeezed.image) - to_tensor(eager.image)).abs().max()) <= 2 / 255
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    # the process goes on: collecting garbage after a broken capture aborted it once (torch 2.11),
+    # and the next job captures its graph as ever
+    gc.collect()
+    captured: list[bool] = []
+
+    def recorded(iteration) -> None:
+        capture(iteration)
+        captured.append(iteration.graph is not None)
+
+    monkeypatch.setattr(loop._Iteration, "_capture", recorded)
+    assert stylize(content, [style], params, device="cuda").iterations == 20 and captured == [True]
 
 
 def test_the_compiled_loop_scores_as_the_uncompiled_one(pair, request):

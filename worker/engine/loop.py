@@ -43,6 +43,9 @@ CUDA_GRAPHS = True  # replay a stage's iterations as a CUDA graph (bench/gpu.py 
 COMPILE = False     # torch.compile the network's passes and the losses (`_terms`): bench/gpu.py measures it
 GRAPH_AFTER = 3     # eager iterations of a stage first: the first step is another one, cuDNN picks its kernels
 GRAPH_LEFT = 8      # capture only if at least this many iterations of the stage are left
+# captures that ran out of memory, kept with all they held: on an H100 (torch 2.11) collecting one
+# aborted the process; PyTorch unwinds only a capture that reached its end (pytorch/pytorch#190308)
+_ABANDONED: list[BaseException] = []
 Optimizer = LBFGS | Adam
 
 
@@ -172,9 +175,11 @@ class _Iteration:
         """Capture the iteration as a CUDA graph. The graph's own memory pool holds the iteration's
         tensors for good (peak memory 612 → 990 MB at 512 px on an H100): where the device has
         room for eager iterations only, the capture runs out of memory, and the stage goes on
-        eagerly rather than failing the batch. Other errors are bugs, and raised."""
+        eagerly rather than failing the batch. The broken capture is kept (`_ABANDONED`), and the
+        stream it left current put back (the graph's context restores it only after ending the
+        capture, which raised). Other errors are bugs, and raised."""
         self.images.grad = None
-        graph = torch.cuda.CUDAGraph()
+        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream(self.images.device)
         try:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 captured = self._kernels()
@@ -183,6 +188,8 @@ class _Iteration:
             out_of_memory = next((e for e in (error, error.__context__) if e is not None and is_out_of_memory(e)), None)
             if out_of_memory is None:
                 raise
+            torch.cuda.set_stream(stream)
+            _ABANDONED.append(error)  # its traceback holds the graph and the tensors of its pool
             log.warning("a CUDA graph of this stage did not fit (%s); the stage runs eagerly",
                         str(out_of_memory).strip().splitlines()[0])
             self.stream = None
