@@ -102,6 +102,18 @@ def test_a_job_leaving_a_graphed_batch_leaves_the_others_as_in_an_eager_batch(pa
         assert float((to_tensor(together.image) - to_tensor(alone.image)).abs().max()) <= 2 / 255
 
 
+def test_job_after_job_the_device_holds_no_more_memory(pair):
+    """A worker runs jobs for days: once the first has loaded what it loads, each job leaves the
+    device's allocated memory as it found it. (cuBLAS's workspaces, one per stream it ran on and
+    never freed, grew with a new side stream per stage: `loop._side_stream`.)"""
+    content, style = pair
+    held = []
+    for _ in range(4):
+        stylize(content, [style], Params(size=256), device="cuda")  # two stages, each captured
+        held.append(torch.cuda.memory_allocated())
+    assert held[1] == held[2] == held[3], held
+
+
 def test_a_stage_whose_graph_does_not_fit_runs_on_eagerly(pair, monkeypatch, caplog):
     """A captured graph's own pool holds the iteration's tensors for good: where the device has
     room for the eager iterations only, the capture runs out of memory and the job still ends,

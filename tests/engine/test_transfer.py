@@ -1,5 +1,6 @@
 """The optimisation loop on tiny images: it converges, is deterministic, and its hooks work."""
 import statistics
+import weakref
 
 import pytest
 import torch
@@ -9,8 +10,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from shared.images import open_image
 from shared.params import ParamError, Params, plan
 from tests.engine.conftest import SAMPLES
-from worker.engine import Iterate, resolve_precision, stylize
+from worker.engine import Iterate, loop, resolve_precision, stylize, transfer
 from worker.engine.images import to_tensor
+from worker.engine.transfer import Transfer
 
 TINY = dict(size=48, iterations=6, scales=1)
 
@@ -105,6 +107,27 @@ def test_coarse_to_fine_runs_each_scale_in_turn(content, style):
     assert by_scale == {0: {(16, 16)}, 1: {(32, 24)}, 2: {(64, 48)}}
     assert [it.scale for it in seen] == sorted(it.scale for it in seen)
     assert result.image.size == (64, 48) and result.iterations == 9
+
+
+def test_a_stage_lets_go_of_its_iteration_before_the_next_one_sets_up(content, style, monkeypatch):
+    """On CUDA a stage's iteration holds its captured graph, whose pool holds an iteration's
+    tensors: the next stage's style passes and first iterations, and the quality report at the
+    end, must not sit on top of it."""
+    made, alive_at = [], []
+    init, targets, report = loop._Iteration.__init__, Transfer._targets, transfer.quality_report
+
+    def tracked(self, *args) -> None:
+        init(self, *args)
+        made.append(weakref.ref(self))
+
+    def alive() -> int:
+        return sum(ref() is not None for ref in made)
+
+    monkeypatch.setattr(loop._Iteration, "__init__", tracked)
+    monkeypatch.setattr(Transfer, "_targets", lambda self, stage: (alive_at.append(alive()), targets(self, stage))[1])
+    monkeypatch.setattr(transfer, "quality_report", lambda *args: (alive_at.append(alive()), report(*args))[1])
+    stylize(content, [style], Params(size=64, scales=2, iterations=20), device="cpu")
+    assert len(made) == 2 and alive_at == [0, 0, 0]  # the first stage's targets, the second's, the report
 
 
 def test_the_default_total_variation_leaves_a_smoother_image(content, style):
