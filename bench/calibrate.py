@@ -4,9 +4,9 @@
                                         [--sizes 32 64 128 256 384 512] [--check 32 96 192] [--write]
 
 Runs small jobs (Tübingen x The Starry Night, one scale) over a spread of sizes, iteration counts,
-style counts and style scales, and two default jobs (several stages), each in a fresh process so its peak memory is its own (CUDA: the
-allocator's peak; CPU: the process's peak resident set during the job, the network and runtime
-included, the weights file's one-off loading peak not), timed
+style counts and style scales, and two default jobs (several stages), each in a fresh process so
+its peak memory is its own (CUDA: the allocator's peak; CPU: the process's peak resident set during
+the job, the network and runtime included, the weights file's one-off loading peak not), timed
 warm (the network loaded first, as in a worker). Fits the model's coefficients by non-negative
 least squares and prints the runs, the fit and its worst errors; `--write` stores the fit as the
 entry of this device kind in the precision the jobs ran in (`cpu-bf16`: `--precision auto` is

@@ -31,8 +31,8 @@ def get(client, auth, job_id: str) -> dict:
 
 
 def test_without_a_live_worker_a_queued_job_knows_its_place_but_not_its_start(settings, make_redis,
-                                                                               private_database, client_for, images):
-    client, auth = client_for(replace(settings, redis_url=make_redis().url(0), database_url=private_database,
+                                                                               own_database, client_for, images):
+    client, auth = client_for(replace(settings, redis_url=make_redis().url(0), database_url=own_database,
                                       metrics_token="metrics"))
     first, second = (submit(client, auth, images, TINY).get_json() for _ in range(2))
     assert first["prediction"] is None  # no worker was live to predict for
@@ -48,9 +48,9 @@ def test_without_a_live_worker_a_queued_job_knows_its_place_but_not_its_start(se
     assert get(client, auth, first["id"])["queue"] is None
 
 
-def test_one_read_of_the_queue_serves_every_stream_and_agrees_with_a_poll(settings, make_redis, private_database,
+def test_one_read_of_the_queue_serves_every_stream_and_agrees_with_a_poll(settings, make_redis, own_database,
                                                                          client_for, images):
-    local = replace(settings, redis_url=make_redis().url(0), database_url=private_database)
+    local = replace(settings, redis_url=make_redis().url(0), database_url=own_database)
     client, auth = client_for(local)
     ids = [submit(client, auth, images, TINY).get_json()["id"] for _ in range(5)]
     services, board, statements = Services(local), Board(max_age=60), []
@@ -87,11 +87,11 @@ def test_a_page_of_a_list_tells_each_queued_job_where_it_stands_in_one_query(set
     assert all(j["queue"] is None for j in client.get("/v1/jobs?status=canceled", headers=auth).get_json()["data"])
 
 
-def test_a_job_put_back_in_the_queue_comes_back_with_where_it_stands(settings, make_redis, private_database,
+def test_a_job_put_back_in_the_queue_comes_back_with_where_it_stands(settings, make_redis, own_database,
                                                                     client_for, images):
     """A worker that hands its job back (SIGTERM) announces it `queued` with no standing: it has
     no board of the queue. Its stream sends that status with the job's standing, as a poll says it."""
-    local = replace(settings, redis_url=make_redis().url(0), database_url=private_database)
+    local = replace(settings, redis_url=make_redis().url(0), database_url=own_database)
     client, auth = client_for(local)
     _older, job_id = (submit(client, auth, images, TINY).get_json()["id"] for _ in range(2))
     services = Services(local)
@@ -115,9 +115,9 @@ def test_a_job_put_back_in_the_queue_comes_back_with_where_it_stands(settings, m
 
 
 @pytest.mark.slow
-def test_a_queued_job_is_told_the_jobs_ahead_and_when_it_starts_live(worker_settings, make_redis, private_database,
+def test_a_queued_job_is_told_the_jobs_ahead_and_when_it_starts_live(worker_settings, make_redis, own_database,
                                                                      workers, client_for, images):
-    local = replace(worker_settings, redis_url=make_redis().url(0), database_url=private_database,
+    local = replace(worker_settings, redis_url=make_redis().url(0), database_url=own_database,
                     metrics_token="metrics")
     client, auth = client_for(local)
     workers(local)

@@ -173,9 +173,9 @@ class _Iteration:
 
     def _capture(self) -> None:
         """Capture the iteration as a CUDA graph. The graph's own memory pool holds the iteration's
-        tensors for good (peak memory 612 → 990 MB at 512 px on an H100): where the device has
-        room for eager iterations only, the capture runs out of memory, and the stage goes on
-        eagerly rather than failing the batch. The broken capture is kept (`_ABANDONED`), and the
+        tensors until its stage ends (peak memory 612 → 990 MB at 512 px on an H100): where the
+        device has room for eager iterations only, the capture runs out of memory, and the stage
+        goes on eagerly rather than failing the batch. The broken capture is kept (`_ABANDONED`), and the
         stream it left current put back (the graph's context restores it only after ending the
         capture, which raised). Other errors are bugs, and raised."""
         self.images.grad = None
