@@ -21,13 +21,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu import _undone  # noqa: E402  (bench/gpu.py)
+from quality import REFERENCES  # noqa: E402  (bench/quality.py)
 from shared.images import open_image  # noqa: E402
 from shared.params import Params  # noqa: E402
 from worker.engine import stylize  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-PAIRS = [("tubingen", "starry_night"), ("tubingen", "the_scream"), ("tubingen", "shipwreck"),
-         ("golden_gate", "the_scream")]
+PAIRS = list(REFERENCES)  # bench/quality.py's: content and style names
 SCORES = ("style_distance", "content_distance")
 
 

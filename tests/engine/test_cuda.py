@@ -115,7 +115,7 @@ def test_job_after_job_the_device_holds_no_more_memory(pair):
 
 
 def test_a_stage_whose_graph_does_not_fit_runs_on_eagerly(pair, monkeypatch, caplog):
-    """A captured graph's own pool holds the iteration's tensors for good: where the device has
+    """A captured graph's own pool holds the iteration's tensors while its stage runs: where the device has
     room for the eager iterations only, the capture runs out of memory and the job still ends,
     eagerly, as the eager run does; the log says why. The room is cut to what is allocated as the
     capture starts (the eager iterations' tensors are freed by then, and cached), so the graph's
