@@ -3,9 +3,9 @@
     python3 bench/job_memory.py --device cuda --size 512             # a default job (its stages)
     python3 bench/job_memory.py --device cuda --size 512 --scales 1 --iterations 80
 
-The capacity model predicts a job's peak from its largest stage (calibrated on single-stage
-runs), and a worker's default 512 px job on an H100 peaked at 1610 MB against 709 MB predicted
-(BENCHMARKS.md, *GPU worker*). This says when: the callback reads the allocator's peak after
+The capacity model predicts a job's peak from its finest stage, and a worker's default 512 px
+job on an H100 peaked at 1610 MB against 709 MB predicted by a fit to one-stage runs
+(BENCHMARKS.md, *The second GPU session*). This says when: the callback reads the allocator's peak after
 every iteration and resets it, so each interval's peak is its own (the set-up before the first
 iteration, a stage's style passes and graph capture, the result after the last). Prints the
 intervals that set each stage's peak and one JSON line. CUDA only: a CPU has no allocator peak.
@@ -21,12 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine import CONTENT, STYLE  # noqa: E402  (bench/engine.py)
 from shared.images import open_image  # noqa: E402
 from shared.params import Params  # noqa: E402
-from worker.engine import stylize  # noqa: E402
-from worker.engine.transfer import Iterate  # noqa: E402
-
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+from worker.engine import Iterate, stylize  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.device.startswith("cuda"):
         parser.error("the allocator's peak is CUDA's: --device cuda")
-    content, style = open_image(SAMPLES / "tubingen.jpg"), open_image(SAMPLES / "starry_night.jpg")
+    content, style = open_image(CONTENT), open_image(STYLE)
     given = {k: v for k, v in (("scales", args.scales), ("iterations", args.iterations)) if v is not None}
     stylize(content, [style], Params(size=32, iterations=1, scales=1), device=args.device)  # loads the network
     mb = 2**20

@@ -175,9 +175,9 @@ class _Iteration:
         """Capture the iteration as a CUDA graph. The graph's own memory pool holds the iteration's
         tensors until its stage ends (peak memory 612 → 990 MB at 512 px on an H100): where the
         device has room for eager iterations only, the capture runs out of memory, and the stage
-        goes on eagerly rather than failing the batch. The broken capture is kept (`_ABANDONED`), and the
-        stream it left current put back (the graph's context restores it only after ending the
-        capture, which raised). Other errors are bugs, and raised."""
+        goes on eagerly rather than failing the batch. The broken capture is kept (`_ABANDONED`),
+        and the stream it left current put back (the graph's context restores it only after
+        ending the capture, which raised). Other errors are bugs, and raised."""
         self.images.grad = None
         graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream(self.images.device)
         try:
@@ -214,8 +214,9 @@ class _Iteration:
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
     """The one stream of a device that eager iterations run on before their capture. cuBLAS keeps
     a workspace (32 MiB on an H100), visible to the allocator and never freed, for every stream it
-    ran on; a new stream per stage took the next of PyTorch's pool of 32 job after job, and a
-    worker's lone default 512 px job peaked at 1610 MB where a fresh process's peaked at 842."""
+    ran on; a new stream per stage took the next of PyTorch's pool of 32 job after job. (A worker's
+    lone default 512 px job peaked at 1610 MB where a fresh process's peaked at 842; how much of
+    that the workspaces were is not measured yet.)"""
     return torch.cuda.Stream(device)
 
 
