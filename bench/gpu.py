@@ -14,8 +14,10 @@ TFLOP/s, peak memory, and a real worker's jobs per minute through Redis.
    per step each), ours against `pastiche` on the same image and step count; the fast path
    without CUDA graphs (every iteration eager, `worker.engine.loop.CUDA_GRAPHS`), with cuDNN's
    benchmark mode (it times each convolution's algorithms where the engine lets heuristics
-   pick), and without each of its changes since its last GPU run (`UNDONE`: its weights held in
-   bf16, its Grams from the bf16 features), to weigh each in the same run; and, last of all
+   pick), without each of its changes since its last GPU run (`UNDONE`: its weights held in
+   bf16, its Grams from the bf16 features), and with each candidate not yet in the engine
+   (`TRIED`: a convolution, its bias and its ReLU as one cuDNN call; with L-BFGS and Adam, and
+   each run's quality scores beside the fast path's), to weigh each in the same run; and, last of all
    (after 3.), with torch.compile (`worker.engine.loop.COMPILE`; its compilation is in the
    warm-up's seconds, which each run reports). Peak memory of each run.
 2. Achieved TFLOP/s of the fast path: the network's convolution FLOPs per iteration (forward to
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -59,6 +62,7 @@ from shared.params import Params, stage_dims  # noqa: E402
 from worker.engine import Iterate, loop, losses, resolve_device, resolve_precision, stylize, transfer, vgg  # noqa: E402
 
 from engine import CONTENT, STYLE, WARMUP, pastiche_seconds_per_step, sync  # noqa: E402  (bench/engine.py)
+from fused_conv_relu import fused  # noqa: E402
 
 # dense bf16 tensor-core peaks, by the vendor's datasheets (SXM parts)
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
@@ -90,7 +94,7 @@ def ours(size: int, iterations: int, device: str, precision: str, optimizer: str
     params = Params(size=size, scales=1, iterations=WARMUP + iterations, precision=precision, optimizer=optimizer)
     result = stylize(open_image(CONTENT), [open_image(STYLE)], params, device=device, callback=callback)
     return {"iterations_per_second": iterations / (stamps[2] - stamps[1]), "peak_memory_mb": result.peak_memory_mb,
-            "warmup_seconds": stamps[1] - stamps[0]}
+            "warmup_seconds": stamps[1] - stamps[0], "quality": result.quality}
 
 
 def pastiche(size: int, iterations: int, device: str) -> dict:
@@ -118,6 +122,10 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
         for change in UNDONE:
             with _undone(change):
                 row[f"fast_without_{change}"] = ours(size, iterations, device, "auto", "lbfgs")
+        for change in TRIED:
+            for optimizer, key in (("lbfgs", f"fast_with_{change}"), ("adam", f"fast_adam_with_{change}")):
+                with _tried(change):
+                    row[key] = _attempted(lambda: ours(size, iterations, device, "auto", optimizer), f"{size} px: {key}")
         row["tflops"] = flops_per_iteration(h, w) * row["fast"]["iterations_per_second"] / 1e12
         row["share_of_bf16_peak"] = row["tflops"] / peak if peak else None
         if not skip_pastiche:
@@ -130,7 +138,9 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
               f"{row['fast_eager']['iterations_per_second']:.1f} it/s; with cuDNN's benchmark "
               f"{row['fast_cudnn_benchmark']['iterations_per_second']:.1f} it/s; "
               + "; ".join(f"without {c.replace('_', ' ')} {row[f'fast_without_{c}']['iterations_per_second']:.1f} it/s"
-                          for c in UNDONE) + "), peak "
+                          for c in UNDONE) + "; "
+              + "; ".join(f"with {c.replace('_', ' ')} {_per_second(row[f'fast_with_{c}'])}, "
+                          f"Adam {_per_second(row[f'fast_adam_with_{c}'])}" for c in TRIED) + "), peak "
               f"{row['fast']['peak_memory_mb']:.0f} MB"
               + (f"; Adam: ours {row['fast_adam']['iterations_per_second']:.1f}, pastiche "
                  f"{row['pastiche_adam']['iterations_per_second']:.1f} it/s" if not skip_pastiche else ""),
@@ -144,17 +154,29 @@ def compiled_figures(rows: list[dict], iterations: int, device: str, save: Calla
     an experiment: a compilation that fails is its result (the error, in the row), not the end of
     the report."""
     for row in rows:
-        try:
-            with _switched("COMPILE", True):
-                row["fast_compiled"] = ours(row["size"], iterations, device, "auto", "lbfgs")
-        except Exception as error:  # Dynamo, Inductor and Triton raise many types
-            row["fast_compiled"] = {"error": f"{type(error).__name__}: {str(error)[:2000]}"}
-            print(f"{row['size']} px: compiled run failed: {row['fast_compiled']['error'][:300]}", file=sys.stderr, flush=True)
-        else:
+        with _switched("COMPILE", True):
+            row["fast_compiled"] = _attempted(lambda: ours(row["size"], iterations, device, "auto", "lbfgs"),
+                                              f"{row['size']} px: compiled run")
+        if "error" not in row["fast_compiled"]:
             print(f"{row['size']} px: compiled {row['fast_compiled']['iterations_per_second']:.1f} it/s after "
                   f"{row['fast_compiled']['warmup_seconds']:.1f} s of warm-up, peak "
                   f"{row['fast_compiled']['peak_memory_mb']:.0f} MB", file=sys.stderr, flush=True)
         save()
+
+
+def _attempted(run: Callable[[], dict], what: str) -> dict:
+    """An experiment's figures, or the error it ended with: its result, not the end of the report
+    (Dynamo, Inductor, Triton and cuDNN's fused engines raise many types)."""
+    try:
+        return run()
+    except Exception as error:
+        failed = {"error": f"{type(error).__name__}: {str(error)[:2000]}"}
+        print(f"{what} failed: {failed['error'][:300]}", file=sys.stderr, flush=True)
+        return failed
+
+
+def _per_second(figures: dict) -> str:
+    return "failed" if "error" in figures else f"{figures['iterations_per_second']:.1f} it/s"
 
 
 def _switched(flag: str, value: bool) -> ContextManager:
@@ -190,6 +212,27 @@ def _undone(change: str) -> ContextManager:
         gram = losses.gram
         return patch.object(losses, "gram", lambda features: gram(features.float()))
     raise ValueError(f"no such change: {change}; one of {UNDONE}")
+
+
+# candidates for the fast path, each weighed by a run with it (`_tried`) before the engine takes it
+TRIED = ("fused_conv_relu",)
+
+
+def _tried(change: str) -> ContextManager:
+    """The fast path with one of `TRIED`: `fused_conv_relu`, the loop's network running each
+    convolution, its bias and its ReLU as one cuDNN call (`bench/fused_conv_relu.py`)."""
+    if change == "fused_conv_relu":
+        def load_network(source: str, pooling: str, device: str, dtype: torch.dtype = torch.float32) -> vgg.VGGFeatures:
+            if dtype == torch.float32:  # the targets' network
+                return vgg.load_network(source, pooling, device)
+            return _fused(source, pooling, device, dtype)
+        return patch.object(transfer, "load_network", load_network)
+    raise ValueError(f"no such change: {change}; one of {TRIED}")
+
+
+@functools.cache
+def _fused(source: str, pooling: str, device: str, dtype: torch.dtype) -> vgg.VGGFeatures:
+    return fused(vgg.load_network(source, pooling, device, dtype))
 
 
 def _bf16_peak(device: str) -> float | None:

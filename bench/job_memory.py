@@ -8,12 +8,16 @@ job on an H100 peaked at 1610 MB against 709 MB predicted by a fit to one-stage 
 (BENCHMARKS.md, *The second GPU session*). This says when: the callback reads the allocator's peak after
 every iteration and resets it, so each interval's peak is its own (the set-up before the first
 iteration, a stage's style passes and graph capture, the result after the last). Prints the
-intervals that set each stage's peak and one JSON line. CUDA only: a CPU has no allocator peak.
+intervals that set each stage's peak, what each stage's CUDA graph pool took against the room
+checked for it (`loop.GRAPH_ROOM`; with the peak reset every iteration, the room is for one eager
+iteration's tensors, as in a job whose peak those set), and one JSON line. CUDA only: a CPU has no
+allocator peak.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -24,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine import CONTENT, STYLE  # noqa: E402  (bench/engine.py)
 from shared.images import open_image  # noqa: E402
 from shared.params import Params  # noqa: E402
-from worker.engine import Iterate, stylize  # noqa: E402
+from worker.engine import Iterate, loop, stylize  # noqa: E402
 
 
 def main() -> None:
@@ -39,6 +43,8 @@ def main() -> None:
     content, style = open_image(CONTENT), open_image(STYLE)
     given = {k: v for k, v in (("scales", args.scales), ("iterations", args.iterations)) if v is not None}
     stylize(content, [style], Params(size=32, iterations=1, scales=1), device=args.device)  # loads the network
+    logging.basicConfig(stream=sys.stderr, format="%(name)s: %(message)s")
+    logging.getLogger(loop.__name__).setLevel(logging.DEBUG)  # each capture: its pool, the room checked for
     mb = 2**20
     intervals: list[dict] = []
 

@@ -1,7 +1,7 @@
 """The engine's CUDA paths, run only where a CUDA GPU is (skipped cleanly elsewhere; `bench/gpu.sh`
 runs them on one): seeded determinism, checkpoint resume, the peak memory report, an iteration
 that never waits for the device, iterations replayed as CUDA graphs against eager ones, alone and
-in a batch a job leaves, a graph that does not fit, and the loop through torch.compile, on
+in a batch a job leaves, a graph without room and one whose room went, and the loop through torch.compile, on
 Tübingen x The Starry Night at 256 px (512 px where memory is measured). bf16 against fp32 is in
 test_transfer.py, on every device."""
 from __future__ import annotations
@@ -114,28 +114,31 @@ def test_job_after_job_the_device_holds_no_more_memory(pair):
     assert held[1] == held[2] == held[3], held
 
 
-def test_a_stage_whose_graph_does_not_fit_runs_on_eagerly(pair, monkeypatch, caplog):
-    """A captured graph's own pool holds the iteration's tensors while its stage runs: where the device has
-    room for the eager iterations only, the capture runs out of memory and the job still ends,
-    eagerly, as the eager run does; the log says why. The room is cut to what is allocated as the
-    capture starts (the eager iterations' tensors are freed by then, and cached), so the graph's
-    pool, which cannot reuse that cache, finds none; the cut is lifted once the capture is over.
-    (A limit set for the whole run no longer falls between the two: at 512 px on an H100 the
-    graphed run peaked at 2280 MB and the eager one at 2215 MB, both set by what precedes the
-    iterations.) Run so on an H100 with torch 2.11, the process aborted while collecting garbage
-    in the eager iterations after the broken capture; `loop._ABANDONED` and the stream put back
-    are the answer to that, not yet run on a GPU."""
+def _squeeze() -> None:
+    """Cut the process's room on the device to what it holds now and 1 MiB: the eager iterations'
+    tensors are freed by then and cached, and a graph's pool cannot reuse that cache."""
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_allocated() + 2**20) / total)
+
+
+def test_a_stage_without_room_for_its_graph_runs_on_eagerly_without_trying(pair, monkeypatch, caplog):
+    """A captured graph's own pool holds the iteration's tensors while its stage runs: where the
+    device has room for the eager iterations only, the stage does not try to capture (a capture
+    that runs out of memory is what aborted a process once, `loop._ABANDONED`) and the job ends
+    eagerly, as the eager run does; the log says why. (A limit set for the whole run no longer
+    falls between the two: at 512 px on an H100 the graphed run peaked at 2280 MB and the eager
+    one at 2215 MB, both set by what precedes the iterations; so the room is cut during the
+    capture only.)"""
     content, style = pair
     params = Params(size=512, scales=1, iterations=20)
     monkeypatch.setattr(loop, "CUDA_GRAPHS", False)
     eager = stylize(content, [style], params, device="cuda")
     monkeypatch.setattr(loop, "CUDA_GRAPHS", True)
-    capture, total = loop._Iteration._capture, torch.cuda.get_device_properties(0).total_memory
-    attempts: list[bool] = []
+    capture, abandoned, attempts = loop._Iteration._capture, len(loop._ABANDONED), []
 
     def without_room(iteration) -> None:
-        torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_allocated() + 2**20) / total)
+        _squeeze()
         try:
             capture(iteration)
         finally:
@@ -145,21 +148,10 @@ def test_a_stage_whose_graph_does_not_fit_runs_on_eagerly(pair, monkeypatch, cap
     monkeypatch.setattr(loop._Iteration, "_capture", without_room)
     with caplog.at_level(logging.WARNING, logger=loop.__name__):
         squeezed = stylize(content, [style], params, device="cuda")
-    assert attempts == [False] and "did not fit" in caplog.text
+    assert attempts == [False] and "no room for a CUDA graph" in caplog.text
+    assert len(loop._ABANDONED) == abandoned  # not tried
     assert squeezed.iterations == 20
     assert float((to_tensor(squeezed.image) - to_tensor(eager.image)).abs().max()) <= 2 / 255
-    assert torch.cuda.current_stream() == torch.cuda.default_stream()
-    # the process goes on: collecting garbage after a broken capture aborted it once (torch 2.11),
-    # and the next job captures its graph as ever
-    gc.collect()
-    captured: list[bool] = []
-
-    def recorded(iteration) -> None:
-        capture(iteration)
-        captured.append(iteration.graph is not None)
-
-    monkeypatch.setattr(loop._Iteration, "_capture", recorded)
-    assert stylize(content, [style], params, device="cuda").iterations == 20 and captured == [True]
 
 
 def test_the_compiled_loop_scores_as_the_uncompiled_one(pair, request):
@@ -174,3 +166,45 @@ def test_the_compiled_loop_scores_as_the_uncompiled_one(pair, request):
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]  # one shape, one graph
     for score in ("style_distance", "content_distance"):
         assert compiled.quality[score] <= 1.02 * plain.quality[score], (score, compiled.quality, plain.quality)
+
+
+def test_a_graph_whose_room_went_before_its_capture_leaves_the_stage_eager(pair, monkeypatch, caplog):
+    """The room was there when checked and gone at the capture (another process took it, say):
+    the capture runs out of memory and the job still ends, eagerly, as the eager run does. Run
+    so on an H100 with torch 2.11, the process aborted while collecting garbage in the eager
+    iterations after the broken capture; `loop._ABANDONED` and the stream put back are the answer
+    to that, not yet run on a GPU. Last in this file: should the process abort all the same, the
+    other tests have run."""
+    content, style = pair
+    params = Params(size=512, scales=1, iterations=20)
+    monkeypatch.setattr(loop, "CUDA_GRAPHS", False)
+    eager = stylize(content, [style], params, device="cuda")
+    monkeypatch.setattr(loop, "CUDA_GRAPHS", True)
+    capture, room_for_graph, attempts = loop._Iteration._capture, loop.room_for_graph, []
+
+    def taken_after_the_check(device, need) -> bool:
+        there = room_for_graph(device, need)
+        _squeeze()
+        return there
+
+    def recorded(iteration) -> None:
+        try:
+            capture(iteration)
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+        attempts.append(iteration.graph is not None)
+
+    monkeypatch.setattr(loop, "room_for_graph", taken_after_the_check)
+    monkeypatch.setattr(loop._Iteration, "_capture", recorded)
+    with caplog.at_level(logging.WARNING, logger=loop.__name__):
+        squeezed = stylize(content, [style], params, device="cuda")
+    assert attempts == [False] and "did not fit" in caplog.text
+    assert squeezed.iterations == 20
+    assert float((to_tensor(squeezed.image) - to_tensor(eager.image)).abs().max()) <= 2 / 255
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    # the process goes on: collecting garbage after a broken capture aborted it once (torch 2.11),
+    # and the next job captures its graph as ever
+    gc.collect()
+    monkeypatch.setattr(loop, "room_for_graph", room_for_graph)
+    attempts.clear()
+    assert stylize(content, [style], params, device="cuda").iterations == 20 and attempts == [True]

@@ -33,7 +33,7 @@ from shared.params import Params, batch_key
 
 from .images import resize
 from .losses import ContentLoss, StyleLoss, TVLoss
-from .memory import freed_on_out_of_memory, is_out_of_memory
+from .memory import freed_on_out_of_memory, is_out_of_memory, room_for_graph
 from .optimizers import LBFGS, Adam
 from .transfer import CHECKPOINT_VERSION, Callback, Iterate, Result, Transfer
 
@@ -43,6 +43,9 @@ CUDA_GRAPHS = True  # replay a stage's iterations as a CUDA graph (bench/gpu.py 
 COMPILE = False     # torch.compile the network's passes and the losses (`_terms`): bench/gpu.py measures it
 GRAPH_AFTER = 3     # eager iterations of a stage first: the first step is another one, cuDNN picks its kernels
 GRAPH_LEFT = 8      # capture only if at least this many iterations of the stage are left
+# a graph's pool against an eager iteration's own tensors, the most it is thought to take (at 512 px
+# on an H100 an early graph's pool took ~1.2x); `bench/job_memory.py` prints both for each capture
+GRAPH_ROOM = 1.5
 # captures that ran out of memory, kept with all they held: on an H100 (torch 2.11) collecting one
 # aborted the process; PyTorch unwinds only a capture that reached its end (pytorch/pytorch#190308)
 _ABANDONED: list[BaseException] = []
@@ -174,12 +177,21 @@ class _Iteration:
     def _capture(self) -> None:
         """Capture the iteration as a CUDA graph. The graph's own memory pool holds the iteration's
         tensors until its stage ends (peak memory 612 → 990 MB at 512 px on an H100): where the
-        device has room for eager iterations only, the capture runs out of memory, and the stage
-        goes on eagerly rather than failing the batch. The broken capture is kept (`_ABANDONED`),
-        and the stream it left current put back (the graph's context restores it only after
-        ending the capture, which raised). Other errors are bugs, and raised."""
+        device has room for eager iterations only, the stage goes on eagerly rather than failing
+        the batch. The room is checked first (`room_for_graph`): an eager iteration's tensors,
+        at most the job's peak above what it holds now, times `GRAPH_ROOM`. A capture that runs
+        out of memory all the same (the room taken in between, or the estimate short) is kept
+        (`_ABANDONED`), and the stream it left current put back (the graph's context restores it
+        only after ending the capture, which raised). Other errors are bugs, and raised."""
         self.images.grad = None
-        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream(self.images.device)
+        device = self.images.device
+        need = int(GRAPH_ROOM * (torch.cuda.max_memory_allocated(device) - torch.cuda.memory_allocated(device)))
+        if not room_for_graph(device, need):
+            log.warning("no room for a CUDA graph of this stage (~%d MB); the stage runs eagerly", need // 2**20)
+            self.stream = None
+            return
+        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream(device)
+        reserved = torch.cuda.memory_reserved(device)
         try:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 captured = self._kernels()
@@ -194,6 +206,8 @@ class _Iteration:
                         str(out_of_memory).strip().splitlines()[0])
             self.stream = None
             return
+        log.debug("a CUDA graph's pool took %d MB, ~%d MB checked for", (torch.cuda.memory_reserved(device) - reserved) // 2**20,
+                  need // 2**20)
         self.graph, self.captured = graph, captured
 
     def _kernels(self) -> torch.Tensor:

@@ -43,6 +43,21 @@ def freed_on_out_of_memory(run: Callable[[], T]) -> T:
     raise OutOfMemory(message)
 
 
+def room_for_graph(device: torch.device, need: int) -> bool:
+    """Whether a new CUDA graph's private pool can take `need` bytes now. The pool cannot reuse
+    the blocks torch's cache keeps for eager tensors: where only those would make the room, the
+    cache goes back to CUDA first (a device sync, at most once a stage). The room ends at CUDA's
+    free memory, and at the process's share of the device (`set_per_process_memory_fraction`)."""
+    def room() -> int:
+        free, total = torch.cuda.mem_get_info(device)
+        allowed = int(torch.cuda.get_per_process_memory_fraction(device) * total)
+        return min(free, allowed - torch.cuda.memory_reserved(device))
+    if room() >= need:
+        return True
+    torch.cuda.empty_cache()
+    return room() >= need
+
+
 def free_bytes(device: str) -> int | None:
     """Memory new tensors can still get on `device`: CUDA's free memory plus what torch's cache
     holds unused; on a CPU, the machine's available memory (None where it cannot be read)."""
