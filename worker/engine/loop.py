@@ -19,12 +19,14 @@ GPU run shows what it gains against what it costs to compile each new shape.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -33,7 +35,7 @@ from shared.params import Params, batch_key
 
 from .images import resize
 from .losses import ContentLoss, StyleLoss, TVLoss
-from .memory import freed_on_out_of_memory, is_out_of_memory, room_for_graph
+from .memory import freed_on_out_of_memory, is_out_of_memory, room_for_graph, unwind_capture
 from .optimizers import LBFGS, Adam
 from .transfer import CHECKPOINT_VERSION, Callback, Iterate, Result, Transfer
 
@@ -181,8 +183,9 @@ class _Iteration:
         the batch. The room is checked first (`room_for_graph`): an eager iteration's tensors,
         at most the job's peak above what it holds now, times `GRAPH_ROOM`. A capture that runs
         out of memory all the same (the room taken in between, or the estimate short) is kept
-        (`_ABANDONED`), and the stream it left current put back (the graph's context restores it
-        only after ending the capture, which raised). Other errors are bugs, and raised."""
+        (`_ABANDONED`), what it left undone in the allocator finished (`unwind_capture`, hence a
+        pool of our own), and the stream it left current put back (the graph's context restores
+        it only after ending the capture, which raised). Other errors are bugs, and raised."""
         self.images.grad = None
         device = self.images.device
         need = int(GRAPH_ROOM * (torch.cuda.max_memory_allocated(device) - torch.cuda.memory_allocated(device)))
@@ -190,10 +193,10 @@ class _Iteration:
             log.warning("no room for a CUDA graph of this stage (~%d MB); the stage runs eagerly", need // 2**20)
             self.stream = None
             return
-        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream(device)
+        graph, pool, stream = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle(), torch.cuda.current_stream(device)
         reserved = torch.cuda.memory_reserved(device)
         try:
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with _gc_paused(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                 captured = self._kernels()
         except RuntimeError as error:
             # the allocator's error, or ending the capture it broke off complaining first
@@ -201,6 +204,7 @@ class _Iteration:
             if out_of_memory is None:
                 raise
             torch.cuda.set_stream(stream)
+            unwind_capture(device, pool)
             _ABANDONED.append(error)  # its traceback holds the graph and the tensors of its pool
             log.warning("a CUDA graph of this stage did not fit (%s); the stage runs eagerly",
                         str(out_of_memory).strip().splitlines()[0])
@@ -222,6 +226,20 @@ class _Iteration:
         if self.clamp:
             rows.clamp_(0, 1)
         return terms.detach()
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No garbage collection during a capture: collecting a CUDA graph (or another CUDA object)
+    there is a call CUDA refuses while a stream captures, and breaks the capture (torch stopped
+    collecting before each capture in 2.9: pytorch/pytorch#161037)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @functools.cache

@@ -44,18 +44,29 @@ def freed_on_out_of_memory(run: Callable[[], T]) -> T:
 
 
 def room_for_graph(device: torch.device, need: int) -> bool:
-    """Whether a new CUDA graph's private pool can take `need` bytes now. The pool cannot reuse
-    the blocks torch's cache keeps for eager tensors: where only those would make the room, the
-    cache goes back to CUDA first (a device sync, at most once a stage). The room ends at CUDA's
-    free memory, and at the process's share of the device (`set_per_process_memory_fraction`)."""
-    def room() -> int:
-        free, total = torch.cuda.mem_get_info(device)
-        allowed = int(torch.cuda.get_per_process_memory_fraction(device) * total)
-        return min(free, allowed - torch.cuda.memory_reserved(device))
-    if room() >= need:
-        return True
+    """Whether a new CUDA graph's private pool can take `need` bytes: counted as the capture will
+    find the device, which first gives torch's cache back to CUDA (`torch.cuda.graph`; the pool
+    could not reuse it), within CUDA's free memory and the process's share of the device
+    (`set_per_process_memory_fraction`)."""
     torch.cuda.empty_cache()
-    return room() >= need
+    free, total = torch.cuda.mem_get_info(device)
+    allowed = int(torch.cuda.get_per_process_memory_fraction(device) * total)
+    return min(free, allowed - torch.cuda.memory_reserved(device)) >= need
+
+
+def unwind_capture(device: torch.device, pool: tuple[int, int]) -> None:
+    """Finish what a broken capture into `pool` may have left undone. Where ending the capture
+    raises, torch before 2.12 skips telling its allocator that the capture is over
+    (pytorch/pytorch#180395); the allocator then counts it for good, and its next wait on its
+    events fails an internal assertion: in the next `empty_cache` (the next capture's first
+    step), or, from a destructor in garbage collection, as an abort. Ended here, and the pool
+    released (the graph that held it is kept, so it never releases it twice). Where torch ended
+    it itself, the allocator refuses this end, and nothing more is done."""
+    try:
+        torch._C._cuda_endAllocateToPool(device.index, pool)
+    except RuntimeError:  # "not currently recording to mempool_id": nothing left undone
+        return
+    torch._C._cuda_releasePool(device.index, pool)
 
 
 def free_bytes(device: str) -> int | None:
