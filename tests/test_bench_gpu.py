@@ -139,6 +139,32 @@ def test_the_calibration_fits_the_precision_its_jobs_ran_in_and_names_its_entry_
     assert checked["memory_mb"] > 0 and checked["fit_memory_mb"] > 0
 
 
+def test_the_calibrated_memory_covers_every_run_and_times_stay_a_least_squares_fit(monkeypatch):
+    """Memory decides refusals and batch sizes, so no calibration run may peak above it (here a
+    default job holds 150 MB above the line one-stage runs draw, as after a stage on an H100),
+    and none is predicted much more than that above its peak (the one run above tilts the line a
+    little); a line the runs lie on is left as it is.
+    Time is fitted as is: an ETA may be early or late."""
+    from shared.capacity import Workload
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from calibrate import fit
+
+    def run(megapixels: float, memory_mb: float, seconds: float, stages: int = 1) -> tuple[Workload, dict]:
+        return (Workload(iterations=100, megapixel_iterations=100 * megapixels, style_megapixels=megapixels,
+                         peak_megapixels=megapixels, peak_style_megapixels=megapixels, stages=stages),
+                {"memory_mb": memory_mb, "seconds": seconds})
+    on_the_line = [run(mp, 400 + 1900 * mp, 0.1 + 0.7 * mp) for mp in (0.0625, 0.25, 0.5, 1.0)]
+    model = fit(on_the_line, "test")
+    for w, measured in on_the_line:
+        assert model.memory_mb(w) == pytest.approx(measured["memory_mb"])
+    runs = on_the_line + [run(0.25, 400 + 1900 * 0.25 + 150, 0.5, stages=3)]
+    model = fit(runs, "test")
+    assert all(model.memory_mb(w) >= measured["memory_mb"] - 1e-6 for w, measured in runs)
+    assert max(model.memory_mb(w) - measured["memory_mb"] for w, measured in runs) <= 1.1 * 150
+    assert any(model.seconds(w) < measured["seconds"] for w, measured in runs)  # not an envelope
+
+
 def test_each_change_the_benchmark_undoes_is_undone_where_the_engine_uses_it(monkeypatch):
     """`bench/gpu.py` weighs the fast path's recent changes by runs without them: each must reach
     the code that the engine runs, or its row would time the fast path as it is."""

@@ -49,7 +49,8 @@ GRAPH_LEFT = 8      # capture only if at least this many iterations of the stage
 # on an H100 an early graph's pool took ~1.2x); `bench/job_memory.py` prints both for each capture
 GRAPH_ROOM = 1.5
 # captures that ran out of memory, kept with all they held: on an H100 (torch 2.11) collecting one
-# aborted the process; PyTorch unwinds only a capture that reached its end (pytorch/pytorch#190308)
+# aborted the process; PyTorch unwinds only a capture that reached its end (pytorch/pytorch#190308),
+# and before 2.12 not even one whose end raised (`memory.unwind_capture`)
 _ABANDONED: list[BaseException] = []
 Optimizer = LBFGS | Adam
 
