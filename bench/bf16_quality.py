@@ -1,6 +1,7 @@
 """The bf16 fast path's quality against fp32's, default jobs on several pairs and sizes.
 
     python3 bench/bf16_quality.py --device cuda --sizes 256 512
+    python3 bench/bf16_quality.py --device cpu --sizes 32 --iterations 3   # smoke: a CPU may only emulate bf16
 
 L-BFGS on the two paths takes other steps and lands elsewhere, so one pair says little about how
 far apart the paths are (on an H100 one pair's content scored 2.5% worse in bf16, another's 4.2%
@@ -12,6 +13,7 @@ and prints each score's ratio to fp32's (below 1 is better) and one JSON line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -31,25 +33,29 @@ PAIRS = list(REFERENCES)  # content and style names
 SCORES = ("style_distance", "content_distance")
 
 
-def quality(images: tuple[Image.Image, Image.Image], size: int, precision: str, device: str) -> dict[str, float]:
-    """A default job's quality report at this size and precision."""
+def quality(images: tuple[Image.Image, Image.Image], size: int, precision: str, device: str,
+            iterations: int | None) -> dict[str, float]:
+    """A default job's quality report at this size and precision (`iterations`: the job's, if not the default)."""
     content, style = images
-    return stylize(content, [style], Params(size=size, precision=precision), device=device).quality
+    given = {} if iterations is None else {"iterations": iterations}
+    return stylize(content, [style], Params(size=size, precision=precision, **given), device=device).quality
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--iterations", type=int, help="each job's (default: the service's)")
     args = parser.parse_args()
+    run = functools.partial(quality, device=args.device, iterations=args.iterations)
     rows = []
     for size in args.sizes:
         for content_name, style_name in PAIRS:
             images = open_image(SAMPLES / f"{content_name}.jpg"), open_image(SAMPLES / f"{style_name}.jpg")
-            row = {"size": size, "pair": f"{content_name}:{style_name}", "fp32": quality(images, size, "fp32", args.device),
-                   "bf16": quality(images, size, "bf16", args.device)}
+            row = {"size": size, "pair": f"{content_name}:{style_name}", "fp32": run(images, size, "fp32"),
+                   "bf16": run(images, size, "bf16")}
             with _undone("bf16_grams"):
-                row["bf16_fp32_grams"] = quality(images, size, "bf16", args.device)
+                row["bf16_fp32_grams"] = run(images, size, "bf16")
             for path in ("bf16", "bf16_fp32_grams"):
                 row[f"{path}_ratio"] = {s: round(row[path][s] / row["fp32"][s], 4) for s in SCORES}
             rows.append(row)
@@ -59,7 +65,7 @@ def main() -> None:
         print(f"{path} / fp32, geometric mean over {len(rows)} jobs: " + ", ".join(
             f"{s} {statistics.geometric_mean(r[f'{path}_ratio'][s] for r in rows):.4f}" for s in SCORES),
             file=sys.stderr)
-    print(json.dumps({"device": args.device, "rows": rows}))
+    print(json.dumps({"device": args.device, "iterations": args.iterations, "rows": rows}))
 
 
 if __name__ == "__main__":
