@@ -114,44 +114,61 @@ def test_job_after_job_the_device_holds_no_more_memory(pair):
     assert held[1] == held[2] == held[3], held
 
 
-def _squeeze() -> None:
-    """Cut the process's room on the device to what it holds now and 1 MiB: the eager iterations'
-    tensors are freed by then and cached, and a graph's pool cannot reuse that cache."""
-    torch.cuda.empty_cache()
-    total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_allocated() + 2**20) / total)
-
-
-def test_a_stage_without_room_for_its_graph_runs_on_eagerly_without_trying(pair, monkeypatch, caplog):
-    """A captured graph's own pool holds the iteration's tensors while its stage runs: where the
-    device has room for the eager iterations only, the stage does not try to capture (a capture
-    that runs out of memory is what aborted a process once, `loop._ABANDONED`) and the job ends
-    eagerly, as the eager run does; the log says why. (A limit set for the whole run no longer
-    falls between the two: at 512 px on an H100 the graphed run peaked at 2280 MB and the eager
-    one at 2215 MB, both set by what precedes the iterations; so the room is cut during the
-    capture only.)"""
+def _squeezed_like_eager(pair, monkeypatch, caplog, before_the_check: bool) -> list[bool]:
+    """A 512 px job run eagerly, then with CUDA graphs and its room on the device cut, before or
+    after the capture's room check, to what the process holds and 1 MiB (the eager iterations'
+    tensors are freed by then and cached, and a graph's pool cannot reuse that cache) until the
+    capture ends. The squeezed job ends as the eager one does. Each capture is recorded, whether
+    it made a graph, in the list returned (the room check is the real one from then on).
+    (A limit set for the whole run no longer falls between the two: at 512 px on an H100 the
+    graphed run peaked at 2280 MB and the eager one at 2215 MB, both set by what precedes the
+    iterations; so the room is cut around the capture only.)"""
     content, style = pair
     params = Params(size=512, scales=1, iterations=20)
     monkeypatch.setattr(loop, "CUDA_GRAPHS", False)
     eager = stylize(content, [style], params, device="cuda")
     monkeypatch.setattr(loop, "CUDA_GRAPHS", True)
-    capture, abandoned, attempts = loop._Iteration._capture, len(loop._ABANDONED), []
+    capture, room_for_graph, attempts = loop._Iteration._capture, loop.room_for_graph, []
 
-    def without_room(iteration) -> None:
-        _squeeze()
+    def squeeze() -> None:
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_allocated() + 2**20) / total)
+
+    def checked_in_a_squeeze(device, need) -> bool:
+        if before_the_check:
+            squeeze()
+        there = room_for_graph(device, need)
+        if not before_the_check:
+            squeeze()
+        return there
+
+    def recorded(iteration) -> None:
         try:
             capture(iteration)
         finally:
             torch.cuda.set_per_process_memory_fraction(1.0)
         attempts.append(iteration.graph is not None)
 
-    monkeypatch.setattr(loop._Iteration, "_capture", without_room)
+    monkeypatch.setattr(loop, "room_for_graph", checked_in_a_squeeze)
+    monkeypatch.setattr(loop._Iteration, "_capture", recorded)
     with caplog.at_level(logging.WARNING, logger=loop.__name__):
         squeezed = stylize(content, [style], params, device="cuda")
-    assert attempts == [False] and "no room for a CUDA graph" in caplog.text
-    assert len(loop._ABANDONED) == abandoned  # not tried
+    monkeypatch.setattr(loop, "room_for_graph", room_for_graph)
     assert squeezed.iterations == 20
     assert float((to_tensor(squeezed.image) - to_tensor(eager.image)).abs().max()) <= 2 / 255
+    return attempts
+
+
+def test_a_stage_without_room_for_its_graph_runs_on_eagerly_without_trying(pair, monkeypatch, caplog):
+    """A captured graph's own pool holds the iteration's tensors while its stage runs: where the
+    device has room for the eager iterations only, the stage does not try to capture (a capture
+    that runs out of memory is what aborted a process once, `loop._ABANDONED`) and the job ends
+    eagerly; the log says why."""
+    abandoned = len(loop._ABANDONED)
+    attempts = _squeezed_like_eager(pair, monkeypatch, caplog, before_the_check=True)
+    assert attempts == [False] and "no room for a CUDA graph" in caplog.text
+    assert len(loop._ABANDONED) == abandoned  # not tried
 
 
 def test_the_compiled_loop_scores_as_the_uncompiled_one(pair, request):
@@ -170,43 +187,20 @@ def test_the_compiled_loop_scores_as_the_uncompiled_one(pair, request):
 
 def test_a_graph_whose_room_went_before_its_capture_leaves_the_stage_eager(pair, monkeypatch, caplog):
     """The room was there when checked and gone at the capture (another process took it, say):
-    the capture runs out of memory and the job still ends, eagerly, as the eager run does. Run
-    so on an H100 with torch 2.11, the process aborted while collecting garbage in the eager
-    iterations after the broken capture; `loop._ABANDONED`, `memory.unwind_capture` and the
-    stream put back are the answer to that, not yet run on a GPU. Last in this file: should the
-    process abort all the same, the other tests have run."""
+    the capture runs out of memory and the job still ends, eagerly. Run so on an H100 with torch
+    2.11, the process aborted while collecting garbage in the eager iterations after the broken
+    capture; `loop._ABANDONED`, `memory.unwind_capture` and the stream put back are the answer
+    to that, not yet run on a GPU. Last in this file: should the process abort all the same, the
+    other tests have run."""
     content, style = pair
-    params = Params(size=512, scales=1, iterations=20)
-    monkeypatch.setattr(loop, "CUDA_GRAPHS", False)
-    eager = stylize(content, [style], params, device="cuda")
-    monkeypatch.setattr(loop, "CUDA_GRAPHS", True)
-    capture, room_for_graph, attempts = loop._Iteration._capture, loop.room_for_graph, []
-
-    def taken_after_the_check(device, need) -> bool:
-        there = room_for_graph(device, need)
-        _squeeze()
-        return there
-
-    def recorded(iteration) -> None:
-        try:
-            capture(iteration)
-        finally:
-            torch.cuda.set_per_process_memory_fraction(1.0)
-        attempts.append(iteration.graph is not None)
-
-    monkeypatch.setattr(loop, "room_for_graph", taken_after_the_check)
-    monkeypatch.setattr(loop._Iteration, "_capture", recorded)
-    with caplog.at_level(logging.WARNING, logger=loop.__name__):
-        squeezed = stylize(content, [style], params, device="cuda")
+    attempts = _squeezed_like_eager(pair, monkeypatch, caplog, before_the_check=False)
     assert attempts == [False] and "did not fit" in caplog.text
-    assert squeezed.iterations == 20
-    assert float((to_tensor(squeezed.image) - to_tensor(eager.image)).abs().max()) <= 2 / 255
     assert torch.cuda.current_stream() == torch.cuda.default_stream()
     # the process goes on: collecting garbage after a broken capture aborted it once (torch 2.11);
     # the allocator counts no capture (were it left counting one, emptying its cache would fail an
     # assertion: pytorch/pytorch#180395); and the next job captures its graph as ever
     gc.collect()
     torch.cuda.empty_cache()
-    monkeypatch.setattr(loop, "room_for_graph", room_for_graph)
     attempts.clear()
+    params = Params(size=512, scales=1, iterations=20)
     assert stylize(content, [style], params, device="cuda").iterations == 20 and attempts == [True]
