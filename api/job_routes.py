@@ -5,7 +5,7 @@ import base64
 import binascii
 import json
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy import and_, or_, select
@@ -16,7 +16,7 @@ from api import events
 from api.app import services
 from api.auth import account_id, api_key_id, require_key
 from api.errors import ProblemError, invalid
-from api.lookup import load_job
+from api.lookup import is_job_id, load_job
 from api.queue_standing import standing, standings
 from api.submission import Submission, idempotency_key, parse, predict, prefer_wait
 from shared import announce, lifecycle
@@ -142,11 +142,16 @@ def _encode_cursor(job: Job) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) a cursor of `_encode_cursor` holds; 400 for anything else, an edited
+    one too (a date without its zone, or out of range in UTC; an id that is not a job id)."""
     try:
         created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(created_at), str(job_id)
-    except (ValueError, TypeError, binascii.Error):
-        raise invalid("cursor", "not a cursor this API returned", status=400) from None
+        created_at = datetime.fromisoformat(created_at)
+        if created_at.tzinfo is not None and isinstance(job_id, str) and is_job_id(job_id):
+            return created_at.astimezone(timezone.utc), job_id
+    except (ValueError, TypeError, OverflowError, binascii.Error):
+        pass
+    raise invalid("cursor", "not a cursor this API returned", status=400)
 
 
 @bp.get("/<job_id>")

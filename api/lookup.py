@@ -18,7 +18,7 @@ LOAD_JOB = select(Job).where(Job.id == bindparam("job_id"), Job.account_id == bi
 
 def load_job(session: Session, job_id: str) -> Job:
     """The caller's job or 404: another account's job does not exist as far as they can tell."""
-    if not _is_job_id(job_id):  # no query for what cannot be an id (NUL bytes break PostgreSQL text)
+    if not is_job_id(job_id):  # no query for what cannot be an id (NUL bytes break PostgreSQL text)
         raise ProblemError(404, "Not Found", f"no job {job_id[:100]!r}")
     job = session.scalars(LOAD_JOB, {"job_id": job_id, "account_id": account_id()}).unique().first()
     if job is None:
@@ -26,7 +26,8 @@ def load_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def _is_job_id(job_id: str) -> bool:
+def is_job_id(job_id: str) -> bool:
+    """Whether `job_id` is a job id as the API writes them (a canonical UUID)."""
     try:
         return str(uuid.UUID(job_id)) == job_id
     except ValueError:

@@ -7,6 +7,7 @@ the problem must name (in `errors` and `detail`), or for problems about the requ
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import io
 import json
@@ -254,6 +255,12 @@ CORPUS: dict[str, Callable[[Any], Bad]] = {
     "list-status-unknown": lambda s: Bad(400, "status", method="GET", path="/v1/jobs?status=exploded"),
     "list-cursor-garbage": lambda s: Bad(400, "cursor", method="GET", path="/v1/jobs?cursor=%00%ff!!"),
     "list-cursor-wrong-json": lambda s: Bad(400, "cursor", method="GET", path="/v1/jobs?cursor=eyJhIjogMX0"),
+    # cursors edited by hand: each field of a real one's JSON made wrong in its own way
+    "list-cursor-date-without-zone": lambda s: cursor_case("2024-01-01T00:00:00", JOB_ID),
+    "list-cursor-date-before-year-1-in-utc": lambda s: cursor_case("0001-01-01T00:00:00+01:00", JOB_ID),
+    "list-cursor-date-after-9999-in-utc": lambda s: cursor_case("9999-12-31T23:59:59-05:00", JOB_ID),
+    "list-cursor-id-a-number": lambda s: cursor_case("2024-01-01T00:00:00+00:00", 1),
+    "list-cursor-id-with-nul": lambda s: cursor_case("2024-01-01T00:00:00+00:00", "a\x00b"),
     "job-id-10k": lambda s: Bad(404, "no job", method="GET", path="/v1/jobs/" + "a" * 10_000, by_detail=True),
     "job-id-nul": lambda s: Bad(404, "no job", method="GET", path="/v1/jobs/ab%00cd", by_detail=True),
     "job-id-non-ascii": lambda s: Bad(404, "no job", method="GET", path="/v1/jobs/%E2%98%83", by_detail=True),
@@ -266,6 +273,15 @@ CORPUS: dict[str, Callable[[Any], Bad]] = {
     "redeliver-unknown-nul": lambda s: Bad(404, "delivery", method="POST", path="/v1/deliveries/msg_%00/redeliver",
                                            by_detail=True),
 }
+
+
+JOB_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def cursor_case(created_at: str, job_id: object) -> Bad:
+    """A list request with a cursor shaped like the API's (base64 of `[created_at, id]`) holding these."""
+    cursor = base64.urlsafe_b64encode(json.dumps([created_at, job_id]).encode()).decode()
+    return Bad(400, "cursor", method="GET", path=f"/v1/jobs?cursor={cursor}")
 
 
 def build(case: Bad) -> dict[str, Any]:
