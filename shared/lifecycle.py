@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db import lock
-from shared.models import ACTIVE, InputRole, Job, JobInput, JobStatus, LossPoint, utcnow
+from shared.models import ACTIVE, InputRole, Job, JobInput, JobStatus, LossPoint, Snapshot, utcnow
 from shared.storage import Storage, StorageError, input_key, job_prefix, put_input
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,27 @@ def renew(session: Session, job_id: str, owner: str, lease_seconds: float,
         session.add(LossPoint(job_id=job_id, iteration=progress["iteration"], losses=progress["losses"]))
     session.commit()
     return False if row is None else row[0]
+
+
+def add_snapshot(session: Session, owner: str, lease_seconds: float, snapshot: Snapshot) -> list[str] | None:
+    """Record a snapshot of a running job we hold, in place of any of the same iteration (an
+    earlier claim's, redone after a resume); the keys of the files it replaced, for the caller to
+    delete. None, and nothing written, if the job is no longer ours. The guard is the lease's
+    renewal, so the row stays ours until the commit."""
+    held = session.execute(
+        update(Job).where(Job.id == snapshot.job_id, Job.lease_owner == owner, Job.status == R)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not held:
+        session.rollback()
+        return None
+    same = (Snapshot.job_id == snapshot.job_id, Snapshot.iteration == snapshot.iteration)
+    replaced = list(session.scalars(select(Snapshot.key).where(*same)))
+    session.execute(sql_delete(Snapshot).where(*same))
+    session.add(snapshot)
+    session.commit()
+    return replaced
 
 
 def finish(session: Session, job_id: str, owner: str, status: JobStatus, **values: Any) -> bool:

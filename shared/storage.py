@@ -3,8 +3,9 @@ S3-compatible bucket (`shared.storage_s3.S3Storage`), chosen by `open_storage(se
 
 Keys are relative, slash-separated paths, and this module owns their layout. Uploaded inputs
 are content-addressed (`inputs/ab/abcdef...`) so the same style uploaded twice is stored once;
-a job's outputs live under `jobs/<job id>/` (`result.png`, `snapshots/000050.png`,
-`checkpoint.pt`) so deleting a job is deleting one prefix.
+a job's outputs live under `jobs/<job id>/` (`result-<claim>.png`, `snapshots/000050-<claim>.png`,
+`checkpoint-<claim>.pt`, each named for the claim that made it) so deleting a job is deleting
+one prefix.
 """
 from __future__ import annotations
 
@@ -81,16 +82,19 @@ def job_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/"
 
 
-def result_key(job_id: str, output_format: str) -> str:
-    return f"{job_prefix(job_id)}result.{output_format}"
+# A run's outputs carry its claim's id: a worker whose lease ran out may still be writing while the
+# job's next claim runs, and it must neither overwrite nor delete what that claim stored.
+
+def result_key(job_id: str, claim: str, output_format: str) -> str:
+    return f"{job_prefix(job_id)}result-{claim}.{output_format}"
 
 
-def snapshot_key(job_id: str, iteration: int, output_format: str) -> str:
-    return f"{job_prefix(job_id)}snapshots/{iteration:06d}.{output_format}"
+def snapshot_key(job_id: str, iteration: int, claim: str, output_format: str) -> str:
+    return f"{job_prefix(job_id)}snapshots/{iteration:06d}-{claim}.{output_format}"
 
 
-def checkpoint_key(job_id: str) -> str:
-    return f"{job_prefix(job_id)}checkpoint.pt"
+def checkpoint_key(job_id: str, claim: str) -> str:
+    return f"{job_prefix(job_id)}checkpoint-{claim}.pt"
 
 
 class LocalStorage:

@@ -33,9 +33,12 @@ class Stored(NamedTuple):
 
 
 class JobFiles:
-    def __init__(self, storage: Storage, job_id: str, output_format: str) -> None:
-        self.storage, self.job_id, self.output_format = storage, job_id, output_format
-        self.checkpoint_key = checkpoint_key(job_id)
+    """One claim's files of a job: every key it writes is its own (`claim`), so a claim that lost
+    its lease and the claim after it never overwrite or delete each other's files."""
+
+    def __init__(self, storage: Storage, job_id: str, claim: str, output_format: str) -> None:
+        self.storage, self.job_id, self.claim, self.output_format = storage, job_id, claim, output_format
+        self.checkpoint_key = checkpoint_key(job_id, claim)
 
     def inputs(self, digests: list[str], max_pixels: int) -> list[Image.Image]:
         """The job's images, content first; raises StorageKeyError, StorageError or ImageError."""
@@ -43,10 +46,10 @@ class JobFiles:
 
     def put_snapshot(self, image: Image.Image, iteration: int) -> Stored:
         """Store a snapshot. Raises StorageError on a storage failure."""
-        return self._put(snapshot_key(self.job_id, iteration, self.output_format), image)
+        return self._put(snapshot_key(self.job_id, iteration, self.claim, self.output_format), image)
 
     def put_result(self, image: Image.Image) -> Stored:
-        return self._put(result_key(self.job_id, self.output_format), image)
+        return self._put(result_key(self.job_id, self.claim, self.output_format), image)
 
     def _put(self, key: str, image: Image.Image) -> Stored:
         data = encode_image(image, self.output_format)

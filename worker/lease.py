@@ -31,7 +31,8 @@ T = TypeVar("T")
 class Lease:
     def __init__(self, services: Services, job_id: str) -> None:
         self.services, self.settings, self.job_id = services, services.settings, job_id
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.claim_id = uuid.uuid4().hex[:8]  # names what this claim stores (`shared.storage`)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.claim_id}"
         self.cancel_requested = False
         self.lost = False          # no longer ours: write nothing more
         self._lock = threading.RLock()  # the engine callback and the heartbeat both renew

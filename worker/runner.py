@@ -20,8 +20,8 @@ from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 from PIL import Image
 from redis import RedisError
-from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import selectinload
 
 from shared import announce, events
@@ -29,7 +29,7 @@ from shared.broker import GPU_QUEUE, enqueue
 from shared.db import UNAVAILABLE, is_unavailable
 from shared.images import ImageError
 from shared import capacity
-from shared.lifecycle import ErrorCode, batch_candidates, fail_exhausted
+from shared.lifecycle import ErrorCode, add_snapshot, batch_candidates, fail_exhausted
 from shared.models import Job, JobStatus, Snapshot
 from shared.params import ParamError
 from shared.schemas import engine_params, job_path
@@ -68,6 +68,7 @@ class JobRun:
         self.params: dict = {}
         self.progress: dict | None = None
         self.files: JobFiles | None = None
+        self.earlier_checkpoint: str | None = None  # an earlier claim's, which ours replaces once stored
         self.meter = JobMeter(node_name())
         self.started_at = None
         self.work: capacity.Workload | None = None  # a lone run from the start (`_stylize`): its prediction
@@ -119,7 +120,8 @@ class JobRun:
             digests = [i.sha256 for i in job.inputs]
             self.started_at = job.started_at
             self.meter.claimed(job.created_at, job.started_at, first_start=attempts == 1 and job.progress is None)
-        self.files = JobFiles(self.services.storage, self.job_id, self.params["output_format"])
+        self.files = JobFiles(self.services.storage, self.job_id, self.lease.claim_id, self.params["output_format"])
+        self.earlier_checkpoint = checkpoint_key
         log.info("job %s: claimed by %s (attempt %d)", self.job_id, self.lease.owner, attempts)
         self._announce()
         return digests, checkpoint_key, batch_key
@@ -287,22 +289,23 @@ class JobRun:
             log.warning("job %s: snapshot at iteration %d skipped: storage error: %s", self.job_id, it.iteration, exc)
             return
 
-        def record() -> dict:
+        def record() -> tuple[dict, list[str]] | None:
             snapshot = Snapshot(job_id=self.job_id, iteration=it.iteration, key=stored.key, sha256=stored.sha256,
                                 size_bytes=stored.size)
             with self.services.db.session() as session:
-                # a resumed attempt may redo an iteration: the newer image replaces the older
-                session.execute(delete(Snapshot).where(Snapshot.job_id == self.job_id, Snapshot.iteration == it.iteration))
-                session.add(snapshot)
-                session.commit()
+                replaced = add_snapshot(session, self.lease.owner, self.settings.lease_seconds, snapshot)
+                if replaced is None:
+                    return None
                 return {"iteration": it.iteration, "url": job_path(self.job_id, "snapshots", it.iteration),
-                        "created_at": snapshot.created_at.isoformat()}
-        try:
-            created = self.lease.retrying(record, "snapshot")
-        except IntegrityError:  # the job row is gone: deleted while running
+                        "created_at": snapshot.created_at.isoformat()}, replaced
+        recorded = self.lease.retrying(record, "snapshot")
+        if recorded is None:  # deleted or reclaimed while we stored it: it is nobody's
             self.files.delete(stored.key)
-            self.lease.lose("deleted")
+            self.lease.lose("deleted or reclaimed")
             return
+        created, replaced = recorded
+        for key in replaced:  # an earlier claim's image of this iteration
+            self.files.delete(key)
         events.publish(self.services.redis, self.job_id, "snapshot", created)
         outbox.notify(self.services, self.celery, self.job_id, outbox.SNAPSHOT)
 
@@ -321,11 +324,20 @@ class JobRun:
                                         .values(checkpoint_key=self.files.checkpoint_key, checkpoint_bytes=size)
                                         .execution_options(synchronize_session=False)).rowcount
                 session.commit()
-                return not saved and session.get(Job, self.job_id) is None
-        if self.lease.retrying(record, "checkpoint"):
-            # deleted while we wrote it, maybe after the API removed the job's files: leave none behind
+                return bool(saved)
+        if not self.lease.retrying(record, "checkpoint"):
+            # deleted (maybe after the API removed the job's files) or reclaimed while we wrote it: leave none behind
             self.files.delete(self.files.checkpoint_key)
+            self.lease.lose("deleted or reclaimed")
+            return False
+        self._drop_earlier_checkpoint()
         return True
+
+    def _drop_earlier_checkpoint(self) -> None:
+        """The checkpoint this claim resumed from, once the job no longer points at it."""
+        if self.earlier_checkpoint is not None:
+            self.files.delete(self.earlier_checkpoint)
+            self.earlier_checkpoint = None
 
     # ---- outcomes ---------------------------------------------------------------------------
 
@@ -346,7 +358,11 @@ class JobRun:
                           result_bytes=stored.size, result_width=result.image.width,
                           result_height=result.image.height, result_quality=result.quality,
                           result_run=self._ran(result, batch), checkpoint_key=None, checkpoint_bytes=None)
-        self.files.delete(self.files.checkpoint_key if ended else stored.key)
+        if ended:
+            self.files.delete(self.files.checkpoint_key)
+            self._drop_earlier_checkpoint()
+        else:  # our own key: the claim that holds the job now stored its result elsewhere
+            self.files.delete(stored.key)
         self.meter.peak_memory(result.device, result.peak_memory_mb)
         log.info("job %s: succeeded in %.1fs on %s", self.job_id, result.seconds, result.device)
 

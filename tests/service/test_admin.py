@@ -20,7 +20,7 @@ from shared import capacity, retention
 from shared.devices import read_devices
 from shared.models import Account, Job, LossPoint, Operator, WebhookEvent, WebhookStatus
 from shared.services import Services
-from shared.storage import checkpoint_key, input_key, job_prefix, sha256
+from shared.storage import input_key, job_prefix, sha256
 from tests.service import faults
 from tests.service.helpers import (OPERATOR_PASSWORD, ROOT, bearer, make_operator, new_key, png, submit, wait_for,
                                    wait_status)
@@ -339,7 +339,8 @@ def test_system_page_shows_each_accounts_disk_usage_and_sets_its_retention(live_
     assert wait_status(client, auth, job["id"], {"succeeded", "failed"})["status"] == "succeeded"
     storage = live_app.extensions["atelier"].storage
     # the worker deletes the checkpoint just after it records the result: the disk settles then
-    wait_for(lambda: not storage.exists(checkpoint_key(job["id"])), timeout=30, what="the checkpoint to be deleted")
+    wait_for(lambda: not list((storage.root / job_prefix(job["id"])).glob("checkpoint-*")), timeout=30,
+             what="the checkpoint to be deleted")
     on_disk = sum(f.stat().st_size for f in (storage.root / job_prefix(job["id"])).rglob("*") if f.is_file()) \
         + len(own["content"]) + len(own["style"])
 

@@ -14,9 +14,11 @@ from shared import lifecycle
 from shared.broker import GPU_QUEUE, create_celery
 from shared.models import Base, Job, utcnow
 from shared.services import Services
+from shared.storage import job_prefix, sha256
 from tests.service import faults
 from tests.service.helpers import TERMINAL, submit, wait_checkpointed, wait_resent, wait_status
 from worker.lease import Lease
+from worker.runner import JobRun
 from worker.sweep import sweep
 
 
@@ -101,6 +103,43 @@ def test_cancel_while_running_is_seen_by_the_lease_holder(client, auth, images, 
     with db.session() as session:
         assert lifecycle.renew(session, job_id, "worker-a", 60) is not None
     db.dispose()
+
+
+def test_a_claim_whose_lease_ran_out_overwrites_and_deletes_nothing_of_the_claim_after_it(client, auth, images,
+                                                                                          settings):
+    """A worker frozen past its lease (a long GC pause, a stalled VM) runs on when it thaws: the
+    job has meanwhile been claimed again and finished. Its snapshot, checkpoint and result are
+    refused, and it removes only what it stored itself: the finished job's files stay whole."""
+    job_id = submit(client, auth, images, {"size": 32, "iterations": 4, "snapshot_every": 1}).get_json()["id"]
+    services, celery = Services(settings), create_celery(settings)
+    stale = JobRun(services, celery, job_id)
+    assert stale.lease.claim()
+    inputs = stale._inputs(stale._started()[0])
+    with services.db.session() as session:  # its lease runs out while it is frozen
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+    JobRun(services, celery, job_id).execute()  # the next claim runs the job to its end
+    done = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
+    assert done["status"] == "succeeded" and [s["iteration"] for s in done["snapshots"]] == [1, 2, 3]
+    served = {url: client.get(url, headers=auth) for url in [done["result"]["url"]] + [s["url"] for s in done["snapshots"]]}
+
+    result = stale._stylize(inputs, None)  # it thaws: its first callback writes a snapshot and a checkpoint
+    assert stale.lease.lost and result.stopped
+    stale._succeed(replace(result, stopped=False), 1)  # or it had got to its end before the freeze
+
+    after = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
+    assert after["status"] == "succeeded" and after["result"] == done["result"] and after["snapshots"] == done["snapshots"]
+    for url, before in served.items():
+        response = client.get(url, headers=auth)
+        assert response.status_code == 200 and response.data == before.data, url
+        assert response.headers["ETag"] == f'"{sha256(response.data)}"'
+    with services.db.session() as session:
+        job = session.get(Job, job_id)
+        named = {job.result_key} | {s.key for s in job.snapshots}
+    stored = {str(path.relative_to(settings.storage_dir)) for path in (settings.storage_dir / job_prefix(job_id)).rglob("*")
+              if path.is_file()}
+    assert stored == named  # no checkpoint, no image of the frozen claim left behind
+    services.db.dispose()
 
 
 def expire(settings, job_id: str, **values) -> None:

@@ -75,9 +75,11 @@ def test_a_job_on_s3_runs_to_a_result_with_snapshots(s3_client, s3_auth, images,
     done = wait_status(s3_client, s3_auth, job["id"], TERMINAL)
     assert done["status"] == "succeeded", done["error"]
     assert [s["iteration"] for s in done["snapshots"]] == [2, 4]
-    assert sorted(s3_server.keys(f"{s3_prefix}/jobs/{job['id']}/")) == [
-        f"{s3_prefix}/jobs/{job['id']}/result.png", f"{s3_prefix}/jobs/{job['id']}/snapshots/000002.png",
-        f"{s3_prefix}/jobs/{job['id']}/snapshots/000004.png"]  # the checkpoint went with success
+    prefix = f"{s3_prefix}/jobs/{job['id']}/"
+    keys = sorted(key.removeprefix(prefix) for key in s3_server.keys(prefix))
+    claim = keys[0].removeprefix("result-").removesuffix(".png")  # each output named for the claim that ran it
+    assert keys == [f"result-{claim}.png", f"snapshots/000002-{claim}.png", f"snapshots/000004-{claim}.png"]
+    # the checkpoint went with success
 
     response = s3_client.get(done["result"]["url"], headers=s3_auth)
     assert response.status_code == 200 and response.mimetype == "image/png"
@@ -87,7 +89,7 @@ def test_a_job_on_s3_runs_to_a_result_with_snapshots(s3_client, s3_auth, images,
     assert cached.status_code == 304 and cached.data == b""
     snapshot = s3_client.get(done["snapshots"][1]["url"], headers=s3_auth)
     assert snapshot.status_code == 200 and snapshot.data == s3_server.client().get_object(
-        Bucket=s3_server.BUCKET, Key=f"{s3_prefix}/jobs/{job['id']}/snapshots/000004.png")["Body"].read()
+        Bucket=s3_server.BUCKET, Key=f"{prefix}snapshots/000004-{claim}.png")["Body"].read()
 
 
 def test_results_and_snapshots_can_be_served_by_presigned_redirect(s3_client, s3_auth, images, s3_settings, make_app,
@@ -147,7 +149,7 @@ def test_a_job_resumes_from_its_checkpoint_in_the_bucket_when_its_worker_dies(re
     job_id = submit(client, auth, images, {"size": 32, "iterations": 150, "snapshot_every": 0}).get_json()["id"]
     services = Services(local)
     wait_checkpointed(services, job_id)
-    assert s3_server.keys(f"{s3_prefix}/jobs/{job_id}/checkpoint.pt")
+    assert s3_server.keys(f"{s3_prefix}/jobs/{job_id}/checkpoint-")
     faults.kill_worker(first)
     with services.db.session() as session:
         stopped_at = session.get(Job, job_id).progress["iteration"]
@@ -159,7 +161,7 @@ def test_a_job_resumes_from_its_checkpoint_in_the_bucket_when_its_worker_dies(re
     assert done["attempts"] == 2 and 0 < done["progress"]["resumed_from"] <= stopped_at + 10
     assert f"job {job_id}: resuming from iteration" in second.output()
     # deleted once the outcome is recorded (never before), so a moment after the status says so
-    wait_for(lambda: s3_server.keys(f"{s3_prefix}/jobs/{job_id}/checkpoint.pt") == [], timeout=30,
+    wait_for(lambda: s3_server.keys(f"{s3_prefix}/jobs/{job_id}/checkpoint-") == [], timeout=30,
              what="the checkpoint to be deleted from the bucket")
     second.stop()
 
