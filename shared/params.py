@@ -217,7 +217,8 @@ def stage_dims(width: int, height: int, longest: int) -> tuple[int, int]:
 def batch_key(params: Params, content_size: tuple[int, int]) -> str:
     """Jobs with equal keys can run as one batch (`worker.engine.loop`): the network sees the same
     from each, stage by stage (sizes and iterations), through the same layers, pooling, weights and
-    precision, and each is optimised the same way. Their styles, blends and loss weights may differ."""
+    precision, and each is optimised the same way. Their styles, blends, loss weights and learning
+    rates may differ."""
     stages = plan(params)
     shape = [[stage_dims(*content_size, s.longest) for s in stages], [s.iterations for s in stages],
              params.content_layers, params.style_layers, params.pooling, params.weights, params.precision,

@@ -36,6 +36,16 @@ def test_each_job_of_a_batch_ends_as_it_would_alone(content, style, style2):
     assert close(batch[0], batch[1]) > 1e-2  # and they are three different jobs
 
 
+def test_each_adam_job_of_a_batch_steps_at_its_own_learning_rate(content, style):
+    """The learning rate is not part of `batch_key`: jobs that differ in it batch, each at its own."""
+    params = [Params(**TINY, optimizer="adam", learning_rate=rate) for rate in (0.02, 0.2)]
+    alone = [stylize(content, [style], p, device="cpu") for p in params]
+    batch = stylize_batch([Member(content, [style], p) for p in params], device="cpu")
+    for solo, together in zip(alone, batch):
+        assert close(solo, together) < 1e-3, close(solo, together)
+    assert close(batch[0], batch[1]) > 1e-2
+
+
 def test_a_job_that_stops_leaves_the_others_running(content, style):
     ended = []  # each job's outcome, told as soon as it is known
     members = [Member(content, [style], Params(**TINY), callback=lambda it: it.iteration == 3,

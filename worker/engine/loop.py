@@ -296,7 +296,7 @@ def stylize_batch(members: Sequence[Member], device: str = "auto") -> list[Resul
 
 def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exception]:
     lead = jobs[0].transfer
-    p, device = lead.params, lead.device
+    device = lead.device
     start = time.perf_counter()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
@@ -319,7 +319,7 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
         if images is None:
             images = torch.cat([job.transfer._initial_image(job.targets[0]) for job in active])
         images = resize(images, h, w).detach().contiguous().clone().requires_grad_(True)
-        optimizer = _optimizer(p, images, optimizer, state)
+        optimizer = _optimizer(active, images, optimizer, state)
         objective, state, last_read = _Objective(active, lead._tv(stage)), None, time.monotonic()
         iteration = _Iteration(lead, images, objective, optimizer)
         while done - stage_start < stage.iterations and active:
@@ -365,12 +365,14 @@ def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exce
     return [job.outcome for job in jobs]
 
 
-def _optimizer(p: Params, images: torch.Tensor, previous: Optimizer | None, state: dict | None) -> Optimizer:
-    """This stage's: restored from a checkpoint's `state`, or new (an L-BFGS warm-started from the
-    coarser stage's `previous`)."""
+def _optimizer(jobs: list[_Job], images: torch.Tensor, previous: Optimizer | None, state: dict | None) -> Optimizer:
+    """This stage's for the batch's `jobs` (an image's row each): restored from a checkpoint's
+    `state`, or new (an L-BFGS warm-started from the coarser stage's `previous`; an Adam at each
+    job's own learning rate, which `batch_key` leaves free)."""
     rows = images.detach().view(len(images), -1)
-    if p.optimizer == "adam":
-        return Adam(rows, p.learning_rate) if state is None else Adam.restore(rows, p.learning_rate, state)
+    if jobs[0].transfer.params.optimizer == "adam":
+        rates = [job.transfer.params.learning_rate for job in jobs]
+        return Adam(rows, rates) if state is None else Adam.restore(rows, rates[0], state)
     return LBFGS(rows, previous) if state is None else LBFGS.restore(rows, state)
 
 

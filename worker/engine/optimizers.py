@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 
@@ -237,12 +238,15 @@ def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class Adam(_Counted):
-    """torch.optim.Adam(lr, betas (0.9, 0.999), eps 1e-8), one per row."""
+    """torch.optim.Adam(lr, betas (0.9, 0.999), eps 1e-8), one per row, each row at its own job's
+    learning rate (`lr`: one for every row, or one per row)."""
 
     BETAS, EPS = (0.9, 0.999), 1e-8
 
-    def __init__(self, x: torch.Tensor, lr: float) -> None:
-        self.lr, self.steps = lr, 0
+    def __init__(self, x: torch.Tensor, lr: float | Sequence[float]) -> None:
+        self.steps = 0
+        self.lr = torch.as_tensor(lr, dtype=x.dtype, device=x.device).expand(len(x)) \
+            .reshape(len(x), *[1] * (x.dim() - 1)).clone()
         self.m, self.v = torch.zeros_like(x), torch.zeros_like(x)
         self.t = x.new_zeros(())  # the step count on the device, for the bias corrections (see `LBFGS.slot`)
 
@@ -257,7 +261,7 @@ class Adam(_Counted):
         x.addcdiv_(self.m, denom.mul_((1 - b1 ** self.t) / -self.lr))
 
     def keep(self, rows: torch.Tensor) -> None:
-        self.m, self.v = self.m.index_select(0, rows), self.v.index_select(0, rows)
+        self.m, self.v, self.lr = (t.index_select(0, rows) for t in (self.m, self.v, self.lr))
 
     def state(self, row: int) -> dict:
         return {"steps": self.steps, "m": self.m[row], "v": self.v[row]}
