@@ -48,3 +48,13 @@ def test_match_histogram_matches_mean_and_covariance():
     (m_mean, m_cov), (c_mean, c_cov) = stats(matched), stats(content)
     assert torch.allclose(m_mean, c_mean, atol=1e-3)
     assert torch.allclose(m_cov, c_cov, atol=2e-3)
+
+
+def test_colour_transforms_keep_to_their_images_device():
+    """On the meta device (which holds no data and refuses tensors of another device) as on a GPU:
+    nothing is made on the CPU beside them (a covariance's ridge once was, failing every
+    `preserve_color=histogram` job on CUDA)."""
+    style, content = torch.empty(1, 3, 8, 8, device="meta"), torch.empty(1, 3, 8, 8, device="meta")
+    for transformed in (color.match_histogram(style, content), color.match_luminance(style, content),
+                        color.recombine(style, content), color.luminance(style)):
+        assert transformed.device.type == "meta" and transformed.shape == style.shape

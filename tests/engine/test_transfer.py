@@ -17,9 +17,9 @@ from worker.engine.transfer import Transfer
 TINY = dict(size=48, iterations=6, scales=1)
 
 
-def run(content, styles, callback=None, checkpoint=None, init_image=None, **kw):
+def run(content, styles, callback=None, checkpoint=None, init_image=None, device="cpu", **kw):
     params = Params(**{**TINY, **kw})
-    return stylize(content, styles, params, device="cpu", callback=callback, checkpoint=checkpoint,
+    return stylize(content, styles, params, device=device, callback=callback, checkpoint=checkpoint,
                    init_image=init_image)
 
 
@@ -82,18 +82,18 @@ def test_style_scale_changes_the_target(content, style):
     assert run(content, [style], style_scale=0.5).image.tobytes() != run(content, [style]).image.tobytes()
 
 
-def test_luminance_mode_keeps_the_content_colours(content, style):
+def test_luminance_mode_keeps_the_content_colours(content, style, device):
     from worker.engine import color
-    result = run(content, [style], preserve_color="luminance", style_weight=1000)
+    result = run(content, [style], preserve_color="luminance", style_weight=1000, device=device)
     out = color.rgb_to_yiq(pixels(result.image))
     base = color.rgb_to_yiq(pixels(content.resize(result.image.size, Image.LANCZOS)))
     assert torch.allclose(out[:, 1:], base[:, 1:], atol=0.03)  # I, Q from the content
     assert not torch.allclose(out[:, 0], base[:, 0], atol=0.03)  # Y was stylised
 
 
-def test_histogram_mode_pulls_colours_towards_the_content(content, style):
-    plain = pixels(run(content, [style], iterations=10).image)
-    matched = pixels(run(content, [style], iterations=10, preserve_color="histogram").image)
+def test_histogram_mode_pulls_colours_towards_the_content(content, style, device):
+    plain = pixels(run(content, [style], iterations=10, device=device).image)
+    matched = pixels(run(content, [style], iterations=10, preserve_color="histogram", device=device).image)
     target = pixels(content.resize((48, 36), Image.LANCZOS)).mean(dim=(2, 3))
     assert (matched.mean(dim=(2, 3)) - target).abs().sum() < (plain.mean(dim=(2, 3)) - target).abs().sum()
 

@@ -53,7 +53,8 @@ def match_histogram(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
         pixels = image.reshape(3, -1).double()
         mean = pixels.mean(dim=1, keepdim=True)
         centred = pixels - mean
-        return centred, mean, centred @ centred.T / pixels.shape[1] + 1e-6 * torch.eye(3, dtype=torch.float64)
+        ridge = 1e-6 * torch.eye(3, dtype=torch.float64, device=pixels.device)
+        return centred, mean, centred @ centred.T / pixels.shape[1] + ridge
 
     s_centred, _, s_cov = stats(style)
     _, c_mean, c_cov = stats(content)
