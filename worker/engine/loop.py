@@ -295,6 +295,15 @@ def stylize_batch(members: Sequence[Member], device: str = "auto") -> list[Resul
 
 
 def _run(jobs: list[_Job], checkpoint: dict | None = None) -> list[Result | Exception]:
+    """The batch's stages on its device, made the current one: a stream's, a graph capture's and
+    the allocator's calls without a device are the current device's, device 0 unless set, whatever
+    device a job names (`cuda:1`)."""
+    device = jobs[0].transfer.device
+    with torch.cuda.device(device) if device.startswith("cuda") else contextlib.nullcontext():
+        return _stages(jobs, checkpoint)
+
+
+def _stages(jobs: list[_Job], checkpoint: dict | None) -> list[Result | Exception]:
     lead = jobs[0].transfer
     device = lead.device
     start = time.perf_counter()
