@@ -1,7 +1,8 @@
 """The engine's CUDA paths, run only where a CUDA GPU is (skipped cleanly elsewhere; `bench/gpu.sh`
 runs them on one): seeded determinism, checkpoint resume, the peak memory report, an iteration
 that never waits for the device, iterations replayed as CUDA graphs against eager ones, alone and
-in a batch a job leaves, a graph without room and one whose room went, and the loop through torch.compile, on
+in a batch a job leaves, a graph without room and one whose room went (and what that leaves, let
+go), and the loop through torch.compile, on
 Tübingen x The Starry Night at 256 px (512 px where memory is measured). bf16 against fp32 is in
 test_transfer.py, on every device."""
 from __future__ import annotations
@@ -190,8 +191,8 @@ def test_a_graph_whose_room_went_before_its_capture_leaves_the_stage_eager(pair,
     the capture runs out of memory and the job still ends, eagerly. Run so on an H100 with torch
     2.11, the process aborted while collecting garbage in the eager iterations after the broken
     capture; `loop._ABANDONED`, `memory.unwind_capture` and the stream put back are the answer
-    to that, not yet run on a GPU. Last in this file: should the process abort all the same, the
-    other tests have run."""
+    to that, not yet run on a GPU. Near the end of this file: should the process abort all the
+    same, the other tests have run."""
     content, style = pair
     attempts = _squeezed_like_eager(pair, monkeypatch, caplog, before_the_check=False)
     assert attempts == [False] and "did not fit" in caplog.text
@@ -204,3 +205,20 @@ def test_a_graph_whose_room_went_before_its_capture_leaves_the_stage_eager(pair,
     attempts.clear()
     params = Params(size=512, scales=1, iterations=20)
     assert stylize(content, [style], params, device="cuda").iterations == 20 and attempts == [True]
+
+
+def test_an_abandoned_capture_once_unwound_can_be_let_go(pair, monkeypatch, caplog):
+    """What `loop._ABANDONED` keeps is more than the broken capture's graph and pool: its
+    traceback's frames hold the batch's whole iteration (images, targets, the optimiser's state:
+    an L-BFGS history of 40 images a job), for the life of the process. Let go after
+    `memory.unwind_capture`, it is all freed and the next job runs: then `_ABANDONED` can go.
+    Last of all, as it may abort the process."""
+    content, style = pair
+    attempts = _squeezed_like_eager(pair, monkeypatch, caplog, before_the_check=False)
+    assert attempts == [False] and loop._ABANDONED
+    held = torch.cuda.memory_allocated()
+    loop._ABANDONED.clear()
+    gc.collect()
+    torch.cuda.empty_cache()
+    assert torch.cuda.memory_allocated() < held
+    assert stylize(content, [style], Params(size=512, scales=1, iterations=20), device="cuda").iterations == 20

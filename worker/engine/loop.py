@@ -50,7 +50,9 @@ GRAPH_LEFT = 8      # capture only if at least this many iterations of the stage
 GRAPH_ROOM = 1.5
 # captures that ran out of memory, kept with all they held: on an H100 (torch 2.11) collecting one
 # aborted the process; PyTorch unwinds only a capture that reached its end (pytorch/pytorch#190308),
-# and before 2.12 not even one whose end raised (`memory.unwind_capture`)
+# and before 2.12 not even one whose end raised (`memory.unwind_capture`). Its traceback holds the
+# batch's whole iteration, optimiser state included, for good: test_cuda.py's last test lets one go
+# after `unwind_capture`, and where that passes on a GPU, this list can go
 _ABANDONED: list[BaseException] = []
 Optimizer = LBFGS | Adam
 
