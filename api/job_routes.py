@@ -183,4 +183,5 @@ def delete_job(job_id: str) -> Response:
     with svc.db.session() as session:
         load_job(session, job_id)
         lifecycle.delete(session, svc.storage, job_id)
+    announce.deleted(svc, job_id)
     return Response(status=204)
