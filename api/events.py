@@ -23,7 +23,7 @@ from flask import Blueprint, Response, current_app, stream_with_context
 from api.app import services
 from api.auth import require_key
 from api.errors import ProblemError
-from api.lookup import load_job
+from api.lookup import find_job, load_job
 from api.queue_standing import Board, standing
 from shared.event_hub import Interrupted, Subscription
 from shared.events import Event
@@ -84,7 +84,8 @@ def wait_for_end(job_id: str, seconds: float) -> None:
         return
     with subscription:
         with services().db.session() as session:
-            if load_job(session, job_id).state.terminal:
+            job = find_job(session, job_id)
+            if job is None or job.state.terminal:  # deleted or ended already
                 return
         deadline = time.monotonic() + seconds
         try:
