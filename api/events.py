@@ -3,10 +3,11 @@
 
 We subscribe (in this process's `shared.event_hub`) before reading the job, so nothing published
 in between is lost; the first event is always the job's current `status`, and the stream ends
-after a terminal status. While the job is queued, a `queue` event tells where it stands whenever
-that changed, looked up every `QUEUE_REFRESH_SECONDS` on this process's `queue_standing.Board`
-(one read of the queue for all its streams); a `status` event that puts the job back in the queue
-carries its standing, read afresh. An open stream or wait holds no database connection or Redis
+after a terminal status, or after `deleted` if the job is deleted meanwhile. While the job is
+queued, a `queue` event tells where it stands whenever that changed, looked up every
+`QUEUE_REFRESH_SECONDS` on this process's `queue_standing.Board` (one read of the queue for all
+its streams); a `status` event that puts the job back in the queue carries its standing, read
+afresh. An open stream or wait holds no database connection or Redis
 connection of its own: under gunicorn's gevent worker it is a greenlet waiting on its queue.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from flask import Blueprint, Response, current_app, stream_with_context
 from api.app import services
 from api.auth import require_key
 from api.errors import ProblemError
-from api.lookup import load_job
+from api.lookup import find_job, load_job
 from api.queue_standing import Board, standing
 from shared.event_hub import Interrupted, Subscription
 from shared.events import Event
@@ -72,10 +73,10 @@ def stream(job_id: str) -> Response:
 
 
 def wait_for_end(job_id: str, seconds: float) -> None:
-    """Return once the caller's job has ended, or after `seconds`: a terminal `status` event wakes
-    it, so it costs no database polling (a greenlet under the gevent worker; hence also
-    ATELIER_MAX_PREFER_WAIT_SECONDS). Without Redis it returns at once; the caller reads the job
-    either way."""
+    """Return once the caller's job has ended or was deleted, or after `seconds`: a terminal
+    `status` event (or `deleted`) wakes it, so it costs no database polling (a greenlet under the
+    gevent worker; hence also ATELIER_MAX_PREFER_WAIT_SECONDS). Without Redis it returns at once;
+    the caller reads the job either way."""
     try:
         subscription = services().event_hub.subscribe(job_id)
     except redis.RedisError as exc:
@@ -83,7 +84,8 @@ def wait_for_end(job_id: str, seconds: float) -> None:
         return
     with subscription:
         with services().db.session() as session:
-            if load_job(session, job_id).state.terminal:
+            job = find_job(session, job_id)
+            if job is None or job.state.terminal:  # deleted or ended already
                 return
         deadline = time.monotonic() + seconds
         try:
@@ -96,7 +98,7 @@ def wait_for_end(job_id: str, seconds: float) -> None:
 
 
 def _ends(event: Event) -> bool:
-    return event.kind == "status" and JobStatus(event.data["status"]).terminal
+    return event.kind == "deleted" or event.kind == "status" and JobStatus(event.data["status"]).terminal
 
 
 def _relay(subscription: Subscription, current: dict, keepalive: float,

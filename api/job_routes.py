@@ -16,7 +16,7 @@ from api import events
 from api.app import services
 from api.auth import account_id, api_key_id, require_key
 from api.errors import ProblemError, invalid
-from api.lookup import is_job_id, load_job
+from api.lookup import find_job, is_job_id, load_job
 from api.queue_standing import standing, standings
 from api.submission import Submission, idempotency_key, parse, predict, prefer_wait
 from shared import announce, lifecycle
@@ -42,7 +42,8 @@ def job_response(session: Session, job: Job, status: int) -> Response:
 @bp.post("")
 def submit() -> Response:
     """202 with the queued job; with `Prefer: wait=N`, 201 once it has ended if it does within N
-    seconds (the job was created and is complete, as Replicate answers), else 202 as usual."""
+    seconds (the job was created and is complete, as Replicate answers), else 202 as usual: as
+    created, if it was deleted meanwhile (it was created; its Location now answers 404)."""
     svc = services()
     celery = current_app.extensions["celery"]
     key = idempotency_key(request)
@@ -61,15 +62,14 @@ def submit() -> Response:
                     raise
                 replayed = True
         job_id = job.id
-        if wait is None:
-            response = job_response(session, load_job(session, job_id), 202)
+        response = job_response(session, load_job(session, job_id), 202)
     if not replayed:
         enqueue(celery, svc.db, job_id)  # a new job has no viewers and no webhook event yet: nothing to announce
     if wait is not None:
         events.wait_for_end(job_id, wait)
         with svc.db.session() as session:
-            job = load_job(session, job_id)
-            response = job_response(session, job, 201 if job.state.terminal else 202)
+            if (job := find_job(session, job_id)) is not None:
+                response = job_response(session, job, 201 if job.state.terminal else 202)
     response.headers["Location"] = job_path(job_id)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -183,4 +183,5 @@ def delete_job(job_id: str) -> Response:
     with svc.db.session() as session:
         load_job(session, job_id)
         lifecycle.delete(session, svc.storage, job_id)
+    announce.deleted(svc, job_id)
     return Response(status=204)

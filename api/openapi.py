@@ -58,11 +58,12 @@ REDIRECT = {"description": "With ATELIER_STORAGE_REDIRECT_SECONDS on object stor
             "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}}}
 # one event of the stream, as Server-Sent Events parse it (keep-alive comments are not events)
 SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
-    "event": {"type": "string", "enum": ["status", "queue", "progress", "snapshot", "error"]},
+    "event": {"type": "string", "enum": ["status", "queue", "progress", "snapshot", "deleted", "error"]},
     "data": {"type": "string", "contentMediaType": "application/json",
              "description": "JSON: the job (`status`), where it stands while queued (`queue`, as the job's "
-                            "`queue`), its progress (`progress`), the new snapshot (`snapshot`) or a problem "
-                            "(`error`: the stream broke; reconnect or poll)"}}}
+                            "`queue`), its progress (`progress`), the new snapshot (`snapshot`), `{\"id\": ...}` "
+                            "(`deleted`: the job was deleted; the stream ends) or a problem (`error`: the stream "
+                            "broke; reconnect or poll)"}}}
 
 
 def build_spec(settings: Settings) -> dict[str, Any]:
@@ -164,7 +165,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             },
             "/v1/jobs/{job_id}/events": {
                 "parameters": [JOB_ID],
-                "get": {"summary": "Live events (Server-Sent Events: `status`, `queue`, `progress`, `snapshot`)",
+                "get": {"summary": "Live events (Server-Sent Events: `status`, `queue`, `progress`, `snapshot`, `deleted`)",
                         "operationId": "jobEvents",
                         "responses": {"200": {"description": "An event stream; the first event is the job's status",
                                               "content": {"text/event-stream": {"schema": SSE_EVENT}}},

@@ -1,5 +1,6 @@
 """A job's status changed: tell its live viewers (the Redis event channel) and its webhook (the
-outbox). Every place that changes a status calls this one function after committing."""
+outbox). Every place that changes a status calls this one function after committing; every place
+that deletes a job calls `deleted`."""
 from __future__ import annotations
 
 import logging
@@ -27,3 +28,8 @@ def status_changed(services: Services, celery: Celery, job: Job) -> None:
         outbox.notify(services, celery, job.id)
     except SQLAlchemyError as exc:
         log.warning("job %s: webhook event not recorded now (%s); the outbox sweep will", job.id, exc)
+
+
+def deleted(services: Services, job_id: str) -> None:
+    """Tell the job's live viewers it was deleted, after the commit: no status will end their streams."""
+    events.publish(services.redis, job_id, "deleted", {"id": job_id})

@@ -1,8 +1,8 @@
 """Live job events over Redis pub/sub, so any API process can stream any job's events.
 
 Channel `atelier:job:<job id>`; each message is JSON `{"event": ..., "data": ...}` where event
-is `status` (data: the job object), `progress` (data: the job's progress object) or
-`snapshot` (data: `{iteration, url, created_at}`). Publishing is best effort: the database
+is `status` (data: the job object), `progress` (data: the job's progress object),
+`snapshot` (data: `{iteration, url, created_at}`) or `deleted` (data: `{id}`; nothing follows). Publishing is best effort: the database
 stays the record, events are for live viewers. Viewers receive them through their process's
 `shared.event_hub`.
 """
@@ -17,7 +17,7 @@ import redis
 
 log = logging.getLogger(__name__)
 
-EventType = Literal["status", "progress", "snapshot"]
+EventType = Literal["status", "progress", "snapshot", "deleted"]
 CHANNEL_PATTERN = "atelier:job:*"   # every job's channel
 
 

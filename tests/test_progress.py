@@ -9,9 +9,9 @@ from worker.engine import Iterate
 from worker.progress import eta_seconds, progress_of
 
 
-def at(iteration: int, per_second: float, total: int = 20) -> Iterate:
+def at(iteration: int, per_second: float, total: int = 20, loss: float = 1.0) -> Iterate:
     return Iterate(scale=0, scales=2, width=64, height=48, iteration=iteration, total=total, elapsed=9.0,
-                   iterations_per_second=per_second, rate_from=1, _losses=lambda: {"total": 1.0},
+                   iterations_per_second=per_second, rate_from=1, _losses=lambda: {"style": 0.5, "total": loss},
                    _image=lambda: None, _checkpoint=lambda: {})
 
 
@@ -33,3 +33,11 @@ def test_no_eta_before_there_is_a_rate():
 def test_the_progress_carries_the_eta_rounded():
     progress = progress_of(at(6, per_second=0.5), 3, TIMELINE)
     assert progress["eta_seconds"] == 132.0 and progress["resumed_from"] == 3 and progress["percent"] == 30.0
+
+
+@pytest.mark.parametrize("loss", [float("nan"), float("inf"), float("-inf")])
+def test_a_loss_that_is_not_finite_is_never_progress_but_divergence(loss):
+    """PostgreSQL's json refuses NaN and infinity, and they are not JSON to a viewer of the events:
+    the job diverged, as the engine says once it checks (a FloatingPointError ends it `diverged`)."""
+    with pytest.raises(FloatingPointError, match="the loss diverged by iteration 6"):
+        progress_of(at(6, per_second=0.5, loss=loss), None, TIMELINE)

@@ -2,6 +2,7 @@
 engine's `Iterate`, with its ETA."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from shared.capacity import Timeline
@@ -9,9 +10,15 @@ from worker.engine import Iterate
 
 
 def progress_of(it: Iterate, resumed_from: int | None, timeline: Timeline | None) -> dict[str, Any]:
+    """Raises FloatingPointError for a loss that is not finite: the job diverged before the engine's
+    next check, and ends `diverged` as if that had seen it. NaN and infinity are never written:
+    PostgreSQL's json refuses them, and they are not JSON to a viewer of the events."""
+    losses = it.losses
+    if not all(math.isfinite(value) for value in losses.values()):
+        raise FloatingPointError(f"the loss diverged by iteration {it.iteration}: {losses}")
     eta = eta_seconds(it, timeline)
     return {"iteration": it.iteration, "total": it.total, "scale": it.scale, "scales": it.scales,
-            "percent": round(100 * it.iteration / it.total, 2), "losses": it.losses,
+            "percent": round(100 * it.iteration / it.total, 2), "losses": losses,
             "iterations_per_second": round(it.iterations_per_second, 3),
             "eta_seconds": round(eta, 1) if eta is not None else None, "resumed_from": resumed_from}
 

@@ -180,6 +180,7 @@ def delete(job_id: str) -> Response:
     with svc.db.session() as db:
         _load(db, job_id)
         lifecycle.delete(db, svc.storage, job_id)
+    announce.deleted(svc, job_id)
     flash(f"Deleted job {job_id}.")
     return redirect(url_for("admin.jobs"), 303)
 

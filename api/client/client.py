@@ -29,8 +29,8 @@ from typing import Any, BinaryIO, Iterable, Iterator, Sequence
 import httpx
 from httpx_sse import EventSource, connect_sse
 
-from api.client.errors import (ConfigurationError, NetworkError, ServiceUnavailable, WaitTimeout, from_response,
-                               retry_after)
+from api.client.errors import (ConfigurationError, JobDeleted, NetworkError, ServiceUnavailable, WaitTimeout,
+                               from_response, retry_after)
 from api.client.models import Event, Job
 
 log = logging.getLogger("atelier.client")
@@ -117,7 +117,7 @@ class Client:
 
     def wait(self, job: JobRef, timeout: float | None = None) -> Job:
         """The job once it has ended (succeeded, failed or canceled: check `status`). `WaitTimeout`
-        after `timeout` seconds; the job goes on regardless."""
+        after `timeout` seconds; the job goes on regardless. `JobDeleted` if it is deleted meanwhile."""
         (last,) = deque(self.events(job, timeout), maxlen=1)  # the status that ended it
         return last.job
 
@@ -125,12 +125,15 @@ class Client:
         """The job's events as they happen, the last one the `status` that ends it. They come from
         the live stream; when that cannot be had or breaks (Redis down, a proxy cutting it), from
         polling every `poll_interval` seconds, which yields the same kinds of events for what changed.
-        `WaitTimeout` after `timeout` seconds."""
+        `WaitTimeout` after `timeout` seconds; `JobDeleted` (a `NotFound`, as polling a deleted job
+        raises) when the job is deleted."""
         job_id = _id(job)
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = _Seen()
         try:
             for event in self._stream(job_id, deadline):
+                if event.type == "deleted":
+                    raise JobDeleted(404, "Not Found", f"job {job_id} was deleted")
                 seen.note(event)
                 yield event
                 if event.ends:

@@ -54,6 +54,10 @@ class NotFound(APIError):
     """404: no such job for this key (another account's jobs do not exist for it)."""
 
 
+class JobDeleted(NotFound):
+    """The job was deleted while it was being followed: it will never end."""
+
+
 class Conflict(APIError):
     """409: e.g. canceling a job that already ended."""
 

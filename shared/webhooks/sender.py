@@ -3,9 +3,10 @@ outcome and schedule the retry.
 
 - 2xx within `webhook_timeout_seconds`: delivered. 410 Gone: failed, no more retries; so too
   when no secret may sign it (the submitting key was revoked).
-  Anything else (timeout, connection error, 3xx, 4xx, 5xx, a refused address): retried after
-  the next delay of `webhook_retry_schedule` (with jitter), or after `Retry-After` on 429/503,
-  until the schedule is used up.
+  Anything else (timeout, connection error, 3xx, 4xx, 5xx, a refused address, an answer that
+  cannot be read): retried after the next delay of `webhook_retry_schedule` (with jitter), or
+  after `Retry-After` on 429/503, until the schedule is used up. Every attempt is recorded: what
+  a receiver answered is stored as PostgreSQL text takes it.
 - Every attempt carries the event id as `webhook-id`, a fresh `webhook-timestamp`, and one
   `v1,` signature per secret of the submitting key (two during a rotation's grace).
 - The connection goes to an address `targets.resolve` just checked, with the URL's host in
@@ -126,13 +127,18 @@ def attempt(services: Services, celery: Celery, event_id: str) -> None:
 
 
 def _send(url: str, event_id: str, body: str, keys: list[str], settings: Settings) -> Outcome:
+    """The attempt's outcome. Anything unexpected on the way (a receiver's odd answer we fail to
+    read) is a failed attempt too: raised, it would leave the event leased and unrecorded, to be
+    sent again by every sweep."""
     started = time.monotonic()
     try:
         target = targets.resolve(url, targets.parse_networks(settings.webhook_allow_networks))
+        return post(target, sign(keys, event_id, body, utcnow()), body.encode(), settings.webhook_timeout_seconds)
     except targets.RefusedURL as exc:
         return Outcome(None, f"refused: {exc}", _ms(started))
-    headers = sign(keys, event_id, body, utcnow())
-    return post(target, headers, body.encode(), settings.webhook_timeout_seconds)
+    except Exception as exc:
+        log.exception("webhook %s: attempt to %s failed unexpectedly", event_id, url)
+        return Outcome(None, _describe(exc), _ms(started))
 
 
 def _claim(session: Session, event_id: str, lease_seconds: float) -> bool:
@@ -153,8 +159,9 @@ def _record(session: Session, event_id: str, number: int, url: str, started_at: 
     if event is None:  # the job was deleted meanwhile
         return None
     session.add(WebhookAttempt(event_id=event_id, number=number, url=url, started_at=started_at,
-                               status_code=outcome.status_code, error=outcome.error and outcome.error[:500],
-                               latency_ms=outcome.latency_ms, response_excerpt=outcome.excerpt))
+                               status_code=outcome.status_code, latency_ms=outcome.latency_ms,
+                               error=_storable(outcome.error and outcome.error[:500]),
+                               response_excerpt=_storable(outcome.excerpt)))
     schedule = retry_schedule(settings)
     event.attempts, event.leased_until, event.next_attempt_at = number, None, None
     if outcome.delivered:
@@ -186,7 +193,7 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # '²'.isdigit(), but float('²') raises
         return min(float(value), MAX_RETRY_AFTER_SECONDS)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -195,6 +202,14 @@ def _retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return min(max(0.0, (when - utcnow()).total_seconds()), MAX_RETRY_AFTER_SECONDS)
+
+
+def _storable(text: str | None) -> str | None:
+    """`text` as PostgreSQL text takes it: a receiver's answer may hold NUL characters (refused
+    there) or, through an exception's message, lone surrogates (not encodable as UTF-8)."""
+    if text is None:
+        return None
+    return text.replace("\x00", "").encode("utf-8", errors="replace").decode("utf-8")
 
 
 def _describe(exc: Exception) -> str:

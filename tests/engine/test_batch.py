@@ -57,6 +57,22 @@ def test_a_job_that_stops_leaves_the_others_running(content, style):
     assert ended == [stopped, finished]
 
 
+def test_a_job_whose_callback_finds_its_loss_diverged_leaves_the_others_running(content, style):
+    """A worker's progress report raises FloatingPointError on a loss gone non-finite between the
+    loop's checks (`worker.progress.progress_of`): that job ends so, alone, as if the loop had seen it."""
+    def diverged(it) -> None:
+        if it.iteration == 3:
+            raise FloatingPointError(f"the loss diverged by iteration {it.iteration}")
+
+    ended = []
+    members = [Member(content, [style], Params(**TINY), callback=diverged, ended=ended.append),
+               Member(content, [style], Params(**TINY, seed=1, init="noise"), ended=ended.append)]
+    error, finished = stylize_batch(members, device="cpu")
+    assert isinstance(error, FloatingPointError) and "iteration 3" in str(error)
+    assert not finished.stopped and finished.iterations == 8 and finished.quality is not None
+    assert ended == [error, finished]
+
+
 def test_jobs_of_different_shapes_are_refused(content, style):
     with pytest.raises(ValueError, match="different shapes"):
         stylize_batch([Member(content, [style], Params(**TINY)), Member(content, [style], Params(size=32, iterations=8))],

@@ -282,21 +282,36 @@ def test_the_losses_an_iterate_reports_are_its_own_iterations_even_when_read_lat
     assert later == live and later[-1] == result.losses["total"] and len(set(later)) == 6
 
 
-def test_a_loss_that_stops_being_finite_ends_the_run_with_floating_point_error(content, style, tmp_path, monkeypatch):
-    """VGG-19 weights 100x too large overflow float32 by relu5_1. The loop, which reads the losses
-    only at the stage's end here, notices there."""
+@pytest.fixture
+def loud_weights(tmp_path) -> str:
+    """VGG-19 weights 100x too large: they overflow float32 by relu5_1."""
     from shared.params import LAYER_NAMES
-    from worker.engine import loop
     from worker.engine.vgg import load_weights
 
-    monkeypatch.setattr(loop, "READ_SECONDS", float("inf"))
     tensors = load_weights("caffe").tensors
     state = {f"features.{i}.{part}": tensors[f"{name}.{part}"] * (100 if part == "weight" else 1)
              for i, name in enumerate(LAYER_NAMES) if name.startswith("conv") for part in ("weight", "bias")}
     path = tmp_path / "loud.pth"
     torch.save(state, path)
+    return str(path)
+
+
+def test_a_loss_that_stops_being_finite_ends_the_run_with_floating_point_error(content, style, loud_weights,
+                                                                               monkeypatch):
+    """The loop, which reads the losses only at the stage's end here, notices there."""
+    monkeypatch.setattr(loop, "READ_SECONDS", float("inf"))
     with pytest.raises(FloatingPointError, match="diverged by iteration 6"):
-        run(content, [style], iterations=6, weights=str(path))
+        run(content, [style], iterations=6, weights=loud_weights)
+
+
+def test_a_progress_report_that_reads_a_diverged_loss_ends_the_run_there(content, style, loud_weights, monkeypatch):
+    """A worker's progress (`worker.progress.progress_of`) reads the losses between the loop's
+    checks: it ends the run as diverged at once rather than pass NaN or infinity on to be written."""
+    from worker.progress import progress_of
+
+    monkeypatch.setattr(loop, "READ_SECONDS", float("inf"))
+    with pytest.raises(FloatingPointError, match="diverged by iteration 1"):
+        run(content, [style], iterations=6, weights=loud_weights, callback=lambda it: progress_of(it, None, None))
 
 
 def test_a_checkpoint_taken_at_the_last_iteration_resumes_to_the_result(content, style):

@@ -11,8 +11,8 @@ import uuid
 import pytest
 from PIL import Image
 
-from api.client import (Client, ConfigurationError, Conflict, InvalidRequest, NetworkError, NotFound, RateLimited,
-                        Unauthorized, WaitTimeout)
+from api.client import (Client, ConfigurationError, Conflict, InvalidRequest, JobDeleted, NetworkError, NotFound,
+                        RateLimited, Unauthorized, WaitTimeout)
 from tests.service import faults
 from api.stack import free_port
 
@@ -85,6 +85,20 @@ def test_list_pages_cancel_and_delete(client, images):
         with pytest.raises(NotFound):
             client.get(job)
     assert list(client.list()) == []
+
+
+def test_following_a_job_that_is_deleted_raises_job_deleted(client, images):
+    """Before, `events` and `wait` (and so `atelier submit`) followed a deleted job's stream for ever."""
+    job = client.submit(images["content"], images["style"], size=128, iterations=1000)
+    events = client.events(job, timeout=60)
+    assert next(events).type == "status"
+    client.delete(job)
+    started = time.monotonic()
+    with pytest.raises(JobDeleted, match=f"job {job.id} was deleted"):
+        list(events)
+    assert time.monotonic() - started < 10
+    with pytest.raises(NotFound):
+        client.wait(job, timeout=60)
 
 
 def test_wait_gives_up_after_its_timeout(client, images):

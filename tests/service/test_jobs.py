@@ -6,9 +6,13 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
+from shared import lifecycle
 from shared.params import Params, plan
+from shared.services import Services
 from shared.storage import input_key, sha256
-from tests.service.helpers import bearer, new_key, submit
+from tests.service.helpers import bearer, new_key, stream_events, submit
 
 
 def test_submit_answers_202_with_the_job_and_location(client, auth, images):
@@ -144,6 +148,23 @@ def test_delete_removes_the_job_and_unshared_files(client, auth, images, setting
     assert not (root / input_key(sha256(images["style2"]))).exists()   # only that job used it
     assert (root / input_key(sha256(images["style"]))).exists()        # still used by the other job
     assert client.get(f"/v1/jobs/{shared_style['id']}", headers=auth).status_code == 200
+
+
+@pytest.mark.parametrize("status", ["queued", "running"])
+def test_deleting_a_job_ends_its_event_streams_with_a_deleted_event(client, auth, images, settings, status):
+    """Before, the stream of a deleted job went on for ever: `queue` events with an invented place
+    for a queued one, keep-alives for a running one; a client waiting on it hung."""
+    job_id = submit(client, auth, images, {"size": 32}).get_json()["id"]
+    if status == "running":  # a worker holds it
+        services = Services(settings)
+        with services.db.session() as session:
+            assert lifecycle.claim(session, job_id, "gpu0@host", 60, 3)
+        services.db.dispose()
+    stream = stream_events(client.get(f"/v1/jobs/{job_id}/events", headers=auth, buffered=False), until=10)
+    kind, data = next(stream)
+    assert (kind, data["status"]) == ("status", status)
+    assert client.delete(f"/v1/jobs/{job_id}", headers=auth).status_code == 204
+    assert list(stream)[-1] == ("deleted", {"id": job_id})  # and the stream ended, within 10 s
 
 
 def test_result_is_404_until_there_is_one(client, auth, images):

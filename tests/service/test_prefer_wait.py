@@ -3,10 +3,11 @@ job's Redis channel until the job ends (201 with the ended job) or N seconds pas
 without it), N capped by ATELIER_MAX_PREFER_WAIT_SECONDS."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 
-from tests.service.helpers import submit
+from tests.service.helpers import submit, wait_for
 
 TINY = {"size": 32, "iterations": 2}
 
@@ -33,6 +34,28 @@ def test_a_job_still_queued_when_the_wait_runs_out_is_answered_202(client, auth,
     assert 5 > held >= 1  # the request was held for the wait, and let go when it ran out
     assert response.status_code == 202 and response.get_json()["status"] == "queued"
     assert response.headers["Preference-Applied"] == "wait=1"
+
+
+def test_a_job_deleted_during_the_wait_is_answered_202_as_created(client, auth, images):
+    """Before, the job was read again after the wait and the submission answered 404, as if it had
+    made nothing. Now: the job as created, and where it was; the deletion ends the wait at once."""
+    other = client.application.test_client()  # deletes it from another thread, as another request would
+
+    def delete_once_listed() -> None:
+        listed = wait_for(lambda: other.get("/v1/jobs", headers=auth).get_json()["data"], what="the job")
+        assert other.delete(f"/v1/jobs/{listed[0]['id']}", headers=auth).status_code == 204
+
+    deleter = threading.Thread(target=delete_once_listed)
+    deleter.start()
+    started = time.monotonic()
+    response = submit(client, auth, images, TINY, headers={"Prefer": "wait=30"})  # no worker here
+    deleter.join()
+    assert response.status_code == 202, response.get_json()
+    job = response.get_json()
+    assert job["status"] == "queued" and response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert response.headers["Preference-Applied"] == "wait=30"
+    assert time.monotonic() - started < 10
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth).status_code == 404
 
 
 def test_the_wait_is_capped_by_the_setting_and_bare_wait_means_the_cap(settings, images, auth, make_app):

@@ -118,6 +118,14 @@ def test_retry_after_is_read_as_seconds_or_a_date(receiver):
     assert sender.post(target, {}, b"{}", timeout=5).retry_after is None  # only on 429 and 503
 
 
+def test_a_retry_after_that_is_not_ascii_digits_is_ignored(receiver):
+    """The bytes 0xB2 and 0xB9 read as '²' and '¹': digits to str.isdigit(), but not to float()."""
+    receiver.reply(Reply(503, {"Retry-After": "\xb2"}), Reply(429, {"Retry-After": "\xb9"}))
+    target = resolve(receiver.url(), parse_networks("127.0.0.0/8"))
+    outcomes = [sender.post(target, {}, b"{}", timeout=5) for _ in range(2)]
+    assert [(o.status_code, o.retry_after) for o in outcomes] == [(503, None), (429, None)]
+
+
 def test_the_retry_schedule_setting_is_validated():
     from shared.config import Settings
     assert sender.retry_schedule(Settings()) == (5, 300, 1800, 7200, 18000, 36000, 36000)

@@ -147,6 +147,30 @@ def test_410_gone_stops_the_retries(wh_client, wh_auth, images, receiver):
     assert len(deliveries(wh_client, wh_auth, job_id)[0]["attempts"]) == 1
 
 
+def test_a_receiver_answering_nul_bytes_has_its_delivery_recorded(wh_client, wh_auth, images, receiver):
+    """PostgreSQL text refuses NUL: the excerpt was stored as received, the attempt's record failed,
+    and the event stayed leased and unrecorded, sent again by every sweep. Now stored without them."""
+    receiver.reply(Reply(200, body=b"o\x00k"))
+    job_id = submit(wh_client, wh_auth, images, TINY | {"webhook_url": receiver.url()}).get_json()["id"]
+    delivered = wait_delivery(wh_client, wh_auth, job_id, "job.succeeded", "delivered", timeout=30)
+    [attempt] = delivered["attempts"]
+    assert attempt["status_code"] == 200 and attempt["response_excerpt"] == "ok"
+    assert len(receiver.requests()) == 1
+
+
+def test_a_retry_after_of_a_non_ascii_digit_is_a_failed_attempt_retried_on_the_schedule(
+        wh_client, wh_auth, images, receiver):
+    """Retry-After: the byte 0xB2 reads as '²', a digit to str.isdigit() that float() refuses: the
+    sender raised before recording the attempt, leaving the event leased and unrecorded."""
+    receiver.reply(Reply(503, {"Retry-After": "\xb2"}), Reply(429, {"Retry-After": "\xb2"}))
+    job_id = submit(wh_client, wh_auth, images, TINY | {"webhook_url": receiver.url()}).get_json()["id"]
+    delivered = wait_delivery(wh_client, wh_auth, job_id, "job.succeeded", "delivered", timeout=30)
+    assert [a["status_code"] for a in delivered["attempts"]] == [503, 429, 200]
+    started = [datetime.fromisoformat(a["started_at"]) for a in delivered["attempts"]]
+    assert all((b - a).total_seconds() >= 0.9 for a, b in zip(started, started[1:]))  # the 1 s schedule, ±10%
+    assert len(receiver.requests()) == 3
+
+
 def test_a_receiver_that_keeps_failing_gets_the_whole_schedule_then_the_delivery_fails(
         wh_client, wh_auth, images, receiver):
     receiver.reply(*[Reply(500)] * 10)

@@ -5,10 +5,10 @@ the same thing from each (`shared.params.batch_key`: the stage sizes and iterati
 pooling, weights, precision, optimiser). Their loss terms are rows of one set of kernels
 (`_Objective`), summed for one backward pass; VGG treats each image of a batch apart, so each
 image's gradient is its own loss's gradient, and the optimiser steps each job's row on it alone
-(`optimizers`). A job whose callback asks to stop, or
-whose loss diverges, leaves the batch with its own outcome; the others go on. Small images leave
-a GPU mostly idle between kernel launches: a batch of them costs about what one does. A job on
-its own is a batch of one, which may resume from a checkpoint.
+(`optimizers`). A job whose callback asks to stop, or whose loss diverges (or whose callback
+raises FloatingPointError: it read a loss that did), leaves the batch with its own outcome; the
+others go on. Small images leave a GPU mostly idle between kernel launches: a batch of them costs
+about what one does. A job on its own is a batch of one, which may resume from a checkpoint.
 
 No iteration waits for the device: the optimisers decide on it, and the losses are read back
 (one copy for the whole batch) at most once a second to notice a job that diverged, at the end
@@ -345,8 +345,14 @@ def _stages(jobs: list[_Job], checkpoint: dict | None) -> list[Result | Exceptio
                         job.outcome = FloatingPointError(f"the loss diverged by iteration {done}: {values}")
                 last_read = time.monotonic()
             for row, job in enumerate(active):
-                if job.outcome is None and job.callback is not None \
-                        and job.callback(_iterate(job, index, done, rate, images, row, optimizer, start)):
+                if job.outcome is not None or job.callback is None:
+                    continue
+                try:
+                    stop = job.callback(_iterate(job, index, done, rate, images, row, optimizer, start))
+                except FloatingPointError as error:  # it read a loss gone non-finite before the check above
+                    job.outcome = error
+                    continue
+                if stop:
                     job.outcome = job.transfer._result(index, done, images.detach()[row:row + 1],
                                                        optimizer.state(row), True, job.losses(), start)
             if any(job.outcome is not None for job in active):

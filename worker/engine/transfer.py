@@ -78,7 +78,7 @@ class Result:
     params: Params        # what ran: the given parameters with every automatic choice resolved
 
 
-Callback = Callable[[Iterate], bool | None]
+Callback = Callable[[Iterate], bool | None]  # True: stop; raising FloatingPointError: the loss it read diverged
 
 
 class DeviceError(ValueError):
