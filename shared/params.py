@@ -68,7 +68,7 @@ class Params:
     scales: int | None = param(None, "coarse-to-fine scales, 1 for a single scale (auto: from ~128 px, doubling)",
                                low=1, high=MAX_SCALES)
     style_weights: tuple[float, ...] | None = param(None, "blend of the style images, one weight each (auto: equal)",
-                                                    low=0)
+                                                    low=0, high=1e9)
     content_weight: float = param(1.0, "weight of the content loss", low=0, high=1e9)
     style_weight: float = param(8.4, "weight of the style loss, each layer's loss counted from 1 at the content "
                                      "image and divided by how far the content starts from the style",
@@ -91,7 +91,8 @@ class Params:
                                             choices=LAYER_NAMES)
     style_layers: tuple[str, ...] = param(("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
                                           "layers whose Gram matrices the style loss matches", choices=LAYER_NAMES)
-    style_layer_weights: tuple[float, ...] | None = param(None, "one weight per style layer (auto: equal)", low=0)
+    style_layer_weights: tuple[float, ...] | None = param(None, "one weight per style layer (auto: equal)",
+                                                          low=0, high=1e9)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -153,8 +154,9 @@ def _check(name: str, value: Any, kind_: str, s: Spec) -> None:
     elif kind_ == "names":
         if not isinstance(value, tuple) or not value or any(v not in s.choices for v in value):
             raise ParamError(name, f"must be a non-empty list of VGG-19 layers, e.g. {s.choices[1]}")
-    elif not isinstance(value, tuple) or not value or any(not _finite(v) or v < s.low for v in value):
-        raise ParamError(name, "must be a list of non-negative finite numbers")
+    elif not isinstance(value, tuple) or not value or any(not _finite(v) or not s.low <= v <= s.high for v in value):
+        # bounded: weights are normalised by their sum, which overflows to infinity and zeroes them
+        raise ParamError(name, f"must be a list of numbers from {s.low:g} to {s.high:g}")
     elif sum(value) <= 0:
         raise ParamError(name, "must not all be zero")
 

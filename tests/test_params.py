@@ -13,7 +13,8 @@ from shared.params import ParamError, Params, plan, resolve
     ("style_scale", 0), ("style_scale", 9), ("optimizer", "sgd"), ("pooling", "min"),
     ("preserve_color", "sepia"), ("init", "photo.jpg"), ("seed", -1), ("precision", "fp8"),
     ("content_layers", ()), ("style_layers", ("relu9_1",)), ("style_weights", (-1.0,)),
-    ("style_weights", (0.0, 0.0)), ("style_layer_weights", (1.0, 2.0)), ("learning_rate", 0),
+    ("style_weights", (0.0, 0.0)), ("style_weights", (1e308, 1e308)), ("style_layer_weights", (1.0, 2.0)),
+    ("style_layer_weights", (1e308,) * 5), ("learning_rate", 0),
 ])
 def test_bad_values_name_their_field(field, value):
     with pytest.raises(ParamError) as info:
