@@ -154,7 +154,8 @@ def cancel(job_id: str) -> Response:
 @bp.post("/jobs/<job_id>/retry")
 def retry(job_id: str) -> Response:
     """A new job with the same inputs, parameters and webhook, for the same account and key,
-    within the same active-job caps as a submission."""
+    within the same active-job caps as a submission; the same work, so the original's batch key
+    (it batches as a submission would) and prediction (its ETA while queued)."""
     svc, celery = services(), current_app.extensions["celery"]
     with svc.db.session() as db:
         old = _load(db, job_id)
@@ -163,7 +164,8 @@ def retry(job_id: str) -> Response:
                 db, svc.settings, svc.storage, account_id=old.account_id, api_key_id=old.api_key_id,
                 params=old.params, inputs=[lifecycle.NewInput(InputRole(i.role), i.sha256, i.filename, i.size_bytes)
                                            for i in old.inputs],
-                request_hash=old.request_hash, webhook_url=old.webhook_url, webhook_events=old.webhook_events)
+                request_hash=old.request_hash, webhook_url=old.webhook_url, webhook_events=old.webhook_events,
+                batch_key=old.batch_key, prediction=old.prediction)
         except (lifecycle.TooManyActive, lifecycle.InputGone) as exc:
             db.rollback()
             flash(f"Not retried: {exc}.")

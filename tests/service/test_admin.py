@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from api.admin.storage import human_bytes
 from shared import capacity, retention
@@ -214,16 +214,21 @@ def test_job_page_and_its_cancel_retry_and_delete_actions(admin, settings, image
     delivery = re.search(r'<tr data-delivery="[^"]+".*?</tr>', admin.get(f"/admin/jobs/{job['id']}").get_data(as_text=True), re.S)
     assert "job.canceled" in delivery.group(0)  # the tenant's webhook hears of it, as with the API's cancel
 
+    services = Services(settings)
+    predicted = {"device": "cpu", "seconds": 3.5, "memory_mb": 1065.0, "measured": True}  # as a live worker's would be
+    with services.db.session() as session:
+        session.execute(update(Job).where(Job.id == job["id"]).values(prediction=predicted))
+        session.commit()
     retried = admin.post(f"/admin/jobs/{job['id']}/retry", data={"csrf_token": token})
     new_id = retried.headers["Location"].rsplit("/", 1)[1]
     again = admin.get(f"/v1/jobs/{new_id}", headers=auth).get_json()  # same account, so its key sees it
     assert new_id != job["id"] and again["status"] == "queued" and again["params"] == job["params"]
-    services = Services(settings)
     with services.db.session() as session:
         old, new = session.get(Job, job["id"]), session.get(Job, new_id)
         assert [i.sha256 for i in new.inputs] == [i.sha256 for i in old.inputs]
         assert new.api_key_id == old.api_key_id is not None
         assert (new.webhook_url, new.webhook_events) == (hook["webhook_url"], hook["webhook_events"])
+        assert new.batch_key == old.batch_key is not None and new.prediction == predicted
     services.db.dispose()
 
     assert admin.post(f"/admin/jobs/{new_id}/delete", data={"csrf_token": token}).status_code == 303
