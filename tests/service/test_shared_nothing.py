@@ -36,7 +36,7 @@ def test_two_workers_that_share_nothing_split_jobs_and_resume_each_others(postgr
     for job_id in jobs:
         done = wait_status(client, auth, job_id, TERMINAL, timeout=240)
         assert done["status"] == "succeeded", done["error"]
-        assert s3_server.keys(f"{prefix}/jobs/{job_id}/result.png")
+        assert s3_server.keys(f"{prefix}/jobs/{job_id}/result-")  # named for the claim that stored it
     claims = {name: sum(f"job {j}: claimed by" in w.output() for j in jobs) for name, w in started.items()}
     assert claims["machine-a"] >= 1 and claims["machine-b"] >= 1 and sum(claims.values()) == 4, claims
 
