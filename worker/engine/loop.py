@@ -100,6 +100,7 @@ class _Objective:
         self.layer_weights = torch.tensor([job.transfer.layer_weights for job in jobs], device=device).T
         self.weights = torch.tensor([(job.transfer.params.content_weight, job.style_weight, job.transfer.params.tv_weight)
                                      for job in jobs], device=device).T
+        self.kept = torch.full((len(TERMS), len(jobs)), math.nan, device=device)  # `kept_terms`'
 
     def __call__(self, features: dict[str, torch.Tensor], images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss terms and their weighted total, one value per image (the style weight is each
@@ -112,10 +113,21 @@ class _Objective:
         terms["total"] = (self.weights * torch.stack(list(terms.values()))).sum(0)
         return terms
 
+    def kept_terms(self, terms: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
+        """Each job's terms at the point its optimiser kept (`accepted`): this evaluation's, or where
+        L-BFGS took the step to it back (its loss jumped, or was not finite), those of the point it
+        went back to and steps from again. Such an evaluation is no divergence: read as one, a job
+        failed or not by whether its losses happened to be read then. Kept in place (a CUDA graph
+        replays this); a stage's first evaluation, or a resumed run's, is taken as it is."""
+        take = accepted | self.kept.isnan().any(0)
+        self.kept.copy_(torch.where(take, terms, self.kept))
+        return self.kept.clone()
+
     def keep(self, rows: torch.Tensor) -> None:
         for loss in self.content + self.style:
             loss.keep(rows)
         self.layer_weights, self.weights = self.layer_weights.index_select(1, rows), self.weights.index_select(1, rows)
+        self.kept = self.kept.index_select(1, rows)
 
 
 class _Losses:
@@ -218,7 +230,7 @@ class _Iteration:
         self.graph, self.captured = graph, captured
 
     def _kernels(self) -> torch.Tensor:
-        """The iteration's device work; its loss terms stacked (`TERMS`)."""
+        """The iteration's device work; its loss terms stacked (`TERMS`), at the points kept (`_Objective.kept_terms`)."""
         images = self.images
         images.grad = None
         terms = (_compiled_terms() if COMPILE else _terms)(self.net, self.layers, self.objective, images, self.bf16)
@@ -228,7 +240,7 @@ class _Iteration:
         self.optimizer.kernels(rows, images.grad.view(len(images), -1), total.detach())
         if self.clamp:
             rows.clamp_(0, 1)
-        return terms.detach()
+        return self.objective.kept_terms(terms.detach(), self.optimizer.accepted)
 
 
 @contextlib.contextmanager

@@ -28,6 +28,9 @@ class _Counted(ABC):
     on the host (`steps`: what a checkpoint and the first L-BFGS step go by)."""
 
     steps: int
+    # (jobs,): whether each row kept the point it was last evaluated at (False: L-BFGS took the step
+    # to it back), updated in place
+    accepted: torch.Tensor
 
     @abstractmethod
     def kernels(self, x: torch.Tensor, g: torch.Tensor, loss: torch.Tensor | None = None) -> None: ...
@@ -92,6 +95,7 @@ class LBFGS(_Counted):
         self.rho = x.new_zeros(jobs, HISTORY)          # 1 / sᵢ·yᵢ, or 0: the pair is left out
         self.h0 = x.new_ones(jobs)
         self.cold = torch.ones(jobs, dtype=torch.bool, device=x.device)  # first step 1/‖g‖₁ long
+        self.accepted = torch.ones(jobs, dtype=torch.bool, device=x.device)
         if previous is not None:
             warm = previous.rho.ne(0).any(1)
             self.h0 = torch.where(warm, previous.h0 * (pixels / previous.prev_grad.shape[-1]), self.h0)
@@ -121,6 +125,7 @@ class LBFGS(_Counted):
             # taken back: the loss jumped (NaN compares false) or the gradient is not finite
             back = ~finite if loss is None else ~(finite & (loss <= TAKE_BACK * self.prev_loss))
             d = torch.where(back[:, None], self.prev_step * self._shorter(loss)[:, None], self._direction(g, ~back))
+        self.accepted.copy_(~back)
         self.prev_x.copy_(torch.where(back[:, None], self.prev_x, x))
         x.copy_(self.prev_x + d)
         if loss is not None:
@@ -185,10 +190,11 @@ class LBFGS(_Counted):
 
     def keep(self, rows: torch.Tensor) -> None:
         """Only these rows (jobs) go on, in this order."""
-        (self.pairs, self.sy, self.yy, self.rho, self.h0, self.cold, self.prev_grad, self.prev_step, self.prev_x,
-         self.prev_loss) = (t.index_select(0, rows) for t in (self.pairs, self.sy, self.yy, self.rho, self.h0,
-                                                               self.cold, self.prev_grad, self.prev_step,
-                                                               self.prev_x, self.prev_loss))
+        (self.pairs, self.sy, self.yy, self.rho, self.h0, self.cold, self.accepted, self.prev_grad, self.prev_step,
+         self.prev_x, self.prev_loss) = (t.index_select(0, rows) for t in (self.pairs, self.sy, self.yy, self.rho,
+                                                                           self.h0, self.cold, self.accepted,
+                                                                           self.prev_grad, self.prev_step,
+                                                                           self.prev_x, self.prev_loss))
         self.products = self.products.new_empty(len(rows), *self.products.shape[1:])  # scratch: nothing to keep
 
     def state(self, row: int) -> dict:
@@ -248,6 +254,7 @@ class Adam(_Counted):
         self.lr = torch.as_tensor(lr, dtype=x.dtype, device=x.device).expand(len(x)) \
             .reshape(len(x), *[1] * (x.dim() - 1)).clone()
         self.m, self.v = torch.zeros_like(x), torch.zeros_like(x)
+        self.accepted = torch.ones(len(x), dtype=torch.bool, device=x.device)  # every step is kept
         self.t = x.new_zeros(())  # the step count on the device, for the bias corrections (see `LBFGS.slot`)
 
     @torch.no_grad()
@@ -261,7 +268,7 @@ class Adam(_Counted):
         x.addcdiv_(self.m, denom.mul_((1 - b1 ** self.t) / -self.lr))
 
     def keep(self, rows: torch.Tensor) -> None:
-        self.m, self.v, self.lr = (t.index_select(0, rows) for t in (self.m, self.v, self.lr))
+        self.m, self.v, self.lr, self.accepted = (t.index_select(0, rows) for t in (self.m, self.v, self.lr, self.accepted))
 
     def state(self, row: int) -> dict:
         return {"steps": self.steps, "m": self.m[row], "v": self.v[row]}
