@@ -26,9 +26,19 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(url)
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # batch mode rebuilds a table by dropping it: with foreign keys on (`shared.db`), SQLite
+            # first deletes its rows, and the rows of every table that references it go by ON DELETE
+            # CASCADE (a downgrade emptied jobs, their inputs, even API keys). Off for this connection,
+            # outside a transaction (SQLite ignores the pragma inside one); checked before committing.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
+            if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
+                raise RuntimeError(f"the migration left rows whose references are gone: {broken[:10]}")
     engine.dispose()
 
 
