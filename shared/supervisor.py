@@ -2,8 +2,10 @@
 GPU box's workers) both hand their children to a `Supervisor`.
 
 A child that dies is restarted (at once if it had run a while, with a growing delay if it keeps
-dying) and the fact logged; SIGTERM or Ctrl-C stops everything, politely first, then by force
-after a grace period. Children marked `stop_last` (an embedded Redis) stop after the others.
+dying) and the fact logged; SIGTERM, Ctrl-C, SIGHUP (its terminal closed) or SIGQUIT stops
+everything, politely first, then by force after a grace period, and so does the supervisor's own
+failure: each child runs in a session of its own, and nothing else would stop it. Children marked
+`stop_last` (an embedded Redis) stop after the others.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Callable
 log = logging.getLogger("atelier.supervisor")
 
 STOP_GRACE_SECONDS = 10.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 MAX_RESTART_DELAY = 30.0
 
 
@@ -39,19 +42,22 @@ class Supervisor:
         self.stopping = False
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._stop)
 
     def run(self, started: Callable[[], None] = lambda: None) -> int:
-        """Start every child, call `started`, keep them up until a stop signal; then stop them."""
+        """Start every child, call `started`, keep them up until a stop signal; then stop them (and
+        on the way out of an error too)."""
         self.install_signal_handlers()
-        for child in self.children:
-            self._start(child)
-        started()
-        while not self.stopping:
-            self._supervise()
-            time.sleep(0.5)
-        self._stop_all()
+        try:
+            for child in self.children:
+                self._start(child)
+            started()
+            while not self.stopping:
+                self._supervise()
+                time.sleep(0.5)
+        finally:
+            self._stop_all()
         return 0
 
     def _start(self, child: Child) -> None:

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from openapi_spec_validator import validate
 
 from api.stack import free_port
@@ -180,6 +181,45 @@ def test_the_banner_says_who_can_reach_the_api():
     assert "http://127.0.0.1:8123/docs" in exposed
     assert "this machine only" in banner(Settings(host="127.0.0.1"))
     assert "this machine only" in banner(Settings(host="::1")) and "http://[::1]:8000/v1/jobs" in banner(Settings(host="::1"))
+
+
+SUPERVISED = """
+import logging, os, sys
+from shared.supervisor import Child, Supervisor
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+children = [Child("first", ["sleep", "600"]), Child("second", sys.argv[1:]), Child("redis", ["sleep", "600"], stop_last=True)]
+Supervisor(children, dict(os.environ), grace_seconds=5).run(lambda: print("all started", file=sys.stderr, flush=True))
+"""
+
+
+def _supervised(tmp_path: Path, *second: str) -> tuple[subprocess.Popen, Path]:
+    log_path = tmp_path / "supervisor.log"
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-c", SUPERVISED, *second], cwd=ROOT, stderr=log), log_path
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT], ids=lambda s: s.name)
+def test_a_supervisor_stops_its_children_on_each_stop_signal(tmp_path, signum):
+    """SIGHUP (the terminal or SSH session closed) and SIGQUIT too: each child runs in a session of
+    its own, so a supervisor that died of the signal left them all running (a second `atelier run`
+    then found its port taken and another worker on its queue)."""
+    supervisor, log_path = _supervised(tmp_path, "sleep", "600")
+    wait_for(lambda: "all started" in log_path.read_text(), timeout=30, what="the children to start")
+    pids = [int(p) for p in re.findall(r"started \w+ \(pid (\d+)\)", log_path.read_text())]
+    supervisor.send_signal(signum)
+    assert supervisor.wait(30) == 0 and len(pids) == 3
+    assert all(_gone(pid) for pid in pids), log_path.read_text()
+
+
+def test_a_supervisor_that_fails_stops_the_children_it_started(tmp_path):
+    supervisor, log_path = _supervised(tmp_path, str(tmp_path / "no-such-program"))
+    assert supervisor.wait(30) != 0  # the second child cannot start
+    pids = [int(p) for p in re.findall(r"started \w+ \(pid (\d+)\)", log_path.read_text())]
+    assert len(pids) == 1 and _gone(pids[0]), log_path.read_text()
 
 
 def test_atelier_run_serves_a_job_restarts_a_dead_child_and_stops_cleanly(tmp_path, images):
