@@ -30,7 +30,7 @@ from sqlalchemy import Row, and_, bindparam, case, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from shared import capacity
+from shared import capacity, lifecycle
 from shared.db import Database
 from shared.devices import working_devices
 from shared.models import Job, JobStatus, utcnow
@@ -168,7 +168,8 @@ def _place(ahead: int, predicted: int, ahead_seconds: float, own: float | None, 
     busy: dict[str | None, float] = {}  # a batch is several running jobs of one worker: it is free after the last
     now = utcnow()
     for owner, started_at, progress, prediction in running:
-        busy[owner] = max(busy.get(owner, 0.0), _left(started_at, progress, prediction, typical, read_at, now))
+        worker = owner and lifecycle.owner_process(owner)
+        busy[worker] = max(busy.get(worker, 0.0), _left(started_at, progress, prediction, typical, read_at, now))
     starts = capacity.starts_in(list(busy.values()), workers, ahead_seconds + (ahead - predicted) * typical)
     return QueueOut(position=ahead, workers=workers, starts_in_seconds=round(starts, 1),
                     eta_seconds=round(starts + own, 1) if own is not None else None)

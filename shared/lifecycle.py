@@ -14,6 +14,8 @@ to use).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -100,6 +102,16 @@ def create(session: Session, settings: Settings, storage: Storage, *, account_id
                                size_bytes=i.size) for position, i in enumerate(inputs)])
     session.add(job)
     return job
+
+
+def lease_owner(claim_id: str) -> str:
+    """A claim's `lease_owner`: the worker process that holds it (host:pid), and the claim's own id."""
+    return f"{socket.gethostname()}:{os.getpid()}:{claim_id}"
+
+
+def owner_process(owner: str) -> str:
+    """The worker process of a `lease_owner`: the jobs of a batch share it, each with a claim of its own."""
+    return owner.rsplit(":", 1)[0]
 
 
 def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_attempts: int) -> bool:

@@ -11,8 +11,6 @@ before it runs, as it can in a process short of memory (just after a batch ran o
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
@@ -32,7 +30,7 @@ class Lease:
     def __init__(self, services: Services, job_id: str) -> None:
         self.services, self.settings, self.job_id = services, services.settings, job_id
         self.claim_id = uuid.uuid4().hex[:8]  # names what this claim stores (`shared.storage`)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.claim_id}"
+        self.owner = lifecycle.lease_owner(self.claim_id)
         self.cancel_requested = False
         self.lost = False          # no longer ours: write nothing more
         self._lock = threading.RLock()  # the engine callback and the heartbeat both renew

@@ -10,12 +10,12 @@ from dataclasses import replace
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import selectinload
 
 from api.queue_standing import Board
 from shared import events, lifecycle
-from shared.devices import working_devices
+from shared.devices import report_device, working_devices
 from shared.models import Job
 from shared.schemas import QueueOut, job_out
 from shared.services import Services
@@ -64,6 +64,33 @@ def test_one_read_of_the_queue_serves_every_stream_and_agrees_with_a_poll(settin
             assert board.standing(services.db, services.redis, created_at, job_id, prediction) == polled
     assert [polled.position for polled in (QueueOut(**get(client, auth, i)["queue"]) for i in ids)] == [0, 1, 2, 3, 4]
     assert len(statements) == 2, statements  # the queued jobs, the running ones: once
+    services.db.dispose()
+
+
+def test_a_batch_is_one_busy_worker_to_the_jobs_queued_behind_it(settings, make_redis, own_database, client_for,
+                                                                 images):
+    """Each job of a batch holds a claim of its own, all of one worker process: that worker is free
+    after the last of them. Two live workers: one runs a batch of three with 10 s left, the other
+    a job with 300 s left; one job of 100 s is queued ahead: ours starts when the first worker has
+    run that one, in 110 s (a batch counted as three busy workers said 10)."""
+    local = replace(settings, redis_url=make_redis().url(0), database_url=own_database)
+    services = Services(local)
+    for node in ("a@gpu-a", "b@gpu-b"):
+        report_device(services.redis, node, {"device": "cpu", "name": "CPU", "memory_bytes": 2**40, "precision": "fp32"})
+    client, auth = client_for(local)
+    batch, lone, ahead, ours = ([submit(client, auth, images, TINY).get_json()["id"] for _ in range(n)] for n in (3, 1, 1, 1))
+    predicted = {"device": "cpu", "seconds": 100.0, "memory_mb": 1000.0, "measured": True}
+    with services.db.session() as session:
+        session.execute(update(Job).where(Job.id.in_(ahead + ours)).values(prediction=predicted))
+        session.commit()
+        for owner, job_id, left in [(f"gpu-a:11:c{n}", job_id, 10.0) for n, job_id in enumerate(batch)] \
+                + [("gpu-b:22:c0", lone[0], 300.0)]:
+            assert lifecycle.claim(session, job_id, owner, 60, 3)
+            lifecycle.renew(session, job_id, owner, 60, {"iteration": 1, "total": 2, "losses": {"total": 1.0},
+                                                         "eta_seconds": left})
+    queue = get(client, auth, ours[0])["queue"]
+    assert queue["position"] == 1 and queue["workers"] == 2
+    assert queue["starts_in_seconds"] == pytest.approx(110, abs=2) and queue["eta_seconds"] == pytest.approx(210, abs=2)
     services.db.dispose()
 
 
