@@ -45,6 +45,9 @@ def create_key(args: argparse.Namespace) -> int:
         with db.session() as session:
             token = keys.create_key(session, args.name)
             secret = signing.current(session, keys.live_key(session, token).id).secret
+    except keys.AccountNameError as exc:
+        print(f"atelier keys create: error: {exc}", file=sys.stderr)
+        return 2
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         where = make_url(settings.database_url).render_as_string(hide_password=True)

@@ -10,6 +10,11 @@ from sqlalchemy.orm import Session
 from shared.models import Account, ApiKey, utcnow
 
 PREFIX = "atl_"
+MAX_ACCOUNT_NAME = 100
+
+
+class AccountNameError(ValueError):
+    """The account name cannot be stored: empty, too long, or with control characters (NUL breaks PostgreSQL text)."""
 
 
 def hash_key(token: str) -> str:
@@ -18,6 +23,8 @@ def hash_key(token: str) -> str:
 
 def create_key(session: Session, account_name: str) -> str:
     """A new key for the account `account_name` (created if new); returns the only copy of the token."""
+    if not 1 <= len(account_name) <= MAX_ACCOUNT_NAME or not account_name.isprintable():
+        raise AccountNameError(f"the account name must be 1 to {MAX_ACCOUNT_NAME} printable characters")
     account = session.scalar(select(Account).where(Account.name == account_name))
     if account is None:
         account = Account(name=account_name)

@@ -29,10 +29,11 @@ def keys() -> str:
 def create_key() -> str:
     """Renders the new key in the response itself (never a redirect): it is shown this once."""
     account = request.form.get("account", "").strip()
-    if not account or len(account) > 100:
-        abort(400, "The account name must be 1 to 100 characters.")
     with services().db.session() as db:
-        token = api_keys.create_key(db, account)
+        try:
+            token = api_keys.create_key(db, account)
+        except api_keys.AccountNameError as exc:
+            abort(400, f"Not created: {exc}.")
     return _render(new_key=token, account=account)
 
 

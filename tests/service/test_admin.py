@@ -259,6 +259,26 @@ def test_a_jobs_webhook_deliveries_are_listed_and_redelivered(admin, settings, i
     services.db.dispose()
 
 
+def test_nul_bytes_and_ids_that_cannot_be_are_refused_without_a_query(client, operator, images, auth):
+    """PostgreSQL text cannot hold NUL: such a name, id or filter never reaches the database."""
+    wrong = sign_in(client, operator + "\x00")
+    assert wrong.status_code == 401 and "Wrong name or password" in wrong.get_data(as_text=True)
+    assert sign_in(client, operator).status_code == 303
+    job = submit(client, auth, images, {"size": 32, "iterations": 2}).get_json()
+    for path in ("/admin/jobs/%00", "/admin/jobs/%00/state.json", "/admin/jobs/%00/inputs/0", "/admin/jobs/%00/result",
+                 f"/admin/jobs/{job['id'].upper()}"):
+        assert client.get(path).status_code == 404, path
+    for query in ("q=%00", "owner=%00", "owner=a%00b"):
+        assert client.get(f"/admin/jobs.json?{query}").status_code == 400, query
+        assert client.get(f"/admin/?{query}").status_code == 400, query
+    token = csrf(client, "/admin/keys")
+    for account in ("a\x00b", "a\tb"):
+        refused = client.post("/admin/keys", data={"account": account, "csrf_token": token})
+        assert refused.status_code == 400 and "account name" in refused.get_data(as_text=True), repr(account)
+    for delivery in ("%00", "x" * 65):
+        assert client.post(f"/admin/deliveries/{delivery}/redeliver", data={"csrf_token": token}).status_code == 404
+
+
 # ---- keys and system ----------------------------------------------------------------------------
 
 def test_keys_are_created_once_revoked_and_counted(admin, images):
