@@ -59,11 +59,16 @@ class Client:
                                      f"not {base_url!r}")
         if not key:
             raise ConfigurationError("no API key: pass one or set ATELIER_KEY (`atelier keys create NAME` makes one)")
+        if not (key.isascii() and key.isprintable()):  # a header value; keys the server makes are URL-safe ASCII
+            raise ConfigurationError("the API key must be printable ASCII, as `atelier keys create NAME` prints it")
         self.base_url = base_url.rstrip("/")
         self.timeout, self.max_retries, self.max_retry_wait = timeout, max_retries, max_retry_wait
         self.poll_interval = poll_interval
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout,
-                                  headers={"Authorization": f"Bearer {key}", "User-Agent": "atelier-client"})
+        try:
+            self._http = httpx.Client(base_url=self.base_url, timeout=timeout,
+                                      headers={"Authorization": f"Bearer {key}", "User-Agent": "atelier-client"})
+        except httpx.InvalidURL as exc:
+            raise ConfigurationError(f"the server URL {base_url!r} is not valid: {exc}") from None
 
     def __enter__(self) -> "Client":
         return self

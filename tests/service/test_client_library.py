@@ -157,6 +157,14 @@ def test_url_and_key_come_from_the_environment(monkeypatch):
         Client("localhost:8000", "k")
 
 
+def test_a_malformed_url_or_key_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match=r"the server URL 'http://\[::1' is not valid"):
+        Client("http://[::1", "k")
+    for key in ("clé", "k\n"):
+        with pytest.raises(ConfigurationError, match="printable ASCII"):
+            Client("http://127.0.0.1:9", key)
+
+
 def test_a_broken_event_stream_is_resumed_by_polling(client, live_stack, images, caplog, tmp_path):
     """Redis stops mid-job: the server ends the stream with an `error` event, the client polls and
     still sees the job to its end. (Last in this module: it restarts the stack's Redis.)"""
