@@ -186,3 +186,19 @@ def test_a_broken_event_stream_is_resumed_by_polling(client, live_stack, images,
     assert any(e.type == "progress" for e in seen[polled_from:])  # progress kept coming after the stream broke
     assert seen[-1].ends and seen[-1].job.status == "succeeded", seen[-1].data
     assert Image.open(client.download_result(job, tmp_path / "out.png")).size == (64, 48)
+
+
+def test_a_job_deleted_while_it_is_polled_raises_job_deleted(client, live_stack, images, caplog):
+    """Redis is down, so `events` polls from the start; a 404 for the job it has seen is its
+    deletion, as on the live stream (before, a plain `NotFound`). (It restarts the stack's Redis too.)"""
+    caplog.set_level(logging.WARNING, logger="atelier.client")
+    faults.stop_redis(live_stack.redis)
+    try:
+        job = client.submit(images["content"], images["style"], **TINY)  # kept in SQL; no worker hears of it
+        events = client.events(job, timeout=60)
+        assert next(events).data["status"] == "queued" and "polling" in caplog.text, caplog.text
+        client.delete(job)
+        with pytest.raises(JobDeleted, match=f"job {job.id} was deleted"):
+            next(events)
+    finally:
+        faults.start_redis(live_stack.redis)
