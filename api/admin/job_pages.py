@@ -35,7 +35,7 @@ def _filters() -> tuple[str, str, str, int]:
     page = request.args.get("page", "1")
     if not (page.isascii() and page.isdigit()) or not 1 <= int(page) <= MAX_PAGE:
         abort(400, f"page must be an integer from 1 to {MAX_PAGE}")
-    return status, _text("owner").strip(), _text("q").strip().lower(), int(page)
+    return status, _text("owner"), _text("q").strip().lower(), int(page)  # owner: a name exactly, spaces and all
 
 
 def _text(name: str) -> str:

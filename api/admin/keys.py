@@ -28,12 +28,12 @@ def keys() -> str:
 @bp.post("/keys")
 def create_key() -> str:
     """Renders the new key in the response itself (never a redirect): it is shown this once."""
-    account = request.form.get("account", "").strip()
+    try:
+        account = api_keys.account_name(request.form.get("account", ""))
+    except api_keys.AccountNameError as exc:
+        abort(400, f"Not created: {exc}.")
     with services().db.session() as db:
-        try:
-            token = api_keys.create_key(db, account)
-        except api_keys.AccountNameError as exc:
-            abort(400, f"Not created: {exc}.")
+        token = api_keys.create_key(db, account)
     return _render(new_key=token, account=account)
 
 

@@ -193,6 +193,24 @@ def test_jobs_table_shows_all_tenants_newest_first_with_filters_search_and_pages
     assert f"owner={owners[0]}" in page and owners[1] in page  # the owner filter lists every account
 
 
+def test_the_owner_filter_is_the_exact_account_name(admin, settings, images):
+    """Edge and repeated whitespace are part of a name (accounts made before names were stripped)."""
+    name = f"  acme  {uuid.uuid4().hex[:6]} "
+    token = new_key(settings)
+    job = submit(admin, bearer(token), images, {"size": 32, "iterations": 2}).get_json()
+    services = Services(settings)
+    with services.db.session() as session:
+        session.execute(update(Account).where(Account.id == select(Job.account_id).where(Job.id == job["id"])
+                                              .scalar_subquery()).values(name=name))
+        session.commit()
+    services.db.dispose()
+    listed = admin.get("/admin/jobs.json", query_string={"owner": name}).get_json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    assert admin.get("/admin/jobs.json", query_string={"owner": name.strip()}).get_json()["jobs"] == []
+    page = admin.get("/admin/", query_string={"owner": name}).get_data(as_text=True)
+    assert f'<option value="{name}" selected>{name}</option>' in page
+
+
 def test_job_page_and_its_cancel_retry_and_delete_actions(admin, settings, images, auth):
     hook = {"webhook_url": "https://93.184.215.14/atelier", "webhook_events": ["job.canceled"]}  # public: no DNS needed
     job = submit(admin, auth, images, {"size": 32, "iterations": 3, "style_weight": 12.5, **hook}).get_json()
