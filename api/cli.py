@@ -39,11 +39,16 @@ def create_key(args: argparse.Namespace) -> int:
     from shared.db import Database
     from shared.webhooks import signing
 
+    try:
+        name = keys.account_name(args.name)
+    except keys.AccountNameError as exc:
+        print(f"atelier keys create: error: {exc}", file=sys.stderr)
+        return 2
     settings = Settings.from_env()
     db = Database(settings.database_url)
     try:
         with db.session() as session:
-            token = keys.create_key(session, args.name)
+            token = keys.create_key(session, name)
             secret = signing.current(session, keys.live_key(session, token).id).secret
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
@@ -54,7 +59,7 @@ def create_key(args: argparse.Namespace) -> int:
     finally:
         db.dispose()
     print(f"Webhook signing secret of this key (also at GET /v1/webhooks/secret):\n{secret}")
-    print(f"API key for account {args.name!r}; it is shown only this once:")
+    print(f"API key for account {name!r}; it is shown only this once:")
     print(token)
     return 0
 

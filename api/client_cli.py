@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing = jobs.add_parser("list", parents=[server], help="your jobs, newest first")
     listing.add_argument("--status", help="only jobs with this status: queued, running, succeeded, failed or canceled "
                                           "(default: all)")
-    listing.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (default: %(default)s)")
+    listing.add_argument("--limit", type=_positive, default=20, metavar="N", help="at most N jobs (default: %(default)s)")
     listing.set_defaults(func=lambda args: _command("jobs list", args, _list))
     for name, action, what in (("get", _get, "a job, as JSON"), ("cancel", _cancel, "cancel a queued or running job"),
                                ("delete", _delete, "delete a job and its files (a running job is canceled first)")):
@@ -75,6 +75,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     result.add_argument("--snapshots", type=Path, metavar="DIR",
                         help="also download its intermediate images into DIR (default: not downloaded)")
     result.set_defaults(func=lambda args: _command("jobs result", args, _result))
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a count of at least 1, refused as a usage error otherwise."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return number
 
 
 def _command(name: str, args: argparse.Namespace, action: Callable[["Client", argparse.Namespace], int]) -> int:
@@ -204,7 +215,7 @@ def _list(client: "Client", args: argparse.Namespace) -> int:
 
     from api.client.progress import standing
 
-    jobs = list(islice(client.list(status=args.status, page_size=min(max(args.limit, 1), 100)), args.limit))
+    jobs = list(islice(client.list(status=args.status, page_size=min(args.limit, 100)), args.limit))
     print(f"{'JOB':36}  {'STATUS':9}  {'DONE':>4}  {'CREATED':32}  WHERE")
     for job in jobs:
         percent = f"{job.progress['percent']:.0f}%" if job.progress else "-"

@@ -50,7 +50,7 @@ def list_deliveries(job_id: str) -> Response:
 
 @bp.post("/deliveries/<delivery_id>/redeliver")
 def redeliver(delivery_id: str) -> Response:
-    if len(delivery_id) > 64 or not delivery_id.isprintable():  # no query for what cannot be an id
+    if not history.is_delivery_id(delivery_id):
         raise ProblemError(404, "Not Found", f"no delivery {delivery_id[:64]!r}")
     try:
         event = history.redeliver(services(), current_app.extensions["celery"], delivery_id, account_id())

@@ -10,17 +10,32 @@ from sqlalchemy.orm import Session
 from shared.models import Account, ApiKey, utcnow
 
 PREFIX = "atl_"
+MAX_ACCOUNT_NAME = 100
+
+
+class AccountNameError(ValueError):
+    """The account name cannot be stored: empty, too long, or with control characters (NUL breaks PostgreSQL text)."""
 
 
 def hash_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_key(session: Session, account_name: str) -> str:
-    """A new key for the account `account_name` (created if new); returns the only copy of the token."""
-    account = session.scalar(select(Account).where(Account.name == account_name))
+def account_name(text: str) -> str:
+    """`text` as an account's name: without edge whitespace, which no one sees or types back (an
+    admin page's owner filter must match it exactly); `AccountNameError` if it cannot be one."""
+    name = text.strip()
+    if not 1 <= len(name) <= MAX_ACCOUNT_NAME or not name.isprintable():
+        raise AccountNameError(f"the account name must be 1 to {MAX_ACCOUNT_NAME} printable characters")
+    return name
+
+
+def create_key(session: Session, name: str) -> str:
+    """A new key for the account `account_name(name)` (created if new); returns the only copy of the token."""
+    name = account_name(name)
+    account = session.scalar(select(Account).where(Account.name == name))
     if account is None:
-        account = Account(name=account_name)
+        account = Account(name=name)
         session.add(account)
     token = PREFIX + secrets.token_urlsafe(32)
     session.add(ApiKey(account=account, key_hash=hash_key(token), prefix=token[: len(PREFIX) + 6]))

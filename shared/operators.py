@@ -32,7 +32,8 @@ def create_operator(session: Session, name: str, password: str) -> Operator:
 
 def authenticate(session: Session, name: str, password: str) -> Operator | None:
     """The operator if the password is theirs (recording the sign-in), else None."""
-    operator = session.scalar(select(Operator).where(Operator.name == name.strip()))
+    # no name holds NUL (PostgreSQL text cannot): such a name is unknown, not a query that fails
+    operator = None if "\x00" in name else session.scalar(select(Operator).where(Operator.name == name.strip()))
     if operator is None:
         check_password_hash(_DUMMY_HASH, password)
         return None

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 from api.app import services
 from api.admin.blueprint import bp
 from api.admin.views import job_row, job_state
+from api.lookup import is_job_id
 from api.queue_standing import standing, standings
 from api.files import image_response
 from shared import announce, lifecycle
@@ -34,7 +35,15 @@ def _filters() -> tuple[str, str, str, int]:
     page = request.args.get("page", "1")
     if not (page.isascii() and page.isdigit()) or not 1 <= int(page) <= MAX_PAGE:
         abort(400, f"page must be an integer from 1 to {MAX_PAGE}")
-    return status, request.args.get("owner", "").strip(), request.args.get("q", "").strip().lower(), int(page)
+    return status, _text("owner"), _text("q").strip().lower(), int(page)  # owner: a name exactly, spaces and all
+
+
+def _text(name: str) -> str:
+    """A text filter; NUL, which no account name or job id holds (PostgreSQL text cannot), is a 400."""
+    value = request.args.get(name, "")
+    if "\x00" in value:
+        abort(400, f"{name} must not contain NUL characters")
+    return value
 
 
 @bp.get("/", endpoint="jobs")
@@ -67,10 +76,17 @@ def jobs_json() -> Response:
 
 
 def _load(db: Session, job_id: str) -> Job:
+    _check_id(job_id)
     job = db.scalar(select(Job).where(Job.id == job_id).options(selectinload(Job.snapshots), selectinload(Job.inputs)))
     if job is None:
         abort(404, f"There is no job {job_id}.")
     return job
+
+
+def _check_id(job_id: str) -> None:
+    """404 without a query for what cannot be a job id (NUL bytes break PostgreSQL text)."""
+    if not is_job_id(job_id):
+        abort(404, f"There is no job {job_id[:100]!r}.")
 
 
 def _state(db: Session, job: Job) -> dict:
@@ -100,6 +116,7 @@ def job_state_json(job_id: str) -> Response:
 @bp.get("/jobs/<job_id>/inputs/<int(max=1000):position>")
 def input_thumbnail(job_id: str, position: int) -> Response:
     """A small PNG of an input image (the originals can be large)."""
+    _check_id(job_id)
     with services().db.session() as db:
         item = db.scalar(select(JobInput).where(JobInput.job_id == job_id, JobInput.position == position))
     if item is None:
@@ -190,6 +207,8 @@ def delete(job_id: str) -> Response:
 @bp.post("/deliveries/<delivery_id>/redeliver")
 def redeliver(delivery_id: str) -> Response:
     """Send a webhook delivery again now (same webhook-id and body)."""
+    if not history.is_delivery_id(delivery_id):
+        abort(404, f"There is no delivery {delivery_id[:64]!r}.")
     try:
         event = history.redeliver(services(), current_app.extensions["celery"], delivery_id)
     except history.InFlight:

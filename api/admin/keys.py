@@ -28,9 +28,10 @@ def keys() -> str:
 @bp.post("/keys")
 def create_key() -> str:
     """Renders the new key in the response itself (never a redirect): it is shown this once."""
-    account = request.form.get("account", "").strip()
-    if not account or len(account) > 100:
-        abort(400, "The account name must be 1 to 100 characters.")
+    try:
+        account = api_keys.account_name(request.form.get("account", ""))
+    except api_keys.AccountNameError as exc:
+        abort(400, f"Not created: {exc}.")
     with services().db.session() as db:
         token = api_keys.create_key(db, account)
     return _render(new_key=token, account=account)

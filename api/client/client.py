@@ -29,8 +29,8 @@ from typing import Any, BinaryIO, Iterable, Iterator, Sequence
 import httpx
 from httpx_sse import EventSource, connect_sse
 
-from api.client.errors import (ConfigurationError, JobDeleted, NetworkError, ServiceUnavailable, WaitTimeout,
-                               from_response, retry_after)
+from api.client.errors import (ConfigurationError, JobDeleted, NetworkError, NotFound, ServiceUnavailable,
+                               WaitTimeout, from_response, retry_after)
 from api.client.models import Event, Job
 
 log = logging.getLogger("atelier.client")
@@ -59,11 +59,16 @@ class Client:
                                      f"not {base_url!r}")
         if not key:
             raise ConfigurationError("no API key: pass one or set ATELIER_KEY (`atelier keys create NAME` makes one)")
+        if not (key.isascii() and key.isprintable()):  # a header value; keys the server makes are URL-safe ASCII
+            raise ConfigurationError("the API key must be printable ASCII, as `atelier keys create NAME` prints it")
         self.base_url = base_url.rstrip("/")
         self.timeout, self.max_retries, self.max_retry_wait = timeout, max_retries, max_retry_wait
         self.poll_interval = poll_interval
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout,
-                                  headers={"Authorization": f"Bearer {key}", "User-Agent": "atelier-client"})
+        try:
+            self._http = httpx.Client(base_url=self.base_url, timeout=timeout,
+                                      headers={"Authorization": f"Bearer {key}", "User-Agent": "atelier-client"})
+        except httpx.InvalidURL as exc:
+            raise ConfigurationError(f"the server URL {base_url!r} is not valid: {exc}") from None
 
     def __enter__(self) -> "Client":
         return self
@@ -133,7 +138,7 @@ class Client:
         try:
             for event in self._stream(job_id, deadline):
                 if event.type == "deleted":
-                    raise JobDeleted(404, "Not Found", f"job {job_id} was deleted")
+                    raise _deleted(job_id)
                 seen.note(event)
                 yield event
                 if event.ends:
@@ -145,12 +150,21 @@ class Client:
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 raise _ran_out(job_id)
-            for event in seen.news(self.get(job_id)):
+            for event in seen.news(self._poll(job_id, seen)):
                 yield event
                 if event.ends:
                     return
             left = math.inf if deadline is None else deadline - time.monotonic()
             time.sleep(max(0.0, min(self.poll_interval, left)))
+
+    def _poll(self, job_id: str, seen: _Seen) -> Job:
+        """The job now; `JobDeleted` if it is gone after it was seen (never seen: the `NotFound` of no such job)."""
+        try:
+            return self.get(job_id)
+        except NotFound:
+            if seen.status is None:
+                raise
+            raise _deleted(job_id) from None
 
     # ---- images ---------------------------------------------------------------------------------
 
@@ -277,6 +291,10 @@ class _Seen:
         for event in events:
             self.note(event)
         return events
+
+
+def _deleted(job_id: str) -> JobDeleted:
+    return JobDeleted(404, "Not Found", f"job {job_id} was deleted")
 
 
 def _ran_out(job_id: str) -> WaitTimeout:

@@ -60,6 +60,11 @@ def deliveries_for(session: Session, job_id: str) -> list[WebhookEvent]:
                                 .options(selectinload(WebhookEvent.attempt_log))))
 
 
+def is_delivery_id(delivery_id: str) -> bool:
+    """Whether `delivery_id` can be one, so that what cannot is no query (NUL breaks PostgreSQL text)."""
+    return len(delivery_id) <= 64 and delivery_id.isprintable()
+
+
 def find(session: Session, delivery_id: str, account_id: int | None = None) -> WebhookEvent | None:
     """The delivery, if it exists and (given an account) belongs to one of that account's jobs."""
     query = select(WebhookEvent).where(WebhookEvent.id == delivery_id).options(selectinload(WebhookEvent.attempt_log))

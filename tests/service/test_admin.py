@@ -193,6 +193,24 @@ def test_jobs_table_shows_all_tenants_newest_first_with_filters_search_and_pages
     assert f"owner={owners[0]}" in page and owners[1] in page  # the owner filter lists every account
 
 
+def test_the_owner_filter_is_the_exact_account_name(admin, settings, images):
+    """Edge and repeated whitespace are part of a name (accounts made before names were stripped)."""
+    name = f"  acme  {uuid.uuid4().hex[:6]} "
+    token = new_key(settings)
+    job = submit(admin, bearer(token), images, {"size": 32, "iterations": 2}).get_json()
+    services = Services(settings)
+    with services.db.session() as session:
+        session.execute(update(Account).where(Account.id == select(Job.account_id).where(Job.id == job["id"])
+                                              .scalar_subquery()).values(name=name))
+        session.commit()
+    services.db.dispose()
+    listed = admin.get("/admin/jobs.json", query_string={"owner": name}).get_json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    assert admin.get("/admin/jobs.json", query_string={"owner": name.strip()}).get_json()["jobs"] == []
+    page = admin.get("/admin/", query_string={"owner": name}).get_data(as_text=True)
+    assert f'<option value="{name}" selected>{name}</option>' in page
+
+
 def test_job_page_and_its_cancel_retry_and_delete_actions(admin, settings, images, auth):
     hook = {"webhook_url": "https://93.184.215.14/atelier", "webhook_events": ["job.canceled"]}  # public: no DNS needed
     job = submit(admin, auth, images, {"size": 32, "iterations": 3, "style_weight": 12.5, **hook}).get_json()
@@ -257,6 +275,26 @@ def test_a_jobs_webhook_deliveries_are_listed_and_redelivered(admin, settings, i
         again = session.get(WebhookEvent, event_id)
         assert again.status == WebhookStatus.PENDING.value and again.failures == 0
     services.db.dispose()
+
+
+def test_nul_bytes_and_ids_that_cannot_be_are_refused_without_a_query(client, operator, images, auth):
+    """PostgreSQL text cannot hold NUL: such a name, id or filter never reaches the database."""
+    wrong = sign_in(client, operator + "\x00")
+    assert wrong.status_code == 401 and "Wrong name or password" in wrong.get_data(as_text=True)
+    assert sign_in(client, operator).status_code == 303
+    job = submit(client, auth, images, {"size": 32, "iterations": 2}).get_json()
+    for path in ("/admin/jobs/%00", "/admin/jobs/%00/state.json", "/admin/jobs/%00/inputs/0", "/admin/jobs/%00/result",
+                 f"/admin/jobs/{job['id'].upper()}"):
+        assert client.get(path).status_code == 404, path
+    for query in ("q=%00", "owner=%00", "owner=a%00b"):
+        assert client.get(f"/admin/jobs.json?{query}").status_code == 400, query
+        assert client.get(f"/admin/?{query}").status_code == 400, query
+    token = csrf(client, "/admin/keys")
+    for account in ("a\x00b", "a\tb"):
+        refused = client.post("/admin/keys", data={"account": account, "csrf_token": token})
+        assert refused.status_code == 400 and "account name" in refused.get_data(as_text=True), repr(account)
+    for delivery in ("%00", "x" * 65):
+        assert client.post(f"/admin/deliveries/{delivery}/redeliver", data={"csrf_token": token}).status_code == 404
 
 
 # ---- keys and system ----------------------------------------------------------------------------

@@ -177,6 +177,22 @@ def test_revoking_a_key(page, server, worker_settings):
     assert app.test_client().get("/v1/jobs", headers=auth).status_code == 401
 
 
+def test_the_owner_filter_selects_an_account_whose_name_has_repeated_spaces(page, server, worker_settings, images):
+    """Browsers collapse whitespace in an option's text: its value must carry the name."""
+    base, app = server
+    name = f"acme  {uuid.uuid4().hex[:6]}"
+    client = app.test_client()
+    mine = submit(client, bearer(new_key(worker_settings, name)), images, {"size": 32, "iterations": 2}).get_json()
+    other = submit(client, bearer(new_key(worker_settings)), images, {"size": 32, "iterations": 2}).get_json()
+    sign_in(page, base, make_operator(worker_settings))
+    page.goto(f"{base}/admin/")
+    page.locator("select[name=owner] option", has_text=name.split()[-1]).evaluate("o => { o.selected = true; }")
+    page.click("text=Filter")
+    expect(page.locator(f'tr[data-id="{mine["id"]}"]')).to_be_visible(timeout=10_000)
+    expect(page.locator(f'tr[data-id="{other["id"]}"]')).to_have_count(0)
+    assert page.eval_on_selector("select[name=owner]", "s => s.value") == name
+
+
 def test_refused_without_a_session_and_with_a_bad_csrf_token(page, server, worker_settings, images):
     base, app = server
     page.goto(f"{base}/admin/keys")

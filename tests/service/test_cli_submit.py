@@ -159,6 +159,21 @@ def test_errors_are_one_line_with_exit_status_2(files, env, tmp_path):
     assert missing.returncode == 2 and "No such file or directory" in missing.stderr
 
 
+def test_a_bad_limit_url_or_key_is_one_line_with_exit_status_2():
+    """No server needed: each is refused before anything is sent."""
+    unreachable = {"ATELIER_URL": "http://127.0.0.1:9", "ATELIER_KEY": "k"}
+    for limit in ("-1", "0", "x"):
+        result = atelier("jobs", "list", "--limit", limit, env=unreachable)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.splitlines()[-1] == (
+            f"atelier jobs list: error: argument --limit: must be a positive integer, not {limit!r}")
+    for args, message in ((("--url", "http://[::1"), "the server URL 'http://[::1' is not valid"),
+                          (("--key", "clé"), "the API key must be printable ASCII")):
+        result = atelier("jobs", "get", "00000000-0000-0000-0000-000000000000", *args, env=unreachable)
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(f"atelier jobs get: error: {message}"), result.stderr
+
+
 def test_every_option_of_every_command_shows_its_default():
     """`--help` of every command says what an omitted option means: its default, or when it is required."""
     def commands(parser: argparse.ArgumentParser, name: str = "atelier"):

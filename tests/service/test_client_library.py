@@ -157,6 +157,14 @@ def test_url_and_key_come_from_the_environment(monkeypatch):
         Client("localhost:8000", "k")
 
 
+def test_a_malformed_url_or_key_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match=r"the server URL 'http://\[::1' is not valid"):
+        Client("http://[::1", "k")
+    for key in ("clé", "k\n"):
+        with pytest.raises(ConfigurationError, match="printable ASCII"):
+            Client("http://127.0.0.1:9", key)
+
+
 def test_a_broken_event_stream_is_resumed_by_polling(client, live_stack, images, caplog, tmp_path):
     """Redis stops mid-job: the server ends the stream with an `error` event, the client polls and
     still sees the job to its end. (Last in this module: it restarts the stack's Redis.)"""
@@ -178,3 +186,19 @@ def test_a_broken_event_stream_is_resumed_by_polling(client, live_stack, images,
     assert any(e.type == "progress" for e in seen[polled_from:])  # progress kept coming after the stream broke
     assert seen[-1].ends and seen[-1].job.status == "succeeded", seen[-1].data
     assert Image.open(client.download_result(job, tmp_path / "out.png")).size == (64, 48)
+
+
+def test_a_job_deleted_while_it_is_polled_raises_job_deleted(client, live_stack, images, caplog):
+    """Redis is down, so `events` polls from the start; a 404 for the job it has seen is its
+    deletion, as on the live stream (before, a plain `NotFound`). (It restarts the stack's Redis too.)"""
+    caplog.set_level(logging.WARNING, logger="atelier.client")
+    faults.stop_redis(live_stack.redis)
+    try:
+        job = client.submit(images["content"], images["style"], **TINY)  # kept in SQL; no worker hears of it
+        events = client.events(job, timeout=60)
+        assert next(events).data["status"] == "queued" and "polling" in caplog.text, caplog.text
+        client.delete(job)
+        with pytest.raises(JobDeleted, match=f"job {job.id} was deleted"):
+            next(events)
+    finally:
+        faults.start_redis(live_stack.redis)

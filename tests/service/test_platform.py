@@ -121,6 +121,27 @@ def test_keys_create_prints_the_key_last_and_stores_only_its_hash(settings):
     services.db.dispose()
 
 
+def test_keys_create_strips_the_account_name(settings):
+    name = f"cli  {uuid.uuid4().hex[:6]}"
+    result = atelier("keys", "create", f"  {name} \t", env=settings.to_env())
+    assert result.returncode == 0, result.stderr
+    assert f"API key for account {name!r}" in result.stdout
+    services = Services(settings)
+    with services.db.session() as session:
+        token = result.stdout.strip().splitlines()[-1]
+        account_id = keys.live_key(session, token).account_id
+        assert session.scalar(keys.select(keys.Account.name).where(keys.Account.id == account_id)) == name
+    services.db.dispose()
+
+
+def test_keys_create_refuses_a_name_that_cannot_be_stored_in_one_line(settings):
+    for name in ("", "a\tb", "x" * 101):
+        result = atelier("keys", "create", name, env=settings.to_env())
+        assert result.returncode == 2 and result.stdout == "", repr(name)
+        assert result.stderr.splitlines() == [
+            "atelier keys create: error: the account name must be 1 to 100 printable characters"], repr(name)
+
+
 def test_keys_create_on_an_unmigrated_database_says_to_migrate(tmp_path):
     result = atelier("keys", "create", "early", env={"ATELIER_DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}"})
     assert result.returncode == 2 and result.stdout == ""
