@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing = jobs.add_parser("list", parents=[server], help="your jobs, newest first")
     listing.add_argument("--status", help="only jobs with this status: queued, running, succeeded, failed or canceled "
                                           "(default: all)")
-    listing.add_argument("--limit", type=_positive, default=20, metavar="N", help="at most N jobs (default: %(default)s)")
+    listing.add_argument("--limit", type=_positive, default=20, metavar="N",
+                         help="at most N jobs (default: %(default)s)")
     listing.set_defaults(func=lambda args: _command("jobs list", args, _list))
     for name, action, what in (("get", _get, "a job, as JSON"), ("cancel", _cancel, "cancel a queued or running job"),
                                ("delete", _delete, "delete a job and its files (a running job is canceled first)")):

@@ -165,7 +165,8 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             },
             "/v1/jobs/{job_id}/events": {
                 "parameters": [JOB_ID],
-                "get": {"summary": "Live events (Server-Sent Events: `status`, `queue`, `progress`, `snapshot`, `deleted`)",
+                "get": {"summary": "Live events (Server-Sent Events: `status`, `queue`, `progress`, `snapshot`, "
+                                   "`deleted`)",
                         "operationId": "jobEvents",
                         "responses": {"200": {"description": "An event stream; the first event is the job's status",
                                               "content": {"text/event-stream": {"schema": SSE_EVENT}}},

@@ -1,10 +1,10 @@
 """Live job events over Redis pub/sub, so any API process can stream any job's events.
 
 Channel `atelier:job:<job id>`; each message is JSON `{"event": ..., "data": ...}` where event
-is `status` (data: the job object), `progress` (data: the job's progress object),
-`snapshot` (data: `{iteration, url, created_at}`) or `deleted` (data: `{id}`; nothing follows). Publishing is best effort: the database
-stays the record, events are for live viewers. Viewers receive them through their process's
-`shared.event_hub`.
+is `status` (data: the job object), `progress` (data: the job's progress object), `snapshot`
+(data: `{iteration, url, created_at}`) or `deleted` (data: `{id}`; nothing follows). Publishing
+is best effort: the database stays the record, events are for live viewers. Viewers receive them
+through their process's `shared.event_hub`.
 """
 from __future__ import annotations
 

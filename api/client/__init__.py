@@ -7,5 +7,5 @@ from api.client.errors import (APIError, AtelierError, BadRequest, Configuration
 from api.client.models import Event, Job
 
 __all__ = ["APIError", "AtelierError", "BadRequest", "Client", "ConfigurationError", "Conflict", "Event",
-           "InvalidRequest", "Job", "JobDeleted", "NetworkError", "NotFound", "PayloadTooLarge", "RateLimited", "ServerError",
-           "ServiceUnavailable", "Unauthorized", "WaitTimeout"]
+           "InvalidRequest", "Job", "JobDeleted", "NetworkError", "NotFound", "PayloadTooLarge", "RateLimited",
+           "ServerError", "ServiceUnavailable", "Unauthorized", "WaitTimeout"]

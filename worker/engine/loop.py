@@ -230,7 +230,8 @@ class _Iteration:
         self.graph, self.captured = graph, captured
 
     def _kernels(self) -> torch.Tensor:
-        """The iteration's device work; its loss terms stacked (`TERMS`), at the points kept (`_Objective.kept_terms`)."""
+        """The iteration's device work; its loss terms stacked (`TERMS`), at the points kept
+        (`_Objective.kept_terms`)."""
         images = self.images
         images.grad = None
         terms = (_compiled_terms() if COMPILE else _terms)(self.net, self.layers, self.objective, images, self.bf16)

@@ -268,7 +268,8 @@ class Adam(_Counted):
         x.addcdiv_(self.m, denom.mul_((1 - b1 ** self.t) / -self.lr))
 
     def keep(self, rows: torch.Tensor) -> None:
-        self.m, self.v, self.lr, self.accepted = (t.index_select(0, rows) for t in (self.m, self.v, self.lr, self.accepted))
+        self.m, self.v, self.lr, self.accepted = (t.index_select(0, rows)
+                                                  for t in (self.m, self.v, self.lr, self.accepted))
 
     def state(self, row: int) -> dict:
         return {"steps": self.steps, "m": self.m[row], "v": self.v[row]}
