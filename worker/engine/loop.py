@@ -20,6 +20,7 @@ GPU run shows what it gains against what it costs to compile each new shape.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import gc
 import logging
@@ -43,17 +44,23 @@ log = logging.getLogger(__name__)
 READ_SECONDS = 1.0  # how often the loop reads the losses back to check for divergence
 CUDA_GRAPHS = True  # replay a stage's iterations as a CUDA graph (bench/gpu.py measures without, too)
 COMPILE = False     # torch.compile the network's passes and the losses (`_terms`): bench/gpu.py measures it
+# on CUDA's fast path, each convolution and its ReLU as one cuDNN call (`vgg.conv_relu`; not
+# compiled: Inductor fuses the bias and ReLU on its own)
+FUSED_CONV_RELU = True
 GRAPH_AFTER = 3     # eager iterations of a stage first: the first step is another one, cuDNN picks its kernels
 GRAPH_LEFT = 8      # capture only if at least this many iterations of the stage are left
-# a graph's pool against an eager iteration's own tensors, the most it is thought to take (at 512 px
-# on an H100 an early graph's pool took ~1.2x); `bench/job_memory.py` prints both for each capture
+# a graph's pool against an eager iteration's own tensors, the most it is thought to take, and at
+# least GRAPH_ROOM_MIN: on an H200 a default job's pools took 1.30x and 1.32x at 512 and 1024 px,
+# but 100 and 76 MB at 128 and 256 px, where 24 and 90 MB were checked for (`bench/job_memory.py`)
 GRAPH_ROOM = 1.5
-# captures that ran out of memory, kept with all they held: on an H100 (torch 2.11) collecting one
-# aborted the process; PyTorch unwinds only a capture that reached its end (pytorch/pytorch#190308),
-# and before 2.12 not even one whose end raised (`memory.unwind_capture`). Its traceback holds the
-# batch's whole iteration, optimiser state included, for good: test_cuda.py's last test lets one go
-# after `unwind_capture`, and where that passes on a GPU, this list can go
-_ABANDONED: list[BaseException] = []
+GRAPH_ROOM_MIN = 128 * 2**20
+# the graphs of captures that ran out of memory, never destroyed: PyTorch unwinds only a capture that
+# reached its end (pytorch/pytorch#190308), and before 2.12 not even one whose end raised
+# (`memory.unwind_capture`); destroying such a graph fails a check ("The graph should be registered
+# to the state", CUDAGeneratorImpl), which aborts the process, in garbage collection or at its exit
+# (an H100 and an H200, torch 2.11). The rest of the iteration is freed. The room check
+# (`room_for_graph`) makes such a capture rare: the room must go between the check and the capture
+_ABANDONED: list[torch.cuda.CUDAGraph] = []
 Optimizer = LBFGS | Adam
 
 
@@ -168,6 +175,7 @@ class _Iteration:
         self.images, self.objective, self.optimizer = images, objective, optimizer
         self.bf16, self.clamp, self.eager = lead.bf16, p.optimizer == "adam", 0
         self.device_type = images.device.type
+        self.fused = FUSED_CONV_RELU and self.bf16 and self.device_type == "cuda" and not COMPILE
         self.stream = _side_stream(images.device) if CUDA_GRAPHS and self.device_type == "cuda" else None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.captured: torch.Tensor | None = None
@@ -196,14 +204,16 @@ class _Iteration:
         tensors until its stage ends (peak memory 612 → 990 MB at 512 px on an H100): where the
         device has room for eager iterations only, the stage goes on eagerly rather than failing
         the batch. The room is checked first (`room_for_graph`): an eager iteration's tensors,
-        at most the job's peak above what it holds now, times `GRAPH_ROOM`. A capture that runs
-        out of memory all the same (the room taken in between, or the estimate short) is kept
-        (`_ABANDONED`), what it left undone in the allocator finished (`unwind_capture`, hence a
-        pool of our own), and the stream it left current put back (the graph's context restores
-        it only after ending the capture, which raised). Other errors are bugs, and raised."""
+        at most the job's peak above what it holds now, times `GRAPH_ROOM` (`GRAPH_ROOM_MIN` at
+        least). A capture that runs out of memory all the same (the room taken in between, or the
+        estimate short) has its graph kept (`_abandon`), what it left undone in the allocator
+        finished (`unwind_capture`, hence a pool of our own), and the stream it left current put
+        back (the graph's context restores it only after ending the capture, which raised). Other
+        errors are bugs, and raised."""
         self.images.grad = None
         device = self.images.device
-        need = int(GRAPH_ROOM * (torch.cuda.max_memory_allocated(device) - torch.cuda.memory_allocated(device)))
+        tensors = torch.cuda.max_memory_allocated(device) - torch.cuda.memory_allocated(device)
+        need = max(GRAPH_ROOM_MIN, int(GRAPH_ROOM * tensors))
         if not room_for_graph(device, need):
             log.warning("no room for a CUDA graph of this stage (~%d MB); the stage runs eagerly", need // 2**20)
             self.stream = None
@@ -220,7 +230,7 @@ class _Iteration:
                 raise
             torch.cuda.set_stream(stream)
             unwind_capture(device, pool)
-            _ABANDONED.append(error)  # its traceback holds the graph and the tensors of its pool
+            _abandon(graph)
             log.warning("a CUDA graph of this stage did not fit (%s); the stage runs eagerly",
                         str(out_of_memory).strip().splitlines()[0])
             self.stream = None
@@ -234,7 +244,8 @@ class _Iteration:
         (`_Objective.kept_terms`)."""
         images = self.images
         images.grad = None
-        terms = (_compiled_terms() if COMPILE else _terms)(self.net, self.layers, self.objective, images, self.bf16)
+        terms = (_compiled_terms() if COMPILE else _terms)(self.net, self.layers, self.objective, images, self.bf16,
+                                                           self.fused)
         total = terms[TERMS.index("total")]
         total.sum().backward()  # each image's gradient is its own loss's
         rows = images.detach().view(len(images), -1)
@@ -242,6 +253,13 @@ class _Iteration:
         if self.clamp:
             rows.clamp_(0, 1)
         return self.objective.kept_terms(terms.detach(), self.optimizer.accepted)
+
+
+def _abandon(graph: torch.cuda.CUDAGraph) -> None:
+    """Keep a broken capture's graph for the life of the process, past its exit too: a reference
+    the interpreter never drops (`_ABANDONED`)."""
+    _ABANDONED.append(graph)
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(graph))
 
 
 @contextlib.contextmanager
@@ -268,10 +286,11 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
     return torch.cuda.Stream(device)
 
 
-def _terms(net, layers: frozenset[str], objective: _Objective, images: torch.Tensor, bf16: bool) -> torch.Tensor:
+def _terms(net, layers: frozenset[str], objective: _Objective, images: torch.Tensor, bf16: bool,
+           fused: bool) -> torch.Tensor:
     """The network's passes and the batch's loss terms, stacked (`TERMS`)."""
     with torch.autocast(images.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
-        features = net(images, layers)
+        features = net(images, layers, fused)
     terms = objective(features, images)
     return torch.stack([terms[name] for name in TERMS])
 
