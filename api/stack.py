@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,10 +29,20 @@ VAR = Path("var")
 
 
 def secret_key(path: Path) -> str:
-    """The key in `path`, made on first use, so admin sessions survive a restart of the stack."""
+    """The key in `path`, made on first use, so admin sessions survive a restart of the stack:
+    written whole into a file of its own, its owner's alone from the start (`mkstemp`), then linked
+    into place, so that no one reads it half-written or before it is private, and of two stacks
+    making it at once both keep the first."""
     if not path.exists():
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+        fd, part = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w") as file:
+                file.write(secrets.token_hex(32))
+            os.link(part, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(part)
     return path.read_text().strip()
 
 

@@ -7,6 +7,7 @@ import secrets
 from sqlalchemy import Connection, Row, bindparam, select, update
 from sqlalchemy.orm import Session
 
+from shared.db import lock
 from shared.models import Account, ApiKey, utcnow
 
 PREFIX = "atl_"
@@ -33,6 +34,7 @@ def account_name(text: str) -> str:
 def create_key(session: Session, name: str) -> str:
     """A new key for the account `account_name(name)` (created if new); returns the only copy of the token."""
     name = account_name(name)
+    lock(session, f"account:{name}")  # two first keys of a new account at once: one creates it, the other finds it
     account = session.scalar(select(Account).where(Account.name == name))
     if account is None:
         account = Account(name=name)

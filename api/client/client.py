@@ -82,7 +82,7 @@ class Client:
     # ---- jobs -----------------------------------------------------------------------------------
 
     def submit(self, content: ImageSource, styles: ImageSource | Sequence[ImageSource], *,
-               webhook_url: str | None = None, webhook_events: Iterable[str] | None = None,
+               webhook_url: str | None = None, webhook_events: str | Iterable[str] | None = None,
                idempotency_key: str | None = None, **params: Any) -> Job:
         """Queue a job: a content image, one or more style images, and any parameters of
         `atelier submit --help` (`size=256`, `style_weights=[3, 1]`, ...); the server checks them
@@ -93,8 +93,8 @@ class Client:
         data = {"params": json.dumps(params)} if params else {}
         if webhook_url is not None:
             data["webhook_url"] = webhook_url
-        if webhook_events is not None:
-            data["webhook_events"] = ",".join(webhook_events)
+        if webhook_events is not None:  # a list, or one string of comma-separated events
+            data["webhook_events"] = webhook_events if isinstance(webhook_events, str) else ",".join(webhook_events)
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         return Job(self._request("POST", "/v1/jobs", safe=True, files=files, data=data, headers=headers).json())
 

@@ -49,6 +49,17 @@ def test_submit_follow_and_download(client, images, tmp_path):
     assert client.wait(job.id).data == client.get(job).data  # an ended job: at once
 
 
+def test_webhook_events_may_be_one_string(client, images):
+    """`webhook_events="job.failed"`, a string as the form field takes it (comma-separated).
+    Before, a string was joined letter by letter ("j,o,b,...") and refused with a 422 naming
+    events no one asked for (this test failed so). The URL is a public address, so it is
+    accepted; nothing is delivered to it: this job does not fail, and is deleted."""
+    job = client.submit(images["content"], images["style"], webhook_url="http://93.184.216.34/hook",
+                        webhook_events="job.failed", **TINY)
+    assert job.status == "queued"
+    client.delete(job)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

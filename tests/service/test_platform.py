@@ -16,12 +16,28 @@ from pathlib import Path
 import pytest
 from openapi_spec_validator import validate
 
-from api.stack import free_port
+from api.stack import free_port, secret_key
 from shared import keys
 from shared.config import Settings
 from shared.services import Services
 from tests.service import faults
 from tests.service.helpers import ROOT, bearer, submit, wait_for
+
+
+def test_the_stacks_secret_key_is_its_owners_alone_from_the_start(tmp_path, monkeypatch):
+    """`var/secret_key`, which signs admin sessions: private as it is created. Before, it was
+    written under the umask and chmod-ed after, readable by anyone in between (with no chmod
+    allowed, this test failed so). Whole, kept across reads, and nothing left beside it."""
+    monkeypatch.setattr(Path, "chmod", lambda self, mode: None)  # only what creating it sets
+    umask = os.umask(0)
+    try:
+        key = secret_key(tmp_path / "secret_key")
+    finally:
+        os.umask(umask)
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert secret_key(tmp_path / "secret_key") == key
+    assert [p.name for p in tmp_path.iterdir()] == ["secret_key"]
 
 
 def test_healthz_needs_nothing(client):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from dataclasses import replace
 
 from sqlalchemy import func, select
 
-from shared.models import ACTIVE, Job
+from shared import keys
+from shared.models import ACTIVE, Account, Job
 from shared.storage import input_key, sha256
 from tests.service import faults
 from tests.service.helpers import TERMINAL, bearer, new_key, submit, wait_for, wait_status
@@ -65,3 +67,26 @@ def test_simultaneous_submissions_never_exceed_the_active_job_cap(settings, imag
         active = session.scalar(select(func.count()).select_from(Job).where(
             Job.account_id == account, Job.status.in_([s.value for s in ACTIVE])))
     assert active == 2
+
+
+def test_two_first_keys_of_a_new_account_at_once_make_one_account(settings, make_app):
+    """Two operators create the first key of one new account at once (the admin Keys page,
+    `atelier keys create`). Before the fix both found no account and inserted it: the second
+    insert broke the unique name, an IntegrityError and a 500 (this test failed so). Now the
+    name's lock makes the second wait, then find the account: two keys of one account."""
+    db = make_app(settings).extensions["atelier"].db
+    name = f"racer-{uuid.uuid4().hex[:8]}"
+
+    def create() -> str:
+        with db.session() as session:
+            return keys.create_key(session, name)
+
+    with faults.hold_inserts(db.engine, "accounts", parties=2, timeout=2.0):
+        attempts = [in_thread(create) for _ in range(2)]
+        for thread, _ in attempts:
+            thread.join(60)
+    tokens = [token for _, results in attempts for token in results]  # a thread that raised has none
+    assert len(tokens) == 2
+    with db.session() as session:
+        assert len({keys.live_key(session, token).account_id for token in tokens}) == 1
+        assert session.scalar(select(func.count()).select_from(Account).where(Account.name == name)) == 1
