@@ -115,12 +115,13 @@ def test_job_after_job_the_device_holds_no_more_memory(pair):
     assert held[1] == held[2] == held[3], held
 
 
-def _squeezed_like_eager(pair, monkeypatch, caplog, before_the_check: bool) -> list[bool]:
+def _squeezed_like_eager(pair, monkeypatch, caplog, before_the_check: bool) -> tuple[list[bool], int]:
     """A 512 px job run eagerly, then with CUDA graphs and its room on the device cut, before or
     after the capture's room check, to what the process holds and 1 MiB (the eager iterations'
     tensors are freed by then and cached, and a graph's pool cannot reuse that cache) until the
-    capture ends. The squeezed job ends as the eager one does. Each capture is recorded, whether
-    it made a graph, in the list returned (the room check is the real one from then on).
+    capture ends. The squeezed job ends as the eager one does. Returned: each capture, whether it
+    made a graph (the room check is the real one from then on), and what the process held before
+    the squeezed job.
     (A limit set for the whole run no longer falls between the two: at 512 px on an H100 the
     graphed run peaked at 2280 MB and the eager one at 2215 MB, both set by what precedes the
     iterations; so the room is cut around the capture only.)"""
