@@ -4,7 +4,8 @@
   or handed over so long ago that the message must be lost: sent again;
 - a running job whose lease expired (its worker died or hung): sent again, to be resumed
   from its checkpoint by whichever worker claims it, unless it used all its attempts (failed)
-  or was being canceled (canceled).
+  or was being canceled (canceled);
+- the device reports of workers not alive for a day: forgotten (`shared.devices.prune`).
 
 Sending a job twice is harmless: the claim in SQL lets exactly one delivery run it.
 """
@@ -15,10 +16,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from celery import Celery
+from redis import RedisError
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import selectinload
 
-from shared import announce, lifecycle
+from shared import announce, devices, lifecycle
 from shared.broker import enqueue
 from shared.models import Job, JobStatus, utcnow
 from shared.services import Services
@@ -31,6 +33,7 @@ class SweepReport:
     resent: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     canceled: list[str] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)  # worker nodes
 
 
 def sweep(services: Services, celery: Celery) -> SweepReport:
@@ -60,7 +63,12 @@ def sweep(services: Services, celery: Celery) -> SweepReport:
         with services.db.session() as session:
             job = session.get(Job, job_id, options=[selectinload(Job.snapshots)])
         announce.status_changed(services, celery, job)
-    if report.resent or report.failed or report.canceled:
-        log.info("sweep: resent %s, failed %s, canceled %s", report.resent, report.failed, report.canceled)
+    try:
+        report.forgotten = devices.prune(services.redis)
+    except RedisError as exc:  # the jobs' part is done; the next sweep prunes
+        log.warning("sweep: could not prune the workers' device reports: %s", exc)
+    if report.resent or report.failed or report.canceled or report.forgotten:
+        log.info("sweep: resent %s, failed %s, canceled %s; forgot the devices of %s", report.resent, report.failed,
+                 report.canceled, report.forgotten)
     return report
 

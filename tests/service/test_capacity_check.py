@@ -10,11 +10,13 @@ from dataclasses import replace
 import pytest
 
 from shared import capacity
-from shared.devices import ALIVE_SECONDS, live_devices, report_device
+from shared.broker import create_celery
+from shared.devices import ALIVE_SECONDS, FORGET_SECONDS, SEEN_KEY, live_devices, read_devices, report_device
 from shared.schemas import engine_params
 from shared.services import Services
 from tests.service import faults
 from tests.service.helpers import TERMINAL, assert_problem, submit, wait_for, wait_status
+from worker.sweep import sweep
 
 pytestmark = pytest.mark.slow
 HUGE = {"size": 8192, "snapshot_every": 0}  # 8192 x 6144 px: far more than this machine's memory on the CPU
@@ -79,8 +81,30 @@ def test_a_live_worker_stays_live_and_leaves_at_once_when_it_stops(make_redis, w
     wait_for(lambda: live(local), timeout=30, what="the worker to report its device")
     time.sleep(ALIVE_SECONDS + 2)  # past its first mark: its heartbeats keep it alive
     assert live(local)
-    worker.stop()  # SIGTERM: a warm shutdown marks it gone
+    worker.stop()  # SIGTERM: a warm shutdown marks it gone, and takes its report with it
     assert live(local) == {}
+    services = Services(local)
+    assert read_devices(services.redis) == {} and services.redis.zcard(SEEN_KEY) == 0
+    services.redis.close()
+
+
+def test_the_sweep_forgets_the_report_of_a_worker_not_alive_for_a_day(make_redis, worker_settings,
+                                                                      private_database):
+    """A worker that died (killed, its machine gone) leaves its report: the sweep forgets it once
+    the worker was last alive a day ago, where before every submission read every node ever seen.
+    A report from before these times were kept is given the present one."""
+    local = replace(worker_settings, redis_url=make_redis().url(0), database_url=private_database)
+    services = Services(local)
+    report = {"device": "cpu", "name": "CPU", "memory_bytes": 2**40, "precision": "bf16"}
+    for node in ("dead@gone", "recent@host", "older@host"):
+        report_device(services.redis, node, report)
+    services.redis.zadd(SEEN_KEY, {"dead@gone": time.time() - FORGET_SECONDS - 60})  # its last heartbeat
+    services.redis.zrem(SEEN_KEY, "older@host")
+    assert sweep(services, create_celery(local)).forgotten == ["dead@gone"]
+    assert set(read_devices(services.redis)) == {"recent@host", "older@host"}
+    assert services.redis.zscore(SEEN_KEY, "older@host") == pytest.approx(time.time(), abs=60)
+    assert sweep(services, create_celery(local)).forgotten == []
+    services.redis.close()
 
 
 @pytest.mark.parametrize("report, model", [
