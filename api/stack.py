@@ -30,19 +30,14 @@ VAR = Path("var")
 
 def secret_key(path: Path) -> str:
     """The key in `path`, made on first use, so admin sessions survive a restart of the stack:
-    written whole into a file of its own, its owner's alone from the start (`mkstemp`), then linked
-    into place, so that no one reads it half-written or before it is private, and of two stacks
-    making it at once both keep the first."""
+    written whole into a file of its own, its owner's alone from the start (`mkstemp`), then
+    renamed into place, so that no one reads it half-written or before it is private. (The stack
+    makes it once, before its API processes start, and hands it to them.)"""
     if not path.exists():
         fd, part = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w") as file:
-                file.write(secrets.token_hex(32))
-            os.link(part, path)
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(part)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_hex(32))
+        os.replace(part, path)
     return path.read_text().strip()
 
 
